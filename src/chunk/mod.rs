@@ -1,0 +1,283 @@
+//! Stage 2: splitting documents into token-bounded chunks.
+//!
+//! Chunking is CPU-only and synchronous; the pipeline runs it on a blocking thread. The [`TokenChunker`] measures
+//! with cl100k_base (the tokenizer of text-embedding-3-*) and lets `text-splitter` choose the cut points: it prefers
+//! paragraph, then sentence, then word boundaries (Markdown structure for Markdown files) and never exceeds the
+//! token budget.
+
+use std::sync::Arc;
+
+use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
+use tiktoken_rs::CoreBPE;
+
+use crate::source::{Document, TextFormat};
+
+/// The most tokens one input may have on the wire (the API documents 8192; 8191 is the safe cap).
+pub const MAX_INPUT_TOKENS: usize = 8191;
+
+/// One piece of a document, ready to embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Stable id: a hash of the document name, position and text.
+    pub id: String,
+    pub doc: Arc<str>,
+    pub chunk_index: u32,
+    /// Byte offsets of `text` in the document's text.
+    pub start: u64,
+    pub end: u64,
+    /// cl100k_base tokens in `text`.
+    pub tokens: u32,
+    pub text: String,
+    /// blake3 of `text`, hex.
+    pub hash: String,
+}
+
+/// Stage boundary: turns one document into its chunks.
+pub trait Chunker: Send + Sync {
+    fn chunk(&self, document: &Document) -> Vec<Chunk>;
+}
+
+/// Chunking settings, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSettings {
+    pub max_tokens: usize,
+    pub overlap: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkSettingsError {
+    #[error("--chunk-tokens must be between 1 and {MAX_INPUT_TOKENS} (got {0})")]
+    MaxTokens(usize),
+    #[error("--chunk-overlap ({overlap}) must be smaller than --chunk-tokens ({max_tokens})")]
+    Overlap { overlap: usize, max_tokens: usize },
+}
+
+impl ChunkSettings {
+    pub fn new(max_tokens: usize, overlap: usize) -> Result<Self, ChunkSettingsError> {
+        if max_tokens == 0 || max_tokens > MAX_INPUT_TOKENS {
+            return Err(ChunkSettingsError::MaxTokens(max_tokens));
+        }
+        if overlap >= max_tokens {
+            return Err(ChunkSettingsError::Overlap { overlap, max_tokens });
+        }
+        Ok(Self { max_tokens, overlap })
+    }
+}
+
+/// The process-wide cl100k_base tokenizer (building it parses a 1.7 MB table, so it is built once).
+pub fn cl100k() -> &'static CoreBPE {
+    tiktoken_rs::cl100k_base_singleton()
+}
+
+/// cl100k_base token count of `text`, as the API counts it (special-token text is ordinary text).
+pub fn count_tokens(text: &str) -> usize {
+    cl100k().encode_ordinary(text).len()
+}
+
+/// Token-aware chunker over cl100k_base.
+pub struct TokenChunker {
+    settings: ChunkSettings,
+    plain: TextSplitter<&'static CoreBPE>,
+    markdown: MarkdownSplitter<&'static CoreBPE>,
+}
+
+impl TokenChunker {
+    pub fn new(settings: ChunkSettings) -> Self {
+        let config = || {
+            ChunkConfig::new(settings.max_tokens)
+                .with_sizer(cl100k())
+                .with_overlap(settings.overlap)
+                .expect("ChunkSettings::new guarantees overlap < max_tokens")
+        };
+        Self { settings, plain: TextSplitter::new(config()), markdown: MarkdownSplitter::new(config()) }
+    }
+
+    fn pieces<'t>(&self, document: &'t Document) -> Vec<(usize, &'t str)> {
+        match document.format {
+            TextFormat::Plain => self.plain.chunk_indices(&document.text).collect(),
+            TextFormat::Markdown => self.markdown.chunk_indices(&document.text).collect(),
+        }
+    }
+}
+
+impl Chunker for TokenChunker {
+    fn chunk(&self, document: &Document) -> Vec<Chunk> {
+        let doc: Arc<str> = Arc::from(document.doc.as_str());
+        let mut chunks = Vec::new();
+        for (offset, text) in self.pieces(document) {
+            for (offset, text, tokens) in fit(offset, text, self.settings.max_tokens) {
+                if text.trim().is_empty() {
+                    continue; // the API rejects empty inputs
+                }
+                let index = chunks.len() as u32;
+                chunks.push(make_chunk(&doc, index, offset, text, tokens));
+            }
+        }
+        chunks
+    }
+}
+
+/// Guarantees the token bound even if the splitter ever overshoots (it should not): halves at a char boundary
+/// until every piece fits.
+fn fit(offset: usize, text: &str, max_tokens: usize) -> Vec<(usize, &str, usize)> {
+    let tokens = count_tokens(text);
+    if tokens <= max_tokens || text.chars().nth(1).is_none() {
+        return vec![(offset, text, tokens)];
+    }
+    let mut mid = text.len() / 2;
+    while !text.is_char_boundary(mid) {
+        mid += 1;
+    }
+    let (left, right) = text.split_at(mid);
+    let mut out = fit(offset, left, max_tokens);
+    out.extend(fit(offset + mid, right, max_tokens));
+    out
+}
+
+fn make_chunk(doc: &Arc<str>, chunk_index: u32, offset: usize, text: &str, tokens: usize) -> Chunk {
+    let hash = blake3::hash(text.as_bytes());
+    let mut id = blake3::Hasher::new();
+    id.update(doc.as_bytes());
+    id.update(&[0]);
+    id.update(&chunk_index.to_le_bytes());
+    id.update(hash.as_bytes());
+    Chunk {
+        id: id.finalize().to_hex()[..32].to_owned(),
+        doc: Arc::clone(doc),
+        chunk_index,
+        start: offset as u64,
+        end: (offset + text.len()) as u64,
+        tokens: tokens as u32,
+        text: text.to_owned(),
+        hash: hash.to_hex().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Origin;
+    use proptest::prelude::*;
+
+    fn document(text: &str, format: TextFormat) -> Document {
+        Document { doc: "d.txt".into(), text: text.into(), format, origin: Origin { path: "d.txt".into(), line: None } }
+    }
+
+    fn chunk(text: &str, max: usize, overlap: usize) -> Vec<Chunk> {
+        let chunker = TokenChunker::new(ChunkSettings::new(max, overlap).expect("valid settings"));
+        chunker.chunk(&document(text, TextFormat::Plain))
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        assert_eq!(ChunkSettings::new(0, 0), Err(ChunkSettingsError::MaxTokens(0)));
+        assert_eq!(ChunkSettings::new(8192, 0), Err(ChunkSettingsError::MaxTokens(8192)));
+        assert_eq!(ChunkSettings::new(10, 10), Err(ChunkSettingsError::Overlap { overlap: 10, max_tokens: 10 }));
+        assert!(ChunkSettings::new(8191, 8190).is_ok());
+    }
+
+    #[test]
+    fn prefers_paragraph_boundaries() {
+        let para = "The quick brown fox jumps over the lazy dog. ".repeat(4);
+        let text = format!("{para}\n\n{para}\n\n{para}");
+        let per_para = count_tokens(para.trim());
+        let chunks = chunk(&text, per_para + 2, 0);
+        assert_eq!(chunks.len(), 3, "{chunks:#?}");
+        for c in &chunks {
+            assert_eq!(c.text, para.trim());
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let text = "alpha beta gamma. ".repeat(200);
+        let a = chunk(&text, 50, 10);
+        let b = chunk(&text, 50, 10);
+        assert_eq!(a, b);
+        let ids: std::collections::HashSet<&str> = a.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids.len(), a.len());
+        assert!(a.iter().all(|c| c.hash == blake3::hash(c.text.as_bytes()).to_hex().as_str()));
+    }
+
+    #[test]
+    fn whitespace_only_documents_give_no_chunks() {
+        assert!(chunk(" \n\n\t ", 10, 0).is_empty());
+        assert!(chunk("", 10, 0).is_empty());
+    }
+
+    #[test]
+    fn markdown_is_split_at_headings() {
+        let section = "Some words about a topic that go on for a while. ".repeat(3);
+        let text = format!("# One\n\n{section}\n\n# Two\n\n{section}");
+        let max = count_tokens(&format!("# One\n\n{section}")) + 2;
+        let chunker = TokenChunker::new(ChunkSettings::new(max, 0).expect("valid"));
+        let chunks = chunker.chunk(&document(&text, TextFormat::Markdown));
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks[0].text.starts_with("# One"));
+        assert!(chunks[1].text.starts_with("# Two"));
+    }
+
+    fn corpus() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            "[a-z]{1,12}",
+            "[A-Z][a-z]{0,8}[.!?]",
+            Just("\n\n".to_owned()),
+            Just("\n".to_owned()),
+            "[é日本語🦀ß]{1,4}",
+            "[0-9]{1,6}",
+        ];
+        prop::collection::vec(word, 0..400).prop_map(|words| words.join(" "))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn chunks_fit_point_at_their_text_and_overlap(text in corpus(), max in 8usize..80, overlap_pct in 0usize..50) {
+            let overlap = max * overlap_pct / 100;
+            let chunks = chunk(&text, max, overlap);
+            let mut previous_end = 0u64;
+            for (i, c) in chunks.iter().enumerate() {
+                prop_assert_eq!(c.chunk_index as usize, i);
+                prop_assert!(c.tokens as usize <= max, "chunk {} has {} tokens > {}", i, c.tokens, max);
+                prop_assert_eq!(c.tokens as usize, count_tokens(&c.text));
+                prop_assert_eq!(&text[c.start as usize..c.end as usize], c.text.as_str());
+                prop_assert!(!c.text.trim().is_empty());
+                if i > 0 {
+                    // Chunks advance through the document; with overlap they may start before the previous end,
+                    // without it they never do.
+                    prop_assert!(c.start >= chunks[i - 1].start);
+                    if overlap == 0 {
+                        prop_assert!(c.start >= previous_end);
+                    }
+                }
+                previous_end = c.end;
+            }
+            // Every non-whitespace byte of the document is in some chunk.
+            let mut covered = vec![false; text.len()];
+            for c in &chunks {
+                covered[c.start as usize..c.end as usize].iter_mut().for_each(|b| *b = true);
+            }
+            for (i, ch) in text.char_indices() {
+                if !ch.is_whitespace() {
+                    prop_assert!(covered[i], "byte {} ({:?}) is in no chunk", i, ch);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn overlap_repeats_text_between_neighbours() {
+        let text = (0..300).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
+        let chunks = chunk(&text, 40, 15);
+        assert!(chunks.len() > 3);
+        for pair in chunks.windows(2) {
+            let overlap_bytes = pair[0].end.saturating_sub(pair[1].start);
+            assert!(overlap_bytes > 0, "neighbours do not overlap: {:?} / {:?}", pair[0].text, pair[1].text);
+            let shared = &text[pair[1].start as usize..pair[0].end as usize];
+            assert!(count_tokens(shared) <= 15 + 1, "overlap {shared:?} exceeds the configured 15 tokens");
+        }
+        let without = chunk(&text, 40, 0);
+        assert!(without.len() < chunks.len());
+    }
+}

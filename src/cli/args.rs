@@ -1,0 +1,126 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::index::{DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, DEFAULT_M};
+
+#[derive(Debug, Parser)]
+#[command(name = "tars-index", version, about, long_about = None, max_term_width = 110)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress display.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read, chunk and embed documents into a Parquet dataset.
+    Embed(EmbedArgs),
+    /// Build the HNSW index of a dataset.
+    Index(IndexArgs),
+    /// Find the chunks nearest to a query.
+    Search(SearchArgs),
+    /// List the models the endpoint offers (GET /models).
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Files or directories (walked recursively). .jsonl/.ndjson files hold one document per line; any other
+    /// non-binary file is read as UTF-8 text.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Dataset directory to write.
+    #[arg(short, long, value_name = "DATASET_DIR")]
+    pub out: PathBuf,
+    /// Embedding model; `tars/` is stripped on the wire.
+    #[arg(short, long, default_value = "tars/text-embedding-3-small")]
+    pub model: String,
+    /// Vector size to ask for (text-embedding-3 models only).
+    #[arg(long, value_name = "N")]
+    pub dimensions: Option<u32>,
+    /// Requests in flight at once.
+    #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Most inputs per request (at most 2048).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub batch_inputs: usize,
+    /// Most tokens per request, summed over its inputs (at most 300000).
+    #[arg(long, default_value_t = 300_000, value_name = "N")]
+    pub batch_tokens: usize,
+    /// Most cl100k_base tokens per chunk (at most 8191).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub chunk_tokens: usize,
+    /// Tokens shared by neighbouring chunks [default: chunk-tokens / 8].
+    #[arg(long, value_name = "N")]
+    pub chunk_overlap: Option<usize>,
+    /// Only read files whose path (relative to the input directory) matches; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files whose path (relative to the input directory) matches; repeatable, wins over --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text", value_name = "FIELD")]
+    pub text_field: String,
+    /// JSONL field holding the document id [default: <file>:<line>].
+    #[arg(long, value_name = "FIELD")]
+    pub id_field: Option<String>,
+    /// Replace an existing dataset in DATASET_DIR.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Seconds before a request is abandoned and retried.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub timeout: u64,
+    /// Retries of a failing request before its chunks count as failed.
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub max_retries: u32,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    #[arg(value_name = "DATASET_DIR")]
+    pub dataset: PathBuf,
+    /// Links per node and layer.
+    #[arg(long, default_value_t = DEFAULT_M)]
+    pub m: usize,
+    /// Candidate list size while building (higher: better graph, slower build).
+    #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
+    pub ef_construction: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[arg(value_name = "DATASET_DIR")]
+    pub dataset: PathBuf,
+    pub query: String,
+    /// Number of results.
+    #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub k: u16,
+    /// Candidate list size while searching (higher: better recall, slower).
+    #[arg(long, default_value_t = DEFAULT_EF_SEARCH as u16, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub ef: u16,
+    /// One JSON object per result line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// One JSON object per model line.
+    #[arg(long)]
+    pub json: bool,
+}

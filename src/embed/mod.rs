@@ -1,0 +1,83 @@
+//! Stage 4: turning text into vectors.
+//!
+//! [`Embedder`] is the stage boundary; [`OpenAiEmbedder`] speaks the OpenAI embeddings protocol to TARS (or any
+//! compatible endpoint), with the retry policy of [`retry`].
+
+mod openai;
+pub mod retry;
+
+use std::future::Future;
+
+pub use openai::{ApiConfig, DEFAULT_API_BASE, ModelInfo, OpenAiEmbedder, wire_model};
+
+/// Vectors for one request, in input order, as one flat row-major buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub dimensions: usize,
+    pub vectors: Vec<f32>,
+    /// Tokens the server billed, when it said.
+    pub usage_tokens: Option<u64>,
+}
+
+impl Embeddings {
+    pub fn len(&self) -> usize {
+        self.vectors.len().checked_div(self.dimensions).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    pub fn vector(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dimensions..(i + 1) * self.dimensions]
+    }
+}
+
+/// Stage boundary: embeds a list of texts, returning one vector per text in the same order.
+///
+/// Implementations retry what is worth retrying themselves; an `Err` is final for that request.
+pub trait Embedder: Send + Sync + 'static {
+    fn embed<'a>(&'a self, inputs: &'a [&'a str]) -> impl Future<Output = Result<Embeddings, EmbedError>> + Send + 'a;
+
+    /// The model name as the user gave it (recorded in the dataset).
+    fn model(&self) -> &str;
+}
+
+/// Why a request failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The server refused the request or the configuration; retrying cannot help.
+    #[error("{}", describe_status(*status, message, request_id.as_deref()))]
+    Rejected { status: u16, message: String, request_id: Option<String>, advice: Option<String> },
+    /// The account is out of quota or credit.
+    #[error("the API reports exhausted quota or credit (HTTP {status}): {message}")]
+    Quota { status: u16, message: String },
+    /// Retries ran out on errors that are usually transient.
+    #[error("gave up after {attempts} attempts: {last}")]
+    Exhausted { attempts: u32, last: String },
+}
+
+impl EmbedError {
+    /// Whether the whole run must stop (as opposed to this batch failing).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, EmbedError::Exhausted { .. })
+    }
+
+    /// What the user should do about it, when we know.
+    pub fn advice(&self) -> Option<&str> {
+        match self {
+            EmbedError::Rejected { advice, .. } => advice.as_deref(),
+            EmbedError::Quota { .. } => {
+                Some("add credit or raise the spending limit of the account behind TARS_API_KEY, then run again")
+            }
+            EmbedError::Exhausted { .. } => None,
+        }
+    }
+}
+
+fn describe_status(status: u16, message: &str, request_id: Option<&str>) -> String {
+    match request_id {
+        Some(id) => format!("the API rejected the request (HTTP {status}, request id {id}): {message}"),
+        None => format!("the API rejected the request (HTTP {status}): {message}"),
+    }
+}

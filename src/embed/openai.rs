@@ -1,0 +1,609 @@
+//! The OpenAI-compatible embeddings client used for TARS (wire contract: ../shared/docs/tars-api.md).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Client, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::retry::{Disposition, RetryPolicy, classify, server_hint};
+use super::{EmbedError, Embedder, Embeddings};
+use crate::stats::Stats;
+
+pub const DEFAULT_API_BASE: &str = "https://api.router.tetrate.ai/v1";
+
+/// Error bodies are quoted in messages up to this many bytes.
+const MAX_QUOTED_BODY: usize = 2048;
+
+/// The model name sent on the wire: one leading `tars/` removed (LiteLLM's naming).
+pub fn wire_model(model: &str) -> &str {
+    model.strip_prefix("tars/").unwrap_or(model)
+}
+
+/// The API key; never printed.
+#[derive(Clone)]
+struct ApiKey(String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+/// Where and how to reach the embeddings API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub base: String,
+    key: ApiKey,
+    /// The model as the user names it (`tars/text-embedding-3-small`).
+    pub model: String,
+    pub dimensions: Option<u32>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiConfigError {
+    #[error("TARS_API_KEY is not set: export your TARS API key as TARS_API_KEY")]
+    MissingKey,
+    #[error("TARS_API_BASE {0:?} is not an http(s) URL")]
+    BadBase(String),
+    #[error("could not build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+impl ApiConfig {
+    /// Base URL from `TARS_API_BASE` (default [`DEFAULT_API_BASE`]), key from `TARS_API_KEY`.
+    pub fn from_env(model: &str, dimensions: Option<u32>) -> Result<Self, ApiConfigError> {
+        let base = std::env::var("TARS_API_BASE").ok().filter(|b| !b.trim().is_empty());
+        let key =
+            std::env::var("TARS_API_KEY").ok().filter(|k| !k.trim().is_empty()).ok_or(ApiConfigError::MissingKey)?;
+        Self::new(base.as_deref().unwrap_or(DEFAULT_API_BASE), &key, model, dimensions)
+    }
+
+    pub fn new(base: &str, key: &str, model: &str, dimensions: Option<u32>) -> Result<Self, ApiConfigError> {
+        let base = base.trim().trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ApiConfigError::BadBase(base));
+        }
+        Ok(Self {
+            base,
+            key: ApiKey(key.trim().to_owned()),
+            model: model.to_owned(),
+            dimensions,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(120),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    fn embeddings_url(&self) -> String {
+        // A base that already names the endpoint is used as is (LiteLLM does the same for chat).
+        if self.base.ends_with("/embeddings") { self.base.clone() } else { format!("{}/embeddings", self.base) }
+    }
+
+    fn models_url(&self) -> String {
+        let base = self.base.strip_suffix("/embeddings").unwrap_or(&self.base);
+        format!("{base}/models")
+    }
+
+    /// Replaces the key wherever a server echoes it back.
+    fn redact(&self, text: &str) -> String {
+        if self.key.0.len() >= 4 { text.replace(&self.key.0, "[redacted]") } else { text.to_owned() }
+    }
+}
+
+#[derive(Serialize)]
+struct EmbeddingRequest<'a> {
+    model: &'a str,
+    input: &'a [&'a str],
+    encoding_format: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingResponse {
+    data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    index: usize,
+    embedding: EmbeddingValue,
+}
+
+/// Accept both shapes whatever was asked for: a gateway may ignore `encoding_format`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorField,
+}
+
+/// `{"error": {...}}` or, from some gateways, `{"error": "text"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Object(ErrorBody),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// A string in OpenAI's bodies, a number in some gateways'.
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+/// The parts of an error response that decide what happens next.
+struct ApiError {
+    message: String,
+    kind: Option<String>,
+    code: Option<String>,
+}
+
+fn parse_error(body: &[u8]) -> ApiError {
+    let quoted = || {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() { "(empty body)".to_owned() } else { truncate(text, MAX_QUOTED_BODY) }
+    };
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(ErrorEnvelope { error: ErrorField::Object(e) }) => ApiError {
+            message: e.message.map(|m| truncate(&m, MAX_QUOTED_BODY)).unwrap_or_else(quoted),
+            kind: e.kind,
+            code: e.code.and_then(|c| match c {
+                serde_json::Value::String(s) => Some(s),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+        },
+        Ok(ErrorEnvelope { error: ErrorField::Text(t) }) => {
+            ApiError { message: truncate(&t, MAX_QUOTED_BODY), kind: None, code: None }
+        }
+        Err(_) => ApiError { message: quoted(), kind: None, code: None },
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Decodes `encoding_format: base64`: standard base64 of little-endian f32s.
+pub(crate) fn decode_base64_f32(text: &str) -> Result<Vec<f32>, String> {
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("invalid base64 embedding: {e}"))?;
+    if bytes.len() % 4 != 0 {
+        return Err(format!("base64 embedding has {} bytes, not a multiple of 4", bytes.len()));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Checks a response against its request before anything is written: one vector per input, each index once, one
+/// dimension throughout, finite values. Returns the vectors in input order.
+fn validate(response: EmbeddingResponse, inputs: usize, expected_dims: Option<usize>) -> Result<Embeddings, String> {
+    if response.data.len() != inputs {
+        return Err(format!("{} embeddings returned for {inputs} inputs", response.data.len()));
+    }
+    let mut slots: Vec<Option<Vec<f32>>> = vec![None; inputs];
+    for item in response.data {
+        let vector = match item.embedding {
+            EmbeddingValue::Float(v) => v,
+            EmbeddingValue::Base64(s) => decode_base64_f32(&s)?,
+        };
+        let slot = slots
+            .get_mut(item.index)
+            .ok_or_else(|| format!("index {} out of range for {inputs} inputs", item.index))?;
+        if slot.replace(vector).is_some() {
+            return Err(format!("index {} returned twice", item.index));
+        }
+    }
+    let mut dims = expected_dims;
+    let mut flat = Vec::new();
+    for (i, slot) in slots.into_iter().enumerate() {
+        let vector = slot.ok_or_else(|| format!("no embedding for input {i}"))?;
+        let want = *dims.get_or_insert(vector.len());
+        if vector.is_empty() || vector.len() != want {
+            return Err(format!("embedding {i} has {} dimensions, expected {want}", vector.len()));
+        }
+        if let Some(bad) = vector.iter().position(|x| !x.is_finite()) {
+            return Err(format!("embedding {i} has a non-finite value at position {bad}"));
+        }
+        if flat.is_empty() {
+            flat.reserve_exact(want * inputs);
+        }
+        flat.extend_from_slice(&vector);
+    }
+    Ok(Embeddings { dimensions: dims.unwrap_or(0), vectors: flat, usage_tokens: None })
+}
+
+/// A model listed by `GET /models`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_by: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<ModelInfo>,
+}
+
+/// The TARS / OpenAI-compatible embedder: one pooled HTTP client shared by every request in flight.
+pub struct OpenAiEmbedder {
+    config: ApiConfig,
+    client: Client,
+    stats: Arc<Stats>,
+    /// Vector size, fixed by `--dimensions` or by the first response, then enforced on every later one.
+    dimensions: AtomicUsize,
+    /// Set when the server refused `encoding_format: base64`; the rest of the run asks for floats.
+    use_float: AtomicBool,
+}
+
+/// One attempt's failure, before the retry decision.
+enum Attempt {
+    Retry { reason: String, hint: Option<Duration> },
+    Fatal(EmbedError),
+}
+
+impl OpenAiEmbedder {
+    pub fn new(config: ApiConfig, stats: Arc<Stats>) -> Result<Self, ApiConfigError> {
+        let mut headers = HeaderMap::new();
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", config.key.0)).map_err(|_| ApiConfigError::MissingKey)?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let client = Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("tars-index/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(ApiConfigError::Client)?;
+        let dimensions = AtomicUsize::new(config.dimensions.map_or(0, |d| d as usize));
+        Ok(Self { config, client, stats, dimensions, use_float: AtomicBool::new(false) })
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    /// `GET /models`.
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>, EmbedError> {
+        let fail = |message: String| EmbedError::Exhausted { attempts: 1, last: message };
+        let response = self
+            .client
+            .get(self.config.models_url())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| fail(self.config.redact(&transport_message(&e))))?;
+        let status = response.status();
+        let request_id = request_id(response.headers());
+        let body = response.bytes().await.map_err(|e| fail(self.config.redact(&transport_message(&e))))?;
+        if !status.is_success() {
+            let error = parse_error(&body);
+            return Err(EmbedError::Rejected {
+                status: status.as_u16(),
+                message: self.config.redact(&error.message),
+                request_id,
+                advice: advice_for(status, &self.config.model, None),
+            });
+        }
+        serde_json::from_slice::<ModelList>(&body)
+            .map(|list| list.data)
+            .map_err(|e| fail(format!("GET /models returned an unexpected body: {e}")))
+    }
+
+    async fn attempt(&self, inputs: &[&str]) -> Result<Embeddings, Attempt> {
+        let use_float = self.use_float.load(Ordering::Relaxed);
+        let request = EmbeddingRequest {
+            model: wire_model(&self.config.model),
+            input: inputs,
+            encoding_format: if use_float { "float" } else { "base64" },
+            dimensions: self.config.dimensions,
+        };
+        let body = Bytes::from(
+            serde_json::to_vec(&request)
+                .map_err(|e| Attempt::Fatal(EmbedError::Exhausted { attempts: 0, last: e.to_string() }))?,
+        );
+        Stats::add(&self.stats.requests, 1);
+        self.stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.send(body).await;
+        self.stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let (status, headers, body) = result?;
+        if status.is_success() {
+            return self.decode(&body, inputs.len());
+        }
+        let error = parse_error(&body);
+        let message = self.config.redact(&error.message);
+        if status == StatusCode::BAD_REQUEST && !use_float && message.contains("encoding_format") {
+            // The server does not do base64: ask for floats from now on.
+            self.use_float.store(true, Ordering::Relaxed);
+            return Err(Attempt::Retry { reason: format!("HTTP 400: {message}"), hint: Some(Duration::ZERO) });
+        }
+        match classify(status, error.kind.as_deref(), error.code.as_deref(), &headers) {
+            Disposition::Retry => Err(Attempt::Retry {
+                hint: server_hint(&headers, &message),
+                reason: format!("HTTP {}: {message}", status.as_u16()),
+            }),
+            Disposition::Quota => Err(Attempt::Fatal(EmbedError::Quota { status: status.as_u16(), message })),
+            Disposition::Reject => {
+                let suggestions = if status == StatusCode::NOT_FOUND { self.close_models().await } else { None };
+                Err(Attempt::Fatal(EmbedError::Rejected {
+                    status: status.as_u16(),
+                    advice: advice_for(status, &self.config.model, suggestions),
+                    message,
+                    request_id: request_id(&headers),
+                }))
+            }
+        }
+    }
+
+    async fn send(&self, body: Bytes) -> Result<(StatusCode, HeaderMap, Bytes), Attempt> {
+        let transient =
+            |e: reqwest::Error| Attempt::Retry { reason: self.config.redact(&transport_message(&e)), hint: None };
+        let response = self
+            .client
+            .post(self.config.embeddings_url())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(transient)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transient)?;
+        Ok((status, headers, body))
+    }
+
+    fn decode(&self, body: &[u8], inputs: usize) -> Result<Embeddings, Attempt> {
+        // A malformed body is most often a proxy's truncated or substituted response: worth another attempt.
+        let malformed = |reason: String| Attempt::Retry { reason: format!("invalid response: {reason}"), hint: None };
+        let response: EmbeddingResponse = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+        let usage = response.usage.as_ref().and_then(|u| u.prompt_tokens.or(u.total_tokens));
+        let expected = match self.dimensions.load(Ordering::Relaxed) {
+            0 => None,
+            d => Some(d),
+        };
+        let mut embeddings = validate(response, inputs, expected).map_err(malformed)?;
+        if expected.is_none() {
+            // First response fixes the size; a concurrent first response of another size loses the race and is
+            // rejected as malformed.
+            if let Err(set) =
+                self.dimensions.compare_exchange(0, embeddings.dimensions, Ordering::Relaxed, Ordering::Relaxed)
+                && set != embeddings.dimensions
+            {
+                return Err(malformed(format!(
+                    "{} dimensions, but earlier responses had {set}",
+                    embeddings.dimensions
+                )));
+            }
+        }
+        embeddings.usage_tokens = usage;
+        Ok(embeddings)
+    }
+
+    /// Model ids that resemble the configured one, for a "model not found" message.
+    async fn close_models(&self) -> Option<String> {
+        let models = self.list_models().await.ok()?;
+        let wanted = wire_model(&self.config.model).to_ascii_lowercase();
+        let mut close: Vec<String> = models
+            .into_iter()
+            .map(|m| m.id)
+            .filter(|id| {
+                let id = id.to_ascii_lowercase();
+                id.contains("embed") || id.contains(&wanted) || wanted.contains(&id)
+            })
+            .collect();
+        close.sort();
+        close.truncate(10);
+        (!close.is_empty()).then(|| close.join(", "))
+    }
+}
+
+impl Embedder for OpenAiEmbedder {
+    async fn embed(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
+        let policy = self.config.retry;
+        let mut retry = 0;
+        loop {
+            match self.attempt(inputs).await {
+                Ok(embeddings) => return Ok(embeddings),
+                Err(Attempt::Fatal(error)) => return Err(error),
+                Err(Attempt::Retry { reason, hint }) => {
+                    if retry >= policy.max_retries {
+                        return Err(EmbedError::Exhausted { attempts: retry + 1, last: reason });
+                    }
+                    let delay = policy.delay(retry, hint);
+                    tracing::debug!(retry, ?delay, %reason, "retrying embedding request");
+                    Stats::add(&self.stats.retries, 1);
+                    tokio::time::sleep(delay).await;
+                    retry += 1;
+                }
+            }
+        }
+    }
+
+    fn model(&self) -> &str {
+        &self.config.model
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn advice_for(status: StatusCode, model: &str, suggestions: Option<String>) -> Option<String> {
+    match status.as_u16() {
+        401 => Some("check TARS_API_KEY: the key was not accepted".to_owned()),
+        403 => Some("the key is not allowed to use this model or endpoint; check the key's permissions".to_owned()),
+        404 => Some(match suggestions {
+            Some(list) => format!(
+                "model {model:?} was not found; models offered that look related: {list} (`tars-index models` lists all)"
+            ),
+            None => {
+                format!("model {model:?} was not found; run `tars-index models` to list the models the endpoint offers")
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// A transport error with its cause chain (reqwest's top-level message alone says little).
+fn transport_message(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut message = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(json: &str) -> EmbeddingResponse {
+        serde_json::from_str(json).expect("valid response JSON")
+    }
+
+    #[test]
+    fn base64_vectors_from_the_contract() {
+        assert_eq!(decode_base64_f32("AACAPwAAAMAAAAA/"), Ok(vec![1.0, -2.0, 0.5]));
+        assert_eq!(decode_base64_f32("AACAPgAAAL4="), Ok(vec![0.25, -0.125]));
+        assert_eq!(decode_base64_f32("AAAAAA=="), Ok(vec![0.0]));
+        assert_eq!(decode_base64_f32("Vj+QPMFSO70QSfQ8"), Ok(vec![0.017608326, -0.045733217, 0.029819995]));
+        assert!(decode_base64_f32("AAA=").is_err());
+        assert!(decode_base64_f32("not base64!").is_err());
+    }
+
+    #[test]
+    fn validation_orders_by_index_and_rejects_bad_responses() {
+        let ok = response(
+            r#"{"object":"list","model":"m","usage":{"prompt_tokens":3,"total_tokens":3},"data":[
+                {"object":"embedding","index":1,"embedding":"AACAPgAAAL4="},
+                {"object":"embedding","index":0,"embedding":[1.0,2.0],"truncated":false}]}"#,
+        );
+        let e = validate(ok, 2, None).expect("valid");
+        assert_eq!(e.dimensions, 2);
+        assert_eq!(e.vectors, [1.0, 2.0, 0.25, -0.125]);
+
+        let cases = [
+            (r#"{"data":[{"index":0,"embedding":[1.0]}]}"#, 2, None, "1 embeddings returned for 2 inputs"),
+            (
+                r#"{"data":[{"index":0,"embedding":[1.0]},{"index":0,"embedding":[1.0]}]}"#,
+                2,
+                None,
+                "index 0 returned twice",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1.0]},{"index":5,"embedding":[1.0]}]}"#,
+                2,
+                None,
+                "index 5 out of range",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1.0]},{"index":1,"embedding":[1.0,2.0]}]}"#,
+                2,
+                None,
+                "embedding 1 has 2 dimensions, expected 1",
+            ),
+            (r#"{"data":[{"index":0,"embedding":[1.0,2.0]}]}"#, 1, Some(3), "expected 3"),
+            (r#"{"data":[{"index":0,"embedding":"AADAfw=="}]}"#, 1, None, "non-finite"),
+            (r#"{"data":[{"index":0,"embedding":[1e39]}]}"#, 1, None, "non-finite"),
+            (r#"{"data":[{"index":0,"embedding":[]}]}"#, 1, None, "0 dimensions"),
+        ];
+        for (json, inputs, dims, want) in cases {
+            let err = validate(response(json), inputs, dims).expect_err(json);
+            assert!(err.contains(want), "{json}: {err:?} does not mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_of_every_known_shape() {
+        let e = parse_error(br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#);
+        assert_eq!(e.kind.as_deref(), Some("insufficient_quota"));
+        assert_eq!(e.code.as_deref(), Some("insufficient_quota"));
+        let e = parse_error(
+            br#"{"type":"error","error":{"type":"OpenAIBackendError","message":"upstream connect error","code":503}}"#,
+        );
+        assert_eq!((e.message.as_str(), e.code.as_deref()), ("upstream connect error", Some("503")));
+        let e = parse_error(br#"{"error":"plain string"}"#);
+        assert_eq!(e.message, "plain string");
+        assert_eq!(parse_error(b"no healthy upstream").message, "no healthy upstream");
+        assert_eq!(parse_error(b"").message, "(empty body)");
+        let long = "x".repeat(10_000);
+        assert!(parse_error(long.as_bytes()).message.len() < 2100);
+    }
+
+    #[test]
+    fn urls_and_model_names() {
+        let c = ApiConfig::new("http://h/v1/", "k3y-secret", "tars/text-embedding-3-small", None).expect("config");
+        assert_eq!(c.embeddings_url(), "http://h/v1/embeddings");
+        assert_eq!(c.models_url(), "http://h/v1/models");
+        let c = ApiConfig::new("http://h/v1/embeddings", "k", "m", None).expect("config");
+        assert_eq!(c.embeddings_url(), "http://h/v1/embeddings");
+        assert_eq!(c.models_url(), "http://h/v1/models");
+        assert_eq!(wire_model("tars/text-embedding-3-large"), "text-embedding-3-large");
+        assert_eq!(wire_model("text-embedding-3-large"), "text-embedding-3-large");
+        assert_eq!(wire_model("tars/tars/x"), "tars/x");
+        assert!(ApiConfig::new("ftp://h", "k", "m", None).is_err());
+    }
+
+    #[test]
+    fn key_never_shows() {
+        let c = ApiConfig::new("http://h", "sk-very-secret-key", "m", None).expect("config");
+        assert!(!format!("{c:?}").contains("sk-very-secret-key"));
+        assert_eq!(
+            c.redact("Incorrect API key provided: sk-very-secret-key."),
+            "Incorrect API key provided: [redacted]."
+        );
+    }
+}

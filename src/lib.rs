@@ -1,0 +1,25 @@
+//! tars-index: embed document corpora through TARS (or any OpenAI-compatible endpoint) into Parquet, and search
+//! them with a local HNSW index.
+//!
+//! The modules follow the pipeline, one stage each, joined by bounded channels in [`pipeline`]:
+//!
+//! | stage | module | boundary |
+//! |---|---|---|
+//! | read documents | [`source`] | [`source::Source`] |
+//! | split into token-bounded chunks | [`chunk`] | [`chunk::Chunker`] |
+//! | pack chunks into requests | [`batch`] | [`batch::Batcher`] |
+//! | embed, with retries | [`embed`] | [`embed::Embedder`] |
+//! | write Parquet + manifest | [`store`] | [`store::DatasetWriter`] |
+//! | build, save, load and search the HNSW graph | [`index`] | [`index::SearchIndex`] |
+//!
+//! [`stats`] holds the counters every stage reports to; [`cli`] is the only module that prints.
+
+pub mod batch;
+pub mod chunk;
+pub mod cli;
+pub mod embed;
+pub mod index;
+pub mod pipeline;
+pub mod source;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tars_index::cli::{self, Cli, LogWriter};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    // hnsw_rs logs every load and dump at info level; keep it to errors unless asked with RUST_LOG.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},hnsw_rs=error")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(LogWriter).with_target(false).without_time().init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(cli::exit::FAILURES);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => cli::report(&failure),
+    }
+}

@@ -1,0 +1,111 @@
+//! Stage 1: where documents come from.
+//!
+//! A [`Source`] yields documents one at a time (and notes about what it skipped), so a corpus never has to fit in
+//! memory. [`FileSource`] walks files and directories and reads plain text and JSONL.
+
+mod files;
+mod jsonl;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use files::{FileSource, SourceOptions};
+
+/// How a document's text is structured, which decides how it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextFormat {
+    Plain,
+    Markdown,
+}
+
+/// One document to be chunked and embedded.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The document's name in the dataset: the path relative to its input root, or the JSONL record's id.
+    pub doc: String,
+    pub text: String,
+    pub format: TextFormat,
+    /// Where it was read from, for messages.
+    pub origin: Origin,
+}
+
+/// A file, or a line of a JSONL file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub path: PathBuf,
+    pub line: Option<u64>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}", self.path.display()),
+            None => write!(f, "{}", self.path.display()),
+        }
+    }
+}
+
+/// Why something in the input was not turned into a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The file looks binary (it has NUL bytes).
+    Binary,
+    /// The file could not be opened or read.
+    Unreadable(String),
+    /// The file is larger than the per-file limit.
+    TooLarge { bytes: u64, limit: u64 },
+    /// A JSONL line is not a JSON object.
+    InvalidJson(String),
+    /// A JSONL record lacks the text field, or it is not a string.
+    MissingField(String),
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Binary => write!(f, "binary file (contains NUL bytes)"),
+            SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
+            SkipReason::TooLarge { bytes, limit } => {
+                write!(f, "file is {bytes} bytes, over the {limit}-byte limit")
+            }
+            SkipReason::InvalidJson(e) => write!(f, "not a JSON object: {e}"),
+            SkipReason::MissingField(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Something a source produced.
+#[derive(Debug)]
+pub enum SourceItem {
+    Document(Document),
+    /// Invalid UTF-8 was replaced with U+FFFD; the document follows as usual.
+    LossyUtf8(Origin),
+    /// A whole file was skipped.
+    SkippedFile {
+        origin: Origin,
+        reason: SkipReason,
+    },
+    /// One JSONL record was skipped.
+    SkippedRecord {
+        origin: Origin,
+        reason: SkipReason,
+    },
+}
+
+/// Stage boundary: anything that yields [`SourceItem`]s, lazily, from a blocking thread.
+pub trait Source: Iterator<Item = SourceItem> + Send {}
+
+impl<T: Iterator<Item = SourceItem> + Send> Source for T {}
+
+/// A bad input path or glob: a usage error, reported before any work.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("input {path} does not exist")]
+    MissingInput { path: PathBuf },
+    #[error("invalid glob {glob:?}: {source}")]
+    Glob {
+        glob: String,
+        #[source]
+        source: globset::Error,
+    },
+}

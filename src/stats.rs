@@ -1,0 +1,80 @@
+//! Run counters shared by every stage.
+//!
+//! Stages never print: they bump these counters, and the CLI reads them for the progress line and the final
+//! summary. Relaxed atomics are enough because every figure is an independent monotonic count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Live counters of one run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub documents: AtomicU64,
+    pub documents_lossy_utf8: AtomicU64,
+    pub files_skipped: AtomicU64,
+    pub records_skipped: AtomicU64,
+    pub chunks: AtomicU64,
+    pub tokens_chunked: AtomicU64,
+    pub chunks_embedded: AtomicU64,
+    pub tokens_embedded: AtomicU64,
+    pub usage_tokens: AtomicU64,
+    pub chunks_failed: AtomicU64,
+    pub requests: AtomicU64,
+    pub requests_in_flight: AtomicU64,
+    pub retries: AtomicU64,
+    pub rows_written: AtomicU64,
+    /// Set once the source is exhausted, so the progress line can show an ETA.
+    pub source_done: std::sync::atomic::AtomicBool,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// A plain copy of the counters, for the summary.
+    pub fn snapshot(&self, elapsed: Duration) -> Summary {
+        let g = Self::get;
+        Summary {
+            documents: g(&self.documents),
+            documents_lossy_utf8: g(&self.documents_lossy_utf8),
+            files_skipped: g(&self.files_skipped),
+            records_skipped: g(&self.records_skipped),
+            chunks: g(&self.chunks),
+            chunks_embedded: g(&self.chunks_embedded),
+            chunks_failed: g(&self.chunks_failed),
+            tokens: g(&self.tokens_embedded),
+            usage_tokens: g(&self.usage_tokens),
+            requests: g(&self.requests),
+            retries: g(&self.retries),
+            rows_written: g(&self.rows_written),
+            elapsed_secs: elapsed.as_secs_f64(),
+        }
+    }
+}
+
+/// What a finished run reports (printed as text, or as JSON with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub documents: u64,
+    pub documents_lossy_utf8: u64,
+    pub files_skipped: u64,
+    pub records_skipped: u64,
+    pub chunks: u64,
+    pub chunks_embedded: u64,
+    pub chunks_failed: u64,
+    /// cl100k tokens of the chunks that were embedded, counted on our side.
+    pub tokens: u64,
+    /// Tokens the server reported in `usage` (0 when it reports none).
+    pub usage_tokens: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub rows_written: u64,
+    pub elapsed_secs: f64,
+}
