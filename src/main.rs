@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,7 +15,14 @@ fn main() -> ExitCode {
     };
     // hnsw_rs logs every load and dump at info level; keep it to errors unless asked with RUST_LOG.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},hnsw_rs=error")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(LogWriter).with_target(false).without_time().init();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(LogWriter)
+        .with_ansi(ansi)
+        .with_target(false)
+        .without_time()
+        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

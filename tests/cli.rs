@@ -1,0 +1,405 @@
+//! End-to-end tests: the real binary, real HTTP to a mock OpenAI-compatible server on 127.0.0.1.
+
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use util::mock::{DEFAULT_DIMS, Fault, MockServer, mock_embedding};
+use util::{cli, corpus, json_lines, manifest, read_rows, run};
+
+const ASTRONOMY: &str = "Telescopes gather light from distant galaxies. A nebula is a cloud of gas and dust \
+where stars are born. Astronomers measure the redshift of galaxies to learn how fast they recede.";
+const COOKING: &str = "# Pasta\n\nBoil the pasta in salted water. Make a tomato sauce with garlic, olive oil and \
+basil.\n\n## Serving\n\nServe the pasta hot with grated parmesan cheese.";
+const GARDENING: &str = "Compost enriches the soil. Water the seeds every morning, and keep seedlings out of \
+frost until spring.";
+
+fn standard_corpus() -> tempfile::TempDir {
+    corpus(&[
+        ("guides/astronomy.txt", ASTRONOMY),
+        ("guides/cooking.md", COOKING),
+        ("notes/gardening.txt", GARDENING),
+        (
+            "records.jsonl",
+            "{\"id\": \"bike-1\", \"text\": \"Oil the bicycle chain and adjust the gears and brakes.\"}\n\
+             {\"id\": \"bike-2\", \"body\": \"no text field here\"}\n\
+             {\"id\": \"sail-1\", \"text\": \"Trim the sails and steer the boat into the wind.\"}\n",
+        ),
+    ])
+}
+
+fn embed_args(mock: &MockServer, input: &Path, out: &Path) -> std::process::Command {
+    let mut cmd = cli(Some(&mock.base()));
+    cmd.arg("embed").arg(input).arg("--out").arg(out).args(["--id-field", "id", "--json"]);
+    cmd
+}
+
+fn summary(run: &util::Run) -> serde_json::Value {
+    json_lines(&run.stdout).pop().unwrap_or_else(|| panic!("no JSON summary on stdout:\n{}", run.all_output()))
+}
+
+#[test]
+fn embed_index_and_search_end_to_end() {
+    let mock = MockServer::start();
+    let input = standard_corpus();
+    std::fs::write(input.path().join("logo.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").expect("write");
+    std::fs::write(input.path().join("latin1.txt"), b"caf\xe9 cr\xe8me").expect("write");
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+
+    let embedded = run(&mut embed_args(&mock, input.path(), &dataset));
+    assert_eq!(embedded.code, 0, "{}", embedded.all_output());
+    let s = summary(&embedded);
+    assert_eq!(s["status"], "complete");
+    assert_eq!(s["summary"]["documents"], 6, "{s}");
+    assert_eq!(s["summary"]["files_skipped"], 1, "the PNG: {s}");
+    assert_eq!(s["summary"]["records_skipped"], 1, "bike-2 has no text: {s}");
+    assert_eq!(s["summary"]["documents_lossy_utf8"], 1, "{s}");
+    assert!(embedded.stderr.contains("logo.png") && embedded.stderr.contains("binary"), "{}", embedded.stderr);
+    assert!(embedded.stderr.contains("records.jsonl:2"), "skip names file and line: {}", embedded.stderr);
+    assert!(embedded.stderr.contains("latin1.txt"), "{}", embedded.stderr);
+    assert!(mock.observed().violations.is_empty(), "{:?}", mock.observed().violations);
+    assert!(mock.observed().models.iter().all(|m| m == "text-embedding-3-small"));
+    assert!(mock.observed().encodings.iter().all(|e| e == "base64"));
+
+    // Every row's vector is what the server returned for that row's text, and the offsets point at the text.
+    let rows = read_rows(&dataset);
+    assert_eq!(rows.len() as u64, s["summary"]["chunks"].as_u64().expect("chunks"));
+    assert_eq!(rows.len() as u64, manifest(&dataset)["rows"].as_u64().expect("rows"));
+    for row in &rows {
+        assert_eq!(row.embedding, mock_embedding(&row.text, DEFAULT_DIMS), "row {row:?}");
+        assert_eq!(row.hash, blake3::hash(row.text.as_bytes()).to_hex().as_str());
+        assert_eq!(row.tokens as usize, tiktoken_rs::cl100k_base_singleton().encode_ordinary(&row.text).len());
+        if let Some(name) =
+            ["guides/astronomy.txt", "guides/cooking.md", "notes/gardening.txt"].iter().find(|n| **n == row.doc)
+        {
+            let source = std::fs::read_to_string(input.path().join(name)).expect("read");
+            assert_eq!(&source[row.start as usize..row.end as usize], row.text);
+        }
+    }
+    let docs: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.doc.as_str()).collect();
+    assert_eq!(
+        docs.into_iter().collect::<Vec<_>>(),
+        ["bike-1", "guides/astronomy.txt", "guides/cooking.md", "latin1.txt", "notes/gardening.txt", "sail-1"]
+    );
+    let m = manifest(&dataset);
+    assert_eq!(m["model"], "tars/text-embedding-3-small");
+    assert_eq!(m["dimensions"], DEFAULT_DIMS);
+    assert_eq!(m["metric"], "cosine");
+
+    let indexed = run(cli(None).arg("index").arg(&dataset));
+    assert_eq!(indexed.code, 0, "{}", indexed.all_output());
+    assert!(indexed.stdout.contains(&format!("indexed {} vectors", rows.len())), "{}", indexed.stdout);
+
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&dataset).args([
+        "telescope galaxies nebula",
+        "-k",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    let hits = json_lines(&found.stdout);
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[0]["rank"], 1);
+    assert_eq!(hits[0]["doc"], "guides/astronomy.txt", "{hits:?}");
+    assert!(hits[0]["text"].as_str().expect("text").contains("nebula"));
+    assert!(hits[0]["score"].as_f64() >= hits[1]["score"].as_f64());
+    assert!(hits[0].get("chunk_index").is_some());
+
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("bicycle chain gears brakes"));
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    let first = found.stdout.lines().next().expect("a result line");
+    assert!(first.trim_start().starts_with("1.") && first.contains("bike-1"), "{}", found.stdout);
+}
+
+#[test]
+fn concurrency_limit_is_observed_by_the_server() {
+    let text: String = (0..60).map(|i| format!("Paragraph {i} talks about topic {i} at length.\n\n")).collect();
+    let input = corpus(&[("big.txt", &text)]);
+    for (limit, expect_parallel) in [(4usize, true), (1, false)] {
+        let mock = MockServer::start();
+        mock.set_delay(Duration::from_millis(60));
+        let out = tempfile::tempdir().expect("tempdir");
+        let result = run(embed_args(&mock, input.path(), &out.path().join("ds")).args([
+            "--chunk-tokens",
+            "12",
+            "--chunk-overlap",
+            "0",
+            "--batch-inputs",
+            "2",
+            "--concurrency",
+            &limit.to_string(),
+        ]));
+        assert_eq!(result.code, 0, "{}", result.all_output());
+        let peak = mock.peak_in_flight();
+        assert!(peak <= limit, "peak {peak} in flight with --concurrency {limit}");
+        if expect_parallel {
+            assert!(peak > 1, "requests never overlapped (peak {peak}) with --concurrency {limit}");
+        }
+        assert!(mock.requests() >= 20, "expected many small requests, got {}", mock.requests());
+    }
+}
+
+#[test]
+fn batches_respect_input_and_token_limits() {
+    let text: String = (0..80).map(|i| format!("Sentence number {i} is here. ")).collect();
+    let input = corpus(&[("a.txt", &text), ("b.txt", &text.to_uppercase())]);
+    let mock = MockServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let result = run(embed_args(&mock, input.path(), &out.path().join("ds")).args([
+        "--chunk-tokens",
+        "30",
+        "--batch-inputs",
+        "5",
+        "--batch-tokens",
+        "70",
+    ]));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let observed = mock.observed();
+    assert!(observed.batches.len() > 3);
+    for (inputs, tokens) in &observed.batches {
+        assert!(*inputs <= 5, "{inputs} inputs in one request");
+        assert!(*tokens <= 70, "{tokens} tokens in one request");
+    }
+    let total: usize = observed.batches.iter().map(|b| b.0).sum();
+    assert_eq!(total, read_rows(&out.path().join("ds")).len());
+}
+
+#[test]
+fn transient_faults_are_retried_and_every_chunk_lands_once() {
+    let input = standard_corpus();
+    let mock = MockServer::start();
+    mock.script([
+        Fault::RateLimited { retry_after_ms: Some(20) },
+        Fault::RateLimitedMessage,
+        Fault::Status(500),
+        Fault::PlainText503,
+        Fault::Status(502),
+        Fault::Malformed,
+        Fault::WrongCount,
+        Fault::NaN,
+    ]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let result = run(embed_args(&mock, input.path(), &dataset).args(["--batch-inputs", "1", "--concurrency", "2"]));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let s = summary(&result);
+    assert_eq!(s["summary"]["retries"], 8, "{s}");
+    assert_eq!(s["summary"]["chunks_failed"], 0, "{s}");
+    let rows = read_rows(&dataset);
+    assert_eq!(rows.len() as u64, s["summary"]["chunks"].as_u64().expect("chunks"));
+    let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), rows.len(), "a chunk was written twice");
+    for row in &rows {
+        assert_eq!(row.embedding, mock_embedding(&row.text, DEFAULT_DIMS));
+    }
+}
+
+#[test]
+fn a_slow_request_times_out_and_is_retried() {
+    let input = corpus(&[("a.txt", "one short document")]);
+    let mock = MockServer::start();
+    mock.script([Fault::Hang(Duration::from_secs(5))]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let result = run(embed_args(&mock, input.path(), &out.path().join("ds")).args(["--timeout", "1"]));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    assert_eq!(summary(&result)["summary"]["retries"], 1);
+    assert_eq!(read_rows(&out.path().join("ds")).len(), 1);
+}
+
+#[test]
+fn exhausted_retries_fail_the_batch_not_the_run() {
+    let input = corpus(&[("a.txt", "alpha document"), ("b.txt", "beta document")]);
+    let mock = MockServer::start();
+    // The first request fails for good (1 attempt + 1 retry); the second succeeds.
+    mock.script([Fault::Status(503), Fault::Status(503)]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let result = run(embed_args(&mock, input.path(), &dataset).args([
+        "--batch-inputs",
+        "1",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "1",
+    ]));
+    assert_eq!(result.code, 1, "{}", result.all_output());
+    let s = summary(&result);
+    assert_eq!(s["summary"]["chunks_failed"], 1, "{s}");
+    assert_eq!(s["status"]["partial"]["failed_chunks"], 1, "{s}");
+    assert!(result.stderr.contains("gave up after 2 attempts"), "{}", result.stderr);
+    let rows = read_rows(&dataset);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].doc, "b.txt");
+}
+
+#[test]
+fn non_retryable_errors_stop_at_once_with_advice() {
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+
+    // Wrong key: 401, exit 2, says to check TARS_API_KEY.
+    let mock = MockServer::start();
+    let mut cmd = embed_args(&mock, input.path(), &out.path().join("a"));
+    cmd.env("TARS_API_KEY", "sk-wrong-key-123456");
+    let result = run(&mut cmd);
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("TARS_API_KEY") && result.stderr.contains("401"), "{}", result.stderr);
+    assert!(!result.all_output().contains("sk-wrong-key-123456"));
+    assert!(mock.requests() <= 8, "401 must not be retried: {} requests", mock.requests());
+
+    // Unknown model: 404, exit 2, with the close matches from GET /models.
+    let mock = MockServer::start();
+    let result = run(embed_args(&mock, input.path(), &out.path().join("b")).args(["--model", "tars/no-such-model"]));
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(
+        result.stderr.contains("text-embedding-3-small") && result.stderr.contains("tars-index models"),
+        "{}",
+        result.stderr
+    );
+
+    // Quota: exit 1, says what to do, keeps what was embedded before.
+    let mock = MockServer::start();
+    mock.script([Fault::Quota]);
+    let result =
+        run(embed_args(&mock, input.path(), &out.path().join("c")).args(["--concurrency", "1", "--batch-inputs", "1"]));
+    assert_eq!(result.code, 1, "{}", result.all_output());
+    assert!(result.stderr.contains("quota"), "{}", result.stderr);
+    let m = manifest(&out.path().join("c"));
+    assert!(m["status"]["aborted"]["reason"].as_str().expect("reason").contains("quota"), "{m}");
+
+    // No key at all: exit 2 before any request.
+    let mock = MockServer::start();
+    let mut cmd = embed_args(&mock, input.path(), &out.path().join("d"));
+    cmd.env_remove("TARS_API_KEY");
+    let result = run(&mut cmd);
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("TARS_API_KEY is not set"), "{}", result.stderr);
+    assert_eq!(mock.requests(), 0);
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_problem() {
+    let mock = MockServer::start();
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+
+    let result = run(&mut embed_args(&mock, Path::new("/no/such/input"), &dataset));
+    assert_eq!(result.code, 2);
+    assert!(result.stderr.contains("/no/such/input"), "{}", result.stderr);
+
+    for (flags, needle) in [
+        (vec!["--chunk-tokens", "9000"], "--chunk-tokens"),
+        (vec!["--chunk-tokens", "100", "--chunk-overlap", "100"], "--chunk-overlap"),
+        (vec!["--batch-inputs", "3000"], "--batch-inputs"),
+        (vec!["--batch-tokens", "400000"], "--batch-tokens"),
+        (vec!["--include", "a/["], "glob"),
+        (vec!["--dimensions", "5000"], "--dimensions"),
+        (vec!["--model", "tars/other", "--dimensions", "256"], "text-embedding-3"),
+        (vec!["--concurrency", "0"], "concurrency"),
+    ] {
+        let result = run(embed_args(&mock, input.path(), &dataset).args(&flags));
+        assert_eq!(result.code, 2, "{flags:?}: {}", result.all_output());
+        assert!(result.stderr.contains(needle), "{flags:?}: {}", result.stderr);
+    }
+    assert_eq!(mock.requests(), 0);
+
+    let first = run(&mut embed_args(&mock, input.path(), &dataset));
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    let again = run(&mut embed_args(&mock, input.path(), &dataset));
+    assert_eq!(again.code, 2, "{}", again.all_output());
+    assert!(again.stderr.contains("--overwrite"), "{}", again.stderr);
+    let replaced = run(embed_args(&mock, input.path(), &dataset).arg("--overwrite"));
+    assert_eq!(replaced.code, 0, "{}", replaced.all_output());
+
+    let result = run(cli(None).arg("index").arg(out.path().join("nothing-here")));
+    assert_eq!(result.code, 2);
+    assert!(result.stderr.contains("not a tars-index dataset"), "{}", result.stderr);
+    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
+    assert_eq!(result.code, 2, "no index yet: {}", result.all_output());
+    assert!(result.stderr.contains("tars-index index"), "{}", result.stderr);
+}
+
+#[test]
+fn dimensions_are_sent_recorded_and_used_for_queries() {
+    let mock = MockServer::start();
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let result = run(embed_args(&mock, input.path(), &dataset).args(["--dimensions", "32"]));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    assert!(read_rows(&dataset).iter().all(|r| r.embedding.len() == 32));
+    assert_eq!(manifest(&dataset)["dimensions"], 32);
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&dataset).args(["pasta tomato basil", "--json"]));
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    assert_eq!(json_lines(&found.stdout)[0]["doc"], "guides/cooking.md");
+    assert!(mock.observed().dimensions.iter().all(|d| *d == Some(32)));
+}
+
+#[test]
+fn damaged_or_stale_index_is_refused_without_crashing() {
+    let mock = MockServer::start();
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    assert_eq!(run(&mut embed_args(&mock, input.path(), &dataset)).code, 0);
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+    let graph = std::fs::read_dir(dataset.join("index"))
+        .expect("index dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".hnsw.graph"))
+        .expect("graph file");
+    let mut bytes = std::fs::read(&graph).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&graph, bytes).expect("write");
+    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("damaged"), "{}", result.stderr);
+
+    // Rebuilding repairs it; re-embedding makes it stale.
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+    assert_eq!(run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta")).code, 0);
+    let extra = corpus(&[("new.txt", "something else entirely")]);
+    assert_eq!(run(embed_args(&mock, extra.path(), &dataset).arg("--overwrite")).code, 0);
+    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
+    assert_eq!(result.code, 2, "{}", result.all_output());
+}
+
+#[test]
+fn models_lists_what_the_endpoint_offers() {
+    let mock = MockServer::start();
+    let result = run(cli(Some(&mock.base())).arg("models"));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    assert_eq!(
+        result.stdout.lines().collect::<Vec<_>>(),
+        ["gpt-4o-mini", "text-embedding-3-large", "text-embedding-3-small"]
+    );
+    let result = run(cli(Some(&mock.base())).args(["models", "--json"]));
+    let models = json_lines(&result.stdout);
+    assert_eq!(models[1]["input_price"], "0.00000013");
+    let mut cmd = cli(Some(&mock.base()));
+    cmd.env("TARS_API_KEY", "sk-bad-000000");
+    let result = run(cmd.arg("models"));
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("TARS_API_KEY"));
+}
+
+#[test]
+fn progress_is_not_drawn_when_output_is_piped() {
+    let mock = MockServer::start();
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+    let result = run(cli(Some(&mock.base())).arg("embed").arg(input.path()).arg("--out").arg(out.path().join("ds")));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    assert!(
+        !result.all_output().contains('\r') && !result.all_output().contains("\u{1b}["),
+        "{:?}",
+        result.all_output()
+    );
+    assert!(result.stdout.contains("chunks:") && result.stdout.contains("requests"), "{}", result.stdout);
+}

@@ -1,0 +1,309 @@
+//! An OpenAI-compatible embeddings server on 127.0.0.1 for the tests: real HTTP, deterministic vectors, request
+//! checks, counters, and scripted faults.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+pub const KEY: &str = "sk-test-4f9c2d7e1b8a6053";
+pub const DEFAULT_DIMS: usize = 64;
+
+/// A deterministic "embedding": words hashed into buckets with a sign, L2-normalised. Texts that share words
+/// score high, so semantic-search tests have a real answer.
+pub fn mock_embedding(text: &str, dims: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dims];
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        let h = blake3::hash(word.to_lowercase().as_bytes());
+        let b = h.as_bytes();
+        let bucket = u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) as usize % dims;
+        v[bucket] += if b[8] & 1 == 0 { 1.0 } else { -1.0 };
+    }
+    // Texts without words still get a vector: a fixed one from the raw bytes.
+    if v.iter().all(|x| *x == 0.0) {
+        let h = blake3::hash(text.as_bytes());
+        v[h.as_bytes()[0] as usize % dims] = 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// A scripted response for the next request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// 429 rate limit, with `retry-after-ms` when given.
+    RateLimited { retry_after_ms: Option<u64> },
+    /// 429 with a "Please try again in …" message and no header.
+    RateLimitedMessage,
+    /// 429 insufficient_quota.
+    Quota,
+    /// A JSON error with this status.
+    Status(u16),
+    /// 503 with a text/plain body (as Envoy sends).
+    PlainText503,
+    /// 200 with a body that is not JSON.
+    Malformed,
+    /// 200 with one embedding too few.
+    WrongCount,
+    /// 200 with a NaN in the first vector (base64 only).
+    NaN,
+    /// Wait this long before answering normally (to trip client timeouts).
+    Hang(Duration),
+}
+
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Per request: (inputs, cl100k tokens) of requests that passed the checks.
+    pub batches: Vec<(usize, usize)>,
+    pub models: Vec<String>,
+    pub encodings: Vec<String>,
+    pub dimensions: Vec<Option<u64>>,
+    /// Problems the mock found in requests (the tests assert this stays empty).
+    pub violations: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct MockState {
+    pub requests: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub peak_in_flight: AtomicUsize,
+    pub delay: Mutex<Duration>,
+    pub faults: Mutex<VecDeque<Fault>>,
+    /// Applied to every request once the script is empty.
+    pub always: Mutex<Option<Fault>>,
+    pub observed: Mutex<Observed>,
+}
+
+pub struct MockServer {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl MockServer {
+    pub fn start() -> Self {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("mock runtime");
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/models", get(models))
+            .with_state(Arc::clone(&state));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, state, _runtime: runtime }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.faults.lock().expect("lock").extend(faults);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().expect("lock") = delay;
+    }
+
+    pub fn set_always(&self, fault: Option<Fault>) {
+        *self.state.always.lock().expect("lock") = fault;
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.state.observed.lock().expect("lock")
+    }
+}
+
+fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
+    (status, axum::Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}})))
+        .into_response()
+}
+
+struct InFlight<'a>(&'a MockState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn models(State(state): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+    if !authorized(&headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        );
+    }
+    let _ = state;
+    axum::Json(json!({"object": "list", "data": [
+        {"id": "text-embedding-3-small", "object": "model", "created": 1705953180, "owned_by": "system"},
+        {"id": "text-embedding-3-large", "object": "model", "created": 1705953180, "owned_by": "system", "input_price": "0.00000013"},
+        {"id": "gpt-4o-mini", "object": "model", "created": 1705953180, "owned_by": "system"},
+    ]}))
+    .into_response()
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"))
+}
+
+async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(&state);
+
+    if !authorized(&headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        );
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "invalid JSON body", "invalid_request_error", None),
+    };
+    let model = request["model"].as_str().unwrap_or_default().to_owned();
+    let encoding = request["encoding_format"].as_str().unwrap_or("float").to_owned();
+    let dims_asked = request["dimensions"].as_u64();
+    let inputs: Vec<String> = match request["input"].as_array() {
+        Some(items) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "'$.input' is invalid", "invalid_request_error", None),
+    };
+    let tokens: Vec<usize> =
+        inputs.iter().map(|t| tiktoken_rs::cl100k_base_singleton().encode_ordinary(t).len()).collect();
+    {
+        let mut observed = state.observed.lock().expect("lock");
+        if model.starts_with("tars/") {
+            observed.violations.push(format!("model sent with its tars/ prefix: {model}"));
+        }
+        if inputs.is_empty() || inputs.len() > 2048 {
+            observed.violations.push(format!("{} inputs", inputs.len()));
+        }
+        if inputs.iter().any(|t| t.is_empty()) {
+            observed.violations.push("an empty input".to_owned());
+        }
+        if tokens.iter().any(|t| *t > 8191) || tokens.iter().sum::<usize>() > 300_000 {
+            observed.violations.push("token limits exceeded".to_owned());
+        }
+        if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+            observed.violations.push("content-type is not application/json".to_owned());
+        }
+        observed.batches.push((inputs.len(), tokens.iter().sum()));
+        observed.models.push(model.clone());
+        observed.encodings.push(encoding.clone());
+        observed.dimensions.push(dims_asked);
+    }
+    if model == "no-such-model" {
+        return error(
+            StatusCode::NOT_FOUND,
+            "The model `no-such-model` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            Some("model_not_found"),
+        );
+    }
+
+    let fault = state.faults.lock().expect("lock").pop_front().or_else(|| state.always.lock().expect("lock").clone());
+    let delay = *state.delay.lock().expect("lock");
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let dims = dims_asked.map_or(DEFAULT_DIMS, |d| d as usize);
+    let mut vectors: Vec<Vec<f32>> = inputs.iter().map(|t| mock_embedding(t, dims)).collect();
+    match fault {
+        None => {}
+        Some(Fault::RateLimited { retry_after_ms }) => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for text-embedding-3-small on tokens per min (TPM): Limit 1000000, Used 999000, Requested 7000.",
+                "tokens",
+                Some("rate_limit_exceeded"),
+            );
+            if let Some(ms) = retry_after_ms {
+                response.headers_mut().insert("retry-after-ms", HeaderValue::from(ms));
+            }
+            return response;
+        }
+        Some(Fault::RateLimitedMessage) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for text-embedding-3-small on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20ms. Visit https://platform.openai.com/account/rate-limits to learn more.",
+                "requests",
+                Some("rate_limit_exceeded"),
+            );
+        }
+        Some(Fault::Quota) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                Some("insufficient_quota"),
+            );
+        }
+        Some(Fault::Status(code)) => {
+            let status = StatusCode::from_u16(code).expect("status");
+            let mut response =
+                error(status, "The server had an error while processing your request", "server_error", None);
+            response.headers_mut().insert("retry-after-ms", HeaderValue::from(5));
+            return response;
+        }
+        Some(Fault::PlainText503) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], "no healthy upstream")
+                .into_response();
+        }
+        Some(Fault::Malformed) => {
+            return (StatusCode::OK, [("content-type", "application/json")], "{\"data\": [").into_response();
+        }
+        Some(Fault::WrongCount) => {
+            vectors.pop();
+        }
+        Some(Fault::NaN) => vectors[0][0] = f32::NAN,
+        Some(Fault::Hang(d)) => tokio::time::sleep(d).await,
+    }
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if encoding == "base64" {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .rev() // out of order on purpose: clients must sort by index
+        .collect();
+    let total: usize = tokens.iter().sum();
+    axum::Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": total, "total_tokens": total}}))
+        .into_response()
+}
