@@ -403,3 +403,52 @@ fn progress_is_not_drawn_when_output_is_piped() {
     );
     assert!(result.stdout.contains("chunks:") && result.stdout.contains("requests"), "{}", result.stdout);
 }
+
+/// The dataset must read as is in the tools people use: pyarrow, DuckDB and Polars. Needs a Python with those
+/// three (`TARS_INDEX_PYTHON`, else `python3`); scripts/test.sh provides one. Fails rather than skips without it.
+#[test]
+fn dataset_reads_in_pyarrow_duckdb_and_polars() {
+    let python = std::env::var("TARS_INDEX_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let probe = std::process::Command::new(&python).args(["-c", "import pyarrow, duckdb, polars"]).output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "{python} cannot import pyarrow, duckdb and polars: run the tests with scripts/test.sh, or set \
+         TARS_INDEX_PYTHON to a Python that has them ({probe:?})"
+    );
+    let mock = MockServer::start();
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let embedded = run(&mut embed_args(&mock, input.path(), &dataset));
+    assert_eq!(embedded.code, 0, "{}", embedded.all_output());
+    let rows = read_rows(&dataset);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop.py");
+    let output = std::process::Command::new(&python).arg(script).arg(&dataset).output().expect("run python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON from interop.py");
+    let n = rows.len() as u64;
+    let first = rows.iter().find(|r| r.id == seen["pyarrow"]["first_id"].as_str().expect("id")).expect("first row");
+    let first_value = f64::from(first.embedding[0]);
+
+    assert_eq!(seen["pyarrow"]["rows"], n);
+    assert_eq!(
+        seen["pyarrow"]["columns"],
+        serde_json::json!(["id", "doc", "chunk_index", "start", "end", "tokens", "text", "hash", "embedding"])
+    );
+    assert_eq!(seen["pyarrow"]["list_size"], DEFAULT_DIMS, "{seen}");
+    assert_eq!(seen["pyarrow"]["model"], "tars/text-embedding-3-small");
+    assert_eq!(seen["pyarrow"]["dimensions"], DEFAULT_DIMS.to_string());
+    assert_eq!(seen["pyarrow"]["schema_model"], "tars/text-embedding-3-small");
+    assert_eq!(seen["duckdb"]["rows"], n);
+    assert_eq!(
+        (seen["duckdb"]["min_len"].clone(), seen["duckdb"]["max_len"].clone()),
+        (DEFAULT_DIMS.into(), DEFAULT_DIMS.into())
+    );
+    assert_eq!(seen["polars"]["rows"], n);
+    assert!(seen["polars"]["embedding_dtype"].as_str().expect("dtype").contains(&DEFAULT_DIMS.to_string()), "{seen}");
+    for tool in ["pyarrow", "duckdb", "polars"] {
+        let v = seen[tool]["first_value"].as_f64().expect("value");
+        assert!((v - first_value).abs() < 1e-6, "{tool} read {v}, arrow-rs {first_value}");
+    }
+}

@@ -97,8 +97,9 @@ impl DatasetWriter {
                 Arc::clone(schema)
             }
             None => {
-                let schema = dataset_schema(embeddings.dimensions);
                 self.manifest.dimensions = Some(embeddings.dimensions);
+                let schema =
+                    Arc::new(dataset_schema(embeddings.dimensions).as_ref().clone().with_metadata(self.metadata()));
                 self.schema = Some(Arc::clone(&schema));
                 schema
             }
@@ -149,17 +150,23 @@ impl DatasetWriter {
         Ok(())
     }
 
-    fn properties(&self) -> WriterProperties {
+    /// The facts a lone Parquet file should carry, both as file key-value metadata and in the Arrow schema.
+    fn metadata(&self) -> HashMap<String, String> {
         let m = &self.manifest;
         let mut meta = HashMap::from([
-            (schema::META_MODEL, m.model.clone()),
-            (schema::META_METRIC, m.metric.clone()),
-            (schema::META_SCHEMA_VERSION, m.schema_version.to_string()),
+            (schema::META_MODEL.to_owned(), m.model.clone()),
+            (schema::META_METRIC.to_owned(), m.metric.clone()),
+            (schema::META_SCHEMA_VERSION.to_owned(), m.schema_version.to_string()),
         ]);
         if let Some(d) = m.dimensions {
-            meta.insert(schema::META_DIMENSIONS, d.to_string());
+            meta.insert(schema::META_DIMENSIONS.to_owned(), d.to_string());
         }
-        let kv = meta.into_iter().map(|(k, v)| KeyValue::new(k.to_owned(), v)).collect();
+        meta
+    }
+
+    fn properties(&self) -> WriterProperties {
+        let mut kv: Vec<KeyValue> = self.metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        kv.sort_by(|a, b| a.key.cmp(&b.key));
         WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
             // Text and vectors are nearly unique, so dictionaries only cost; document names repeat, so keep it there.

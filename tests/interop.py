@@ -1,0 +1,50 @@
+"""Reads a tars-index dataset with pyarrow, DuckDB and Polars, exactly as a user would, and prints what each saw.
+
+Usage: python tests/interop.py DATASET_DIR   (run by tests/cli.rs; needs pyarrow, duckdb and polars)
+"""
+import glob
+import json
+import os
+import sys
+
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+
+dataset = sys.argv[1]
+files = sorted(glob.glob(os.path.join(dataset, "data", "*.parquet")))
+table = pq.read_table(files)
+meta = pq.read_metadata(files[0]).metadata or {}  # the file's key-value metadata
+schema_meta = table.schema.metadata or {}  # the Arrow schema's, as pyarrow and Polars users see it
+emb_type = table.schema.field("embedding").type
+first = table.slice(0, 1).to_pylist()[0]
+
+con = duckdb.connect()
+pattern = os.path.join(dataset, "data", "*.parquet")
+duck_rows, duck_min_len, duck_max_len = con.execute(
+    f"SELECT count(*), min(len(embedding)), max(len(embedding)) FROM read_parquet('{pattern}')"
+).fetchone()
+duck_first = con.execute(f"SELECT id, embedding[1] FROM read_parquet('{pattern}') WHERE id = ?", [first["id"]]).fetchone()
+
+frame = pl.read_parquet(pattern)
+polars_first = frame.filter(pl.col("id") == first["id"]).row(0, named=True)
+
+print(json.dumps({
+    "pyarrow": {
+        "rows": table.num_rows,
+        "columns": table.schema.names,
+        "embedding_type": str(emb_type),
+        "list_size": emb_type.list_size,
+        "model": meta.get(b"tars_index.model", b"").decode(),
+        "dimensions": meta.get(b"tars_index.dimensions", b"").decode(),
+        "schema_model": schema_meta.get(b"tars_index.model", b"").decode(),
+        "first_id": first["id"],
+        "first_value": first["embedding"][0],
+    },
+    "duckdb": {"rows": duck_rows, "min_len": duck_min_len, "max_len": duck_max_len, "first_value": duck_first[1]},
+    "polars": {
+        "rows": frame.height,
+        "embedding_dtype": str(frame.schema["embedding"]),
+        "first_value": list(polars_first["embedding"])[0],
+    },
+}))
