@@ -49,8 +49,9 @@ pub struct EmbedArgs {
     /// Requests in flight at once.
     #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
-    /// Most inputs per request (at most 2048).
-    #[arg(long, default_value_t = 512, value_name = "N")]
+    /// Most inputs per request (at most 2048). Smaller requests spread a small corpus over the concurrent slots;
+    /// larger ones spend less of a requests-per-minute limit.
+    #[arg(long, default_value_t = 128, value_name = "N")]
     pub batch_inputs: usize,
     /// Most tokens per request, summed over its inputs (at most 300000).
     #[arg(long, default_value_t = 300_000, value_name = "N")]
