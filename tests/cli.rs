@@ -452,3 +452,39 @@ fn dataset_reads_in_pyarrow_duckdb_and_polars() {
         assert!((v - first_value).abs() < 1e-6, "{tool} read {v}, arrow-rs {first_value}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_run_and_keeps_what_was_embedded() {
+    let files: Vec<(String, String)> =
+        (0..20).map(|i| (format!("doc{i:02}.txt"), format!("document number {i}"))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let input = corpus(&refs);
+    let mock = MockServer::start();
+    mock.set_delay(Duration::from_millis(300));
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let mut child = embed_args(&mock, input.path(), &dataset)
+        .args(["--batch-inputs", "1", "--concurrency", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mock.requests() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let result: util::Run = child.wait_with_output().expect("wait").into();
+    assert_eq!(result.code, 130, "{}", result.all_output());
+    assert!(result.stderr.contains("interrupted"), "{}", result.stderr);
+    let m = manifest(&dataset);
+    assert_eq!(m["status"]["aborted"]["reason"], "interrupted", "{m}");
+    let rows = read_rows(&dataset);
+    assert!(rows.len() >= 2 && rows.len() < 20, "{} rows kept", rows.len());
+    assert_eq!(rows.len() as u64, m["rows"].as_u64().expect("rows"));
+    for row in &rows {
+        assert_eq!(row.embedding, mock_embedding(&row.text, DEFAULT_DIMS));
+    }
+}

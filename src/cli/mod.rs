@@ -132,11 +132,7 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
     };
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
-    let shutdown = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let shutdown = stop_signal();
     let outcome = run_embed(job, embedder, stats, shutdown).await;
     drop(progress);
     let outcome = outcome.map_err(|e| match e {
@@ -169,6 +165,30 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
         RunStatus::Complete => exit::SUCCESS,
         _ => exit::FAILURES,
     })
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM (what schedulers such as systemd and Kubernetes send) on Unix.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
 }
 
 fn print_summary(summary: &Summary, status: &RunStatus, out: &std::path::Path, json: bool) {

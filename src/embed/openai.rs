@@ -52,6 +52,8 @@ pub struct ApiConfig {
 pub enum ApiConfigError {
     #[error("TARS_API_KEY is not set: export your TARS API key as TARS_API_KEY")]
     MissingKey,
+    #[error("TARS_API_KEY contains characters that cannot be sent in an HTTP header (a stray newline?)")]
+    InvalidKey,
     #[error("TARS_API_BASE {0:?} is not an http(s) URL")]
     BadBase(String),
     #[error("could not build the HTTP client: {0}")]
@@ -286,7 +288,7 @@ impl OpenAiEmbedder {
     pub fn new(config: ApiConfig, stats: Arc<Stats>) -> Result<Self, ApiConfigError> {
         let mut headers = HeaderMap::new();
         let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", config.key.0)).map_err(|_| ApiConfigError::MissingKey)?;
+            HeaderValue::from_str(&format!("Bearer {}", config.key.0)).map_err(|_| ApiConfigError::InvalidKey)?;
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
