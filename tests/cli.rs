@@ -464,7 +464,7 @@ fn sigterm_stops_the_run_and_keeps_what_was_embedded() {
     mock.set_delay(Duration::from_millis(300));
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
-    let mut child = embed_args(&mock, input.path(), &dataset)
+    let child = embed_args(&mock, input.path(), &dataset)
         .args(["--batch-inputs", "1", "--concurrency", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
