@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. The interop test reads a dataset with pyarrow, DuckDB and Polars, so this first makes
-# a Python virtualenv with them (once; kept in target/py-interop) and points the tests at it.
+# Runs the whole test suite. First the set-up the tests need, each step done once and skipped when in place:
+# - the embedded default model (scripts/fetch-model.sh), which the local-model tests load; they fail without it;
+# - a Python virtualenv with pyarrow, DuckDB and Polars (target/py-interop) for the interop test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+scripts/fetch-model.sh
 
 venv=target/py-interop
 if ! "$venv/bin/python" -c "import pyarrow, duckdb, polars" 2>/dev/null; then

@@ -488,3 +488,58 @@ fn sigterm_stops_the_run_and_keeps_what_was_embedded() {
         assert_eq!(row.embedding, mock_embedding(&row.text, DEFAULT_DIMS));
     }
 }
+
+/// The embedded local model end to end: no key, no network. Needs the model (scripts/fetch-model.sh).
+#[test]
+fn local_model_embeds_indexes_and_finds_paraphrased_queries() {
+    let input = standard_corpus();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let result = run(cli(None).arg("embed").arg(input.path()).args(["--out"]).arg(&dataset).args([
+        "--model",
+        "local/all-minilm-l6-v2",
+        "--id-field",
+        "id",
+        "--json",
+    ]));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let s = summary(&result);
+    assert_eq!(s["summary"]["chunks_failed"], 0, "{s}");
+    let m = manifest(&dataset);
+    assert_eq!((m["model"].as_str(), m["dimensions"].as_u64()), (Some("local/all-minilm-l6-v2"), Some(384)));
+    assert_eq!(m["chunking"]["max_tokens"], 254, "chunks sized to the model's window: {m}");
+    for row in read_rows(&dataset) {
+        let norm: f32 = row.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+    for (query, doc) in [
+        ("observing stars and outer space", "guides/astronomy.txt"),
+        ("how to prepare an Italian dinner", "guides/cooking.md"),
+        ("growing vegetables in the backyard", "notes/gardening.txt"),
+        ("fixing my bike", "bike-1"),
+    ] {
+        let found = run(cli(None).arg("search").arg(&dataset).args([query, "-k", "1", "--json"]));
+        assert_eq!(found.code, 0, "{}", found.all_output());
+        assert_eq!(json_lines(&found.stdout)[0]["doc"], doc, "query {query:?}");
+    }
+
+    let mut cmd = cli(None);
+    cmd.env("TARS_INDEX_MODELS", out.path().join("no-models-here"));
+    let missing = run(cmd
+        .arg("embed")
+        .arg(input.path())
+        .arg("--out")
+        .arg(out.path().join("x"))
+        .args(["--model", "local/all-minilm-l6-v2"]));
+    assert_eq!(missing.code, 2, "{}", missing.all_output());
+    assert!(missing.stderr.contains("scripts/fetch-model.sh"), "{}", missing.stderr);
+    let too_big = run(cli(None).arg("embed").arg(input.path()).arg("--out").arg(out.path().join("y")).args([
+        "--model",
+        "local/all-minilm-l6-v2",
+        "--chunk-tokens",
+        "300",
+    ]));
+    assert_eq!(too_big.code, 2, "{}", too_big.all_output());
+    assert!(too_big.stderr.contains("254"), "{}", too_big.stderr);
+}

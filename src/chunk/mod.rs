@@ -1,13 +1,13 @@
 //! Stage 2: splitting documents into token-bounded chunks.
 //!
 //! Chunking is CPU-only and synchronous; the pipeline runs it on a blocking thread. The [`TokenChunker`] measures
-//! with cl100k_base (the tokenizer of text-embedding-3-*) and lets `text-splitter` choose the cut points: it prefers
-//! paragraph, then sentence, then word boundaries (Markdown structure for Markdown files) and never exceeds the
-//! token budget.
+//! with the tokenizer of the model that will embed the chunks ([`TokenCounter`]: cl100k_base for text-embedding-3-*,
+//! the model's own for a local model) and lets `text-splitter` choose the cut points: it prefers paragraph, then
+//! sentence, then word boundaries (Markdown structure for Markdown files) and never exceeds the token budget.
 
 use std::sync::Arc;
 
-use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
+use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 use tiktoken_rs::CoreBPE;
 
 use crate::source::{Document, TextFormat};
@@ -25,7 +25,7 @@ pub struct Chunk {
     /// Byte offsets of `text` in the document's text.
     pub start: u64,
     pub end: u64,
-    /// cl100k_base tokens in `text`.
+    /// Tokens in `text`, as the embedding model's tokenizer counts them.
     pub tokens: u32,
     pub text: String,
     /// blake3 of `text`, hex.
@@ -46,16 +46,22 @@ pub struct ChunkSettings {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkSettingsError {
-    #[error("--chunk-tokens must be between 1 and {MAX_INPUT_TOKENS} (got {0})")]
-    MaxTokens(usize),
+    #[error("--chunk-tokens must be between 1 and {limit}, the model's input limit (got {got})")]
+    MaxTokens { got: usize, limit: usize },
     #[error("--chunk-overlap ({overlap}) must be smaller than --chunk-tokens ({max_tokens})")]
     Overlap { overlap: usize, max_tokens: usize },
 }
 
 impl ChunkSettings {
+    /// Settings for the API's models (at most [`MAX_INPUT_TOKENS`] per chunk).
     pub fn new(max_tokens: usize, overlap: usize) -> Result<Self, ChunkSettingsError> {
-        if max_tokens == 0 || max_tokens > MAX_INPUT_TOKENS {
-            return Err(ChunkSettingsError::MaxTokens(max_tokens));
+        Self::with_limit(max_tokens, overlap, MAX_INPUT_TOKENS)
+    }
+
+    /// Settings for a model that takes at most `limit` tokens per input.
+    pub fn with_limit(max_tokens: usize, overlap: usize, limit: usize) -> Result<Self, ChunkSettingsError> {
+        if max_tokens == 0 || max_tokens > limit {
+            return Err(ChunkSettingsError::MaxTokens { got: max_tokens, limit });
         }
         if overlap >= max_tokens {
             return Err(ChunkSettingsError::Overlap { overlap, max_tokens });
@@ -74,22 +80,70 @@ pub fn count_tokens(text: &str) -> usize {
     cl100k().encode_ordinary(text).len()
 }
 
-/// Token-aware chunker over cl100k_base.
+/// How chunk sizes are measured: with the tokenizer of the model that embeds the chunks.
+#[derive(Clone)]
+pub enum TokenCounter {
+    /// cl100k_base, the tokenizer of text-embedding-3-* (and what the API limits count).
+    Cl100k,
+    /// A Hugging Face tokenizer (a local model's), counting without special tokens.
+    HuggingFace { name: String, tokenizer: Arc<tokenizers::Tokenizer> },
+}
+
+impl std::fmt::Debug for TokenCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenCounter({})", self.name())
+    }
+}
+
+impl TokenCounter {
+    pub fn count(&self, text: &str) -> usize {
+        match self {
+            TokenCounter::Cl100k => count_tokens(text),
+            // A WordPiece/BPE tokenizer does not fail on text; if one ever does, count bytes, which over-counts and
+            // so keeps chunks within the window.
+            TokenCounter::HuggingFace { tokenizer, .. } => {
+                tokenizer.encode_fast(text, false).map(|e| e.len()).unwrap_or(text.len())
+            }
+        }
+    }
+
+    /// Recorded in the manifest.
+    pub fn name(&self) -> String {
+        match self {
+            TokenCounter::Cl100k => "cl100k_base".to_owned(),
+            TokenCounter::HuggingFace { name, .. } => name.clone(),
+        }
+    }
+}
+
+impl ChunkSizer for TokenCounter {
+    fn size(&self, chunk: &str) -> usize {
+        self.count(chunk)
+    }
+}
+
+/// Token-aware chunker.
 pub struct TokenChunker {
     settings: ChunkSettings,
-    plain: TextSplitter<&'static CoreBPE>,
-    markdown: MarkdownSplitter<&'static CoreBPE>,
+    counter: TokenCounter,
+    plain: TextSplitter<TokenCounter>,
+    markdown: MarkdownSplitter<TokenCounter>,
 }
 
 impl TokenChunker {
+    /// A chunker measuring with cl100k_base.
     pub fn new(settings: ChunkSettings) -> Self {
+        Self::with_counter(settings, TokenCounter::Cl100k)
+    }
+
+    pub fn with_counter(settings: ChunkSettings, counter: TokenCounter) -> Self {
         let config = || {
             ChunkConfig::new(settings.max_tokens)
-                .with_sizer(cl100k())
+                .with_sizer(counter.clone())
                 .with_overlap(settings.overlap)
-                .expect("ChunkSettings::new guarantees overlap < max_tokens")
+                .expect("ChunkSettings guarantees overlap < max_tokens")
         };
-        Self { settings, plain: TextSplitter::new(config()), markdown: MarkdownSplitter::new(config()) }
+        Self { settings, plain: TextSplitter::new(config()), markdown: MarkdownSplitter::new(config()), counter }
     }
 
     fn pieces<'t>(&self, document: &'t Document) -> Vec<(usize, &'t str)> {
@@ -105,7 +159,7 @@ impl Chunker for TokenChunker {
         let doc: Arc<str> = Arc::from(document.doc.as_str());
         let mut chunks = Vec::new();
         for (offset, text) in self.pieces(document) {
-            for (offset, text, tokens) in fit(offset, text, self.settings.max_tokens) {
+            for (offset, text, tokens) in fit(&self.counter, offset, text, self.settings.max_tokens) {
                 if text.trim().is_empty() {
                     continue; // the API rejects empty inputs
                 }
@@ -119,8 +173,8 @@ impl Chunker for TokenChunker {
 
 /// Guarantees the token bound even if the splitter ever overshoots (it should not): halves at a char boundary
 /// until every piece fits.
-fn fit(offset: usize, text: &str, max_tokens: usize) -> Vec<(usize, &str, usize)> {
-    let tokens = count_tokens(text);
+fn fit<'t>(counter: &TokenCounter, offset: usize, text: &'t str, max_tokens: usize) -> Vec<(usize, &'t str, usize)> {
+    let tokens = counter.count(text);
     if tokens <= max_tokens || text.chars().nth(1).is_none() {
         return vec![(offset, text, tokens)];
     }
@@ -129,8 +183,8 @@ fn fit(offset: usize, text: &str, max_tokens: usize) -> Vec<(usize, &str, usize)
         mid += 1;
     }
     let (left, right) = text.split_at(mid);
-    let mut out = fit(offset, left, max_tokens);
-    out.extend(fit(offset + mid, right, max_tokens));
+    let mut out = fit(counter, offset, left, max_tokens);
+    out.extend(fit(counter, offset + mid, right, max_tokens));
     out
 }
 
@@ -170,8 +224,9 @@ mod tests {
 
     #[test]
     fn settings_are_validated() {
-        assert_eq!(ChunkSettings::new(0, 0), Err(ChunkSettingsError::MaxTokens(0)));
-        assert_eq!(ChunkSettings::new(8192, 0), Err(ChunkSettingsError::MaxTokens(8192)));
+        assert_eq!(ChunkSettings::new(0, 0), Err(ChunkSettingsError::MaxTokens { got: 0, limit: 8191 }));
+        assert_eq!(ChunkSettings::new(8192, 0), Err(ChunkSettingsError::MaxTokens { got: 8192, limit: 8191 }));
+        assert_eq!(ChunkSettings::with_limit(300, 0, 254), Err(ChunkSettingsError::MaxTokens { got: 300, limit: 254 }));
         assert_eq!(ChunkSettings::new(10, 10), Err(ChunkSettingsError::Overlap { overlap: 10, max_tokens: 10 }));
         assert!(ChunkSettings::new(8191, 8190).is_ok());
     }

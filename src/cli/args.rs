@@ -40,15 +40,16 @@ pub struct EmbedArgs {
     /// Dataset directory to write.
     #[arg(short, long, value_name = "DATASET_DIR")]
     pub out: PathBuf,
-    /// Embedding model; `tars/` is stripped on the wire.
+    /// Embedding model: `tars/<id>` (or any id the endpoint offers; `tars/` is stripped on the wire), or
+    /// `local/all-minilm-l6-v2` / `local/<DIR>` for the in-process model (no key, no network).
     #[arg(short, long, default_value = "tars/text-embedding-3-small")]
     pub model: String,
     /// Vector size to ask for (text-embedding-3 models only).
     #[arg(long, value_name = "N")]
     pub dimensions: Option<u32>,
-    /// Requests in flight at once.
-    #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: u16,
+    /// Requests in flight at once [default: 8; 1 for a local model, which uses every core per batch].
+    #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
     /// Most inputs per request (at most 2048). Smaller requests spread a small corpus over the concurrent slots;
     /// larger ones spend less of a requests-per-minute limit.
     #[arg(long, default_value_t = 128, value_name = "N")]
@@ -56,9 +57,9 @@ pub struct EmbedArgs {
     /// Most tokens per request, summed over its inputs (at most 300000).
     #[arg(long, default_value_t = 300_000, value_name = "N")]
     pub batch_tokens: usize,
-    /// Most cl100k_base tokens per chunk (at most 8191).
-    #[arg(long, default_value_t = 512, value_name = "N")]
-    pub chunk_tokens: usize,
+    /// Most tokens per chunk, counted with the model's tokenizer [default: 512, or a local model's window].
+    #[arg(long, value_name = "N")]
+    pub chunk_tokens: Option<usize>,
     /// Tokens shared by neighbouring chunks [default: chunk-tokens / 8].
     #[arg(long, value_name = "N")]
     pub chunk_overlap: Option<usize>,

@@ -19,8 +19,11 @@ pub use args::{Cli, Command, EmbedArgs, IndexArgs, ModelsArgs, SearchArgs};
 pub use progress::LogWriter;
 
 use crate::batch::BatchLimits;
-use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS, count_tokens};
-use crate::embed::{ApiConfig, EmbedError, Embedder, OpenAiEmbedder, wire_model};
+use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS, TokenCounter, count_tokens};
+use crate::embed::{
+    ApiConfig, EmbedError, Embedder, LOCAL_PREFIX, LocalEmbedder, LocalModel, OpenAiEmbedder, resolve_local_model,
+    wire_model,
+};
 use crate::index::{self, IndexParams, SearchIndex};
 use crate::pipeline::{EmbedJob, run_embed};
 use crate::source::SourceOptions;
@@ -106,14 +109,58 @@ fn check_dimensions(model: &str, dimensions: Option<u32>) -> Result<(), Failure>
     Ok(())
 }
 
+/// The embedder a model name asks for.
+enum Provider {
+    Api(OpenAiEmbedder),
+    Local(LocalEmbedder, Arc<LocalModel>),
+}
+
+/// Loads a `local/…` model (on a blocking thread: it reads ~90 MB of weights).
+async fn load_local(name: &str) -> Result<Arc<LocalModel>, Failure> {
+    let dir = resolve_local_model(name)
+        .ok_or_else(|| Failure::usage(anyhow::anyhow!("{name:?} is not a local model name")))?;
+    let model = tokio::task::spawn_blocking(move || LocalModel::load(&dir))
+        .await
+        .map_err(|e| Failure::run(anyhow::anyhow!("model load thread failed: {e}")))?
+        .map_err(Failure::usage)?;
+    Ok(Arc::new(model))
+}
+
+async fn provider(
+    model: &str,
+    dimensions: Option<u32>,
+    timeout: Duration,
+    max_retries: u32,
+    stats: &Arc<Stats>,
+) -> Result<Provider, Failure> {
+    if model.starts_with(LOCAL_PREFIX) {
+        if dimensions.is_some() {
+            return Err(Failure::usage(anyhow::anyhow!("--dimensions is not supported by local models")));
+        }
+        let loaded = load_local(model).await?;
+        return Ok(Provider::Local(LocalEmbedder::new(model, Arc::clone(&loaded), Arc::clone(stats)), loaded));
+    }
+    check_dimensions(model, dimensions)?;
+    let config = api_config(model, dimensions, timeout, max_retries)?;
+    Ok(Provider::Api(OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?))
+}
+
 async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
-    let overlap = args.chunk_overlap.unwrap_or(args.chunk_tokens / 8);
-    let chunking = ChunkSettings::new(args.chunk_tokens, overlap).map_err(Failure::usage)?;
-    let batching = BatchLimits::new(args.batch_inputs, args.batch_tokens, args.chunk_tokens).map_err(Failure::usage)?;
-    check_dimensions(&args.model, args.dimensions)?;
-    let config = api_config(&args.model, args.dimensions, Duration::from_secs(args.timeout.max(1)), args.max_retries)?;
     let stats = Arc::new(Stats::default());
-    let embedder = Arc::new(OpenAiEmbedder::new(config, Arc::clone(&stats)).map_err(Failure::usage)?);
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let provider = provider(&args.model, args.dimensions, timeout, args.max_retries, &stats).await?;
+    let (limit, counter, default_concurrency) = match &provider {
+        Provider::Api(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
+        Provider::Local(_, model) => (
+            model.max_input_tokens(),
+            TokenCounter::HuggingFace { name: format!("{}-tokenizer", args.model), tokenizer: model.counter() },
+            1,
+        ),
+    };
+    let chunk_tokens = args.chunk_tokens.unwrap_or(512.min(limit));
+    let overlap = args.chunk_overlap.unwrap_or(chunk_tokens / 8);
+    let chunking = ChunkSettings::with_limit(chunk_tokens, overlap, limit).map_err(Failure::usage)?;
+    let batching = BatchLimits::new(args.batch_inputs, args.batch_tokens, chunk_tokens).map_err(Failure::usage)?;
     let job = EmbedJob {
         source: SourceOptions {
             inputs: args.inputs,
@@ -124,8 +171,9 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
             ..SourceOptions::default()
         },
         chunking,
+        counter,
         batching,
-        concurrency: usize::from(args.concurrency),
+        concurrency: usize::from(args.concurrency.unwrap_or(default_concurrency)),
         out: args.out.clone(),
         overwrite: args.overwrite,
         requested_dimensions: args.dimensions,
@@ -133,7 +181,10 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
     let shutdown = stop_signal();
-    let outcome = run_embed(job, embedder, stats, shutdown).await;
+    let outcome = match provider {
+        Provider::Api(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
+        Provider::Local(embedder, _) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
+    };
     drop(progress);
     let outcome = outcome.map_err(|e| match e {
         crate::pipeline::PipelineError::Source(e) => Failure::usage(e),
@@ -244,11 +295,8 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
 
 async fn search(args: SearchArgs) -> Result<u8, Failure> {
     let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
-    let tokens = count_tokens(&args.query);
-    if tokens > MAX_INPUT_TOKENS || args.query.trim().is_empty() {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "the query must be 1 to {MAX_INPUT_TOKENS} tokens long (it is {tokens})"
-        )));
+    if args.query.trim().is_empty() {
+        return Err(Failure::usage(anyhow::anyhow!("the query is empty")));
     }
     let index = {
         let dataset = dataset.clone();
@@ -258,10 +306,32 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
             .map_err(Failure::usage)?
     };
     let model = dataset.manifest.model.clone();
-    let config = api_config(&model, dataset.manifest.requested_dimensions, Duration::from_secs(60), 3)?;
-    let embedder = OpenAiEmbedder::new(config, Arc::new(Stats::default())).map_err(Failure::usage)?;
+    let stats = Arc::new(Stats::default());
     let query = [args.query.as_str()];
-    let embedding = embedder.embed(&query).await.map_err(Failure::api)?;
+    let embedding =
+        match provider(&model, dataset.manifest.requested_dimensions, Duration::from_secs(60), 3, &stats).await? {
+            Provider::Api(embedder) => {
+                let tokens = count_tokens(&args.query);
+                if tokens > MAX_INPUT_TOKENS {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "the query has {tokens} tokens; the limit is {MAX_INPUT_TOKENS}"
+                    )));
+                }
+                embedder.embed(&query).await.map_err(Failure::api)?
+            }
+            Provider::Local(embedder, model) => {
+                let tokens =
+                    TokenCounter::HuggingFace { name: String::new(), tokenizer: model.counter() }.count(&args.query);
+                if tokens > model.max_input_tokens() {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "the query has {tokens} tokens; {} takes at most {}",
+                        dataset.manifest.model,
+                        model.max_input_tokens()
+                    )));
+                }
+                embedder.embed(&query).await.map_err(Failure::api)?
+            }
+        };
     let hits = index.search(embedding.vector(0), usize::from(args.k), usize::from(args.ef)).map_err(Failure::run)?;
     let ordinals: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
     let rows = dataset.fetch(&ordinals).context("reading the matching rows").map_err(Failure::run)?;

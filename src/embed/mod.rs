@@ -3,11 +3,15 @@
 //! [`Embedder`] is the stage boundary; [`OpenAiEmbedder`] speaks the OpenAI embeddings protocol to TARS (or any
 //! compatible endpoint), with the retry policy of [`retry`].
 
+mod local;
 mod openai;
 pub mod retry;
 
 use std::future::Future;
 
+pub use local::{
+    DEFAULT_LOCAL_MODEL, LOCAL_PREFIX, LocalEmbedder, LocalModel, LocalModelError, model_cache_dir, resolve_local_model,
+};
 pub use openai::{ApiConfig, DEFAULT_API_BASE, ModelInfo, OpenAiEmbedder, wire_model};
 
 /// Vectors for one request, in input order, as one flat row-major buffer.
@@ -52,6 +56,9 @@ pub enum EmbedError {
     /// The account is out of quota or credit.
     #[error("the API reports exhausted quota or credit (HTTP {status}): {message}")]
     Quota { status: u16, message: String },
+    /// The local model failed.
+    #[error("local model: {message}")]
+    Model { message: String },
     /// Retries ran out on errors that are usually transient.
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: String },
@@ -70,7 +77,7 @@ impl EmbedError {
             EmbedError::Quota { .. } => {
                 Some("add credit or raise the spending limit of the account behind TARS_API_KEY, then run again")
             }
-            EmbedError::Exhausted { .. } => None,
+            EmbedError::Model { .. } | EmbedError::Exhausted { .. } => None,
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::batch::{Batch, BatchLimits, Batcher};
-use crate::chunk::{ChunkSettings, Chunker, TokenChunker};
+use crate::chunk::{ChunkSettings, Chunker, TokenChunker, TokenCounter};
 use crate::embed::{EmbedError, Embedder, Embeddings};
 use crate::source::{FileSource, Source, SourceItem, SourceOptions};
 use crate::stats::{Stats, Summary};
@@ -32,6 +32,8 @@ use crate::store::{ChunkingInfo, DatasetWriter, Manifest, RunStatus, StoreError}
 pub struct EmbedJob {
     pub source: SourceOptions,
     pub chunking: ChunkSettings,
+    /// The embedding model's tokenizer, which sizes the chunks.
+    pub counter: TokenCounter,
     pub batching: BatchLimits,
     pub concurrency: usize,
     pub out: std::path::PathBuf,
@@ -71,7 +73,7 @@ pub async fn run_embed<E: Embedder>(
     // Fail on bad inputs and an existing dataset before any work.
     let source = FileSource::new(job.source.clone())?;
     let chunking = ChunkingInfo {
-        tokenizer: "cl100k_base".to_owned(),
+        tokenizer: job.counter.name(),
         max_tokens: job.chunking.max_tokens,
         overlap: job.chunking.overlap,
     };
@@ -89,7 +91,7 @@ pub async fn run_embed<E: Embedder>(
     });
     let chunk_task = tokio::task::spawn_blocking({
         let stats = Arc::clone(&stats);
-        let chunker = TokenChunker::new(job.chunking);
+        let chunker = TokenChunker::with_counter(job.chunking, job.counter.clone());
         move || chunk_and_batch(&chunker, job.batching, doc_rx, &batch_tx, &stats)
     });
     let writer_task = tokio::task::spawn_blocking({
