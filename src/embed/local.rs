@@ -296,6 +296,33 @@ mod tests {
     }
 
     #[test]
+    fn agrees_with_sentence_transformers_on_the_reference_fixture() {
+        #[derive(Deserialize)]
+        struct Fixture {
+            sentences: Vec<String>,
+            tokens: Vec<usize>,
+            vectors: Vec<Vec<f32>>,
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm_reference.json");
+        let fixture: Fixture =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON");
+        let texts: Vec<&str> = fixture.sentences.iter().map(String::as_str).collect();
+        let m = model();
+        let got = m.embed(&texts).expect("embed");
+        let d = m.dimensions();
+        let mut worst = f32::MAX;
+        for (i, want) in fixture.vectors.iter().enumerate() {
+            let v = &got[i * d..(i + 1) * d];
+            let cosine = dot(v, want) / dot(want, want).sqrt();
+            worst = worst.min(cosine);
+            assert!(cosine >= 0.999, "sentence {i} ({:?}): cosine {cosine:.6} with sentence-transformers", texts[i]);
+            let tokens = m.counter.encode_fast(texts[i], true).expect("encode").len();
+            assert_eq!(tokens, fixture.tokens[i], "token count of sentence {i}");
+        }
+        eprintln!("lowest cosine against sentence-transformers: {worst:.7}");
+    }
+
+    #[test]
     fn unit_vectors_in_input_order_whatever_the_batch() {
         let m = model();
         let d = m.dimensions();
