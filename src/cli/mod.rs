@@ -286,7 +286,7 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
     } else {
         let _ = writeln!(
             stdout,
-            "indexed {} vectors of {} dimensions (M={}, ef_construction={}) in {:.1}s",
+            "indexed {} vectors of {} dimensions (M={}, ef_construction={}) in {:.2}s",
             meta.points, meta.dimensions, meta.params.m, meta.params.ef_construction, meta.build_secs
         );
     }

@@ -21,8 +21,26 @@ use crate::stats::Stats;
 pub const DEFAULT_LOCAL_MODEL: &str = "all-minilm-l6-v2";
 /// Prefix of local model names on the command line.
 pub const LOCAL_PREFIX: &str = "local/";
-/// Texts per forward pass: large enough to keep both cores busy, small enough to bound the attention buffers.
-const SUB_BATCH: usize = 32;
+/// Padded tokens per forward pass: large enough for efficient matrix products, small enough to bound the
+/// activation buffers. 2048 measured best among 832–8192 (BENCHMARKS.md); `TARS_INDEX_TOKENS_PER_PASS` overrides it.
+const TOKENS_PER_PASS: usize = 2048;
+
+/// Splits indexes sorted by ascending length into groups whose padded size (texts × longest) stays within `budget`.
+fn passes(order: &[usize], lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for &i in order {
+        // Sorted ascending, so this text is the longest of the group so far.
+        if !current.is_empty() && (current.len() + 1) * lengths[i] > budget {
+            groups.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalModelError {
@@ -174,7 +192,9 @@ impl LocalModel {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| lengths[i]);
         let mut out = vec![0f32; texts.len() * self.dims];
-        for group in order.chunks(SUB_BATCH) {
+        let budget =
+            std::env::var("TARS_INDEX_TOKENS_PER_PASS").ok().and_then(|v| v.parse().ok()).unwrap_or(TOKENS_PER_PASS);
+        for group in passes(&order, &lengths, budget) {
             let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
             let vectors = self.forward(&batch)?;
             for (row, &i) in group.iter().enumerate() {
@@ -394,6 +414,21 @@ mod tests {
         let dir = copy("tokenizer.json");
         let err = LocalModel::load(dir.path()).err().expect("no tokenizer");
         assert!(err.to_string().contains("tokenizer.json"), "{err}");
+    }
+
+    #[test]
+    fn passes_stay_within_the_padded_token_budget() {
+        let lengths = [5, 100, 3, 40, 40, 300, 7];
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.sort_by_key(|&i| lengths[i]);
+        let groups = passes(&order, &lengths, 100);
+        let flat: Vec<usize> = groups.iter().flatten().copied().collect();
+        assert_eq!(flat, order, "every text once, in length order");
+        for g in &groups {
+            let longest = g.iter().map(|&i| lengths[i]).max().expect("non-empty");
+            assert!(g.len() == 1 || g.len() * longest <= 100, "{g:?}");
+        }
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 1, 1]);
     }
 
     #[test]
