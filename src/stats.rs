@@ -16,7 +16,6 @@ pub struct Stats {
     pub files_skipped: AtomicU64,
     pub records_skipped: AtomicU64,
     pub chunks: AtomicU64,
-    pub tokens_chunked: AtomicU64,
     pub chunks_embedded: AtomicU64,
     pub tokens_embedded: AtomicU64,
     pub usage_tokens: AtomicU64,

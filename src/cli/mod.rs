@@ -112,7 +112,7 @@ fn check_dimensions(model: &str, dimensions: Option<u32>) -> Result<(), Failure>
 /// The embedder a model name asks for.
 enum Provider {
     Api(OpenAiEmbedder),
-    Local(LocalEmbedder, Arc<LocalModel>),
+    Local(LocalEmbedder),
 }
 
 /// Loads a `local/…` model (on a blocking thread: it reads ~90 MB of weights).
@@ -138,7 +138,7 @@ async fn provider(
             return Err(Failure::usage(anyhow::anyhow!("--dimensions is not supported by local models")));
         }
         let loaded = load_local(model).await?;
-        return Ok(Provider::Local(LocalEmbedder::new(model, Arc::clone(&loaded), Arc::clone(stats)), loaded));
+        return Ok(Provider::Local(LocalEmbedder::new(model, loaded, Arc::clone(stats))));
     }
     check_dimensions(model, dimensions)?;
     let config = api_config(model, dimensions, timeout, max_retries)?;
@@ -151,9 +151,12 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
     let provider = provider(&args.model, args.dimensions, timeout, args.max_retries, &stats).await?;
     let (limit, counter, default_concurrency) = match &provider {
         Provider::Api(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
-        Provider::Local(_, model) => (
-            model.max_input_tokens(),
-            TokenCounter::HuggingFace { name: format!("{}-tokenizer", args.model), tokenizer: model.counter() },
+        Provider::Local(embedder) => (
+            embedder.local_model().max_input_tokens(),
+            TokenCounter::HuggingFace {
+                name: format!("{}-tokenizer", args.model),
+                tokenizer: embedder.local_model().counter(),
+            },
             1,
         ),
     };
@@ -183,7 +186,7 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
     let shutdown = stop_signal();
     let outcome = match provider {
         Provider::Api(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
-        Provider::Local(embedder, _) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
+        Provider::Local(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
     };
     drop(progress);
     let outcome = outcome.map_err(|e| match e {
@@ -319,7 +322,8 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
                 }
                 embedder.embed(&query).await.map_err(Failure::api)?
             }
-            Provider::Local(embedder, model) => {
+            Provider::Local(embedder) => {
+                let model = embedder.local_model();
                 let tokens =
                     TokenCounter::HuggingFace { name: String::new(), tokenizer: model.counter() }.count(&args.query);
                 if tokens > model.max_input_tokens() {

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use serde::Deserialize;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
+use tokenizers::Tokenizer;
 
 use super::{EmbedError, Embedder, Embeddings};
 use crate::stats::Stats;
@@ -108,9 +108,7 @@ enum Pooling {
 /// A loaded model, ready to embed.
 pub struct LocalModel {
     model: BertModel,
-    /// Pads each batch to its longest input; never truncates (over-long inputs are an error).
-    tokenizer: Tokenizer,
-    /// The plain tokenizer, for counting (no padding, no truncation).
+    /// No padding, no truncation: over-long inputs are an error, and batches are padded in `forward`.
     counter: Arc<Tokenizer>,
     dims: usize,
     /// Most tokens per input including [CLS] and [SEP].
@@ -157,15 +155,13 @@ impl LocalModel {
         // The bundled tokenizer.json pads and truncates to 128; sentence-transformers does neither.
         counter.with_padding(None);
         counter.with_truncation(None).map_err(|e| file_error(&tokenizer_path, e))?;
-        let mut tokenizer = counter.clone();
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
 
         let weights_path = dir.join("model.safetensors");
         let weights = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
             .map_err(|e| file_error(&weights_path, e))?;
         let model = BertModel::load(vb, &config).map_err(|e| file_error(&weights_path, e))?;
-        Ok(Self { model, tokenizer, counter: Arc::new(counter), dims: config.hidden_size, window, pooling, normalize })
+        Ok(Self { model, counter: Arc::new(counter), dims: config.hidden_size, window, pooling, normalize })
     }
 
     pub fn dimensions(&self) -> usize {
@@ -184,8 +180,13 @@ impl LocalModel {
 
     /// Embeds `texts` in order (blocking; call from a blocking thread).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>, LocalModelError> {
-        let lengths: Vec<usize> =
-            texts.iter().map(|t| self.counter.encode_fast(*t, true).map(|e| e.len()).unwrap_or(usize::MAX)).collect();
+        // Tokenised once, here: the length check, the sort and the forward pass all use these ids.
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.counter.encode_fast(*t, true).map(|e| e.get_ids().to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| LocalModelError::Inference(format!("tokenizer: {e}")))?;
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         if let Some((index, &tokens)) = lengths.iter().enumerate().find(|(_, l)| **l > self.window) {
             return Err(LocalModelError::TooLong { index, tokens, window: self.window });
         }
@@ -195,7 +196,7 @@ impl LocalModel {
         let budget =
             std::env::var("TARS_INDEX_TOKENS_PER_PASS").ok().and_then(|v| v.parse().ok()).unwrap_or(TOKENS_PER_PASS);
         for group in passes(&order, &lengths, budget) {
-            let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
+            let batch: Vec<&[u32]> = group.iter().map(|&i| ids[i].as_slice()).collect();
             let vectors = self.forward(&batch)?;
             for (row, &i) in group.iter().enumerate() {
                 out[i * self.dims..(i + 1) * self.dims]
@@ -205,20 +206,20 @@ impl LocalModel {
         Ok(out)
     }
 
-    fn forward(&self, texts: &[&str]) -> Result<Vec<f32>, LocalModelError> {
+    /// One forward pass over token ids (with [CLS]/[SEP]), padded here to the longest; padding is masked out of
+    /// attention and pooling, so its id does not matter.
+    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<f32>, LocalModelError> {
         let fail = |e: &dyn std::fmt::Display| LocalModelError::Inference(e.to_string());
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| fail(&e))?;
-        let device = Device::Cpu;
-        let rows = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor, LocalModelError> {
-            let rows = encodings
-                .iter()
-                .map(|e| Tensor::new(f(e), &device))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(&e))?;
-            Tensor::stack(&rows, 0).map_err(|e| fail(&e))
-        };
-        let ids = rows(&|e| e.get_ids())?;
-        let mask = rows(&|e| e.get_attention_mask())?;
+        let width = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        let mut flat_ids = vec![0u32; batch.len() * width];
+        let mut flat_mask = vec![0u32; batch.len() * width];
+        for (row, ids) in batch.iter().enumerate() {
+            flat_ids[row * width..row * width + ids.len()].copy_from_slice(ids);
+            flat_mask[row * width..row * width + ids.len()].fill(1);
+        }
+        let shape = (batch.len(), width);
+        let ids = Tensor::from_vec(flat_ids, shape, &Device::Cpu).map_err(|e| fail(&e))?;
+        let mask = Tensor::from_vec(flat_mask, shape, &Device::Cpu).map_err(|e| fail(&e))?;
         let type_ids = ids.zeros_like().map_err(|e| fail(&e))?;
         let hidden = self.model.forward(&ids, &type_ids, Some(&mask)).map_err(|e| fail(&e))?;
         let pooled = match self.pooling {
@@ -251,6 +252,10 @@ pub struct LocalEmbedder {
 impl LocalEmbedder {
     pub fn new(name: &str, model: Arc<LocalModel>, stats: Arc<Stats>) -> Self {
         Self { model, name: name.to_owned(), stats }
+    }
+
+    pub fn local_model(&self) -> &LocalModel {
+        &self.model
     }
 }
 

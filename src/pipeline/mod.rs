@@ -204,7 +204,6 @@ fn chunk_and_batch(
     while let Some(doc) = docs.blocking_recv() {
         for chunk in chunker.chunk(&doc) {
             Stats::add(&stats.chunks, 1);
-            Stats::add(&stats.tokens_chunked, u64::from(chunk.tokens));
             if let Some(batch) = batcher.push(chunk)
                 && batches.blocking_send(batch).is_err()
             {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use manifest::{ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, write_json_atomic};
 pub use reader::{Dataset, StoredChunk};
-pub use writer::{DatasetMeta, DatasetWriter};
+pub use writer::DatasetWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -23,12 +23,6 @@ const DATA_DIR: &str = "data";
 const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_ROWS_PER_FILE: u64 = 250_000;
 
-/// What the dataset records about how it was made.
-#[derive(Debug, Clone)]
-pub struct DatasetMeta {
-    pub manifest: Manifest,
-}
-
 /// Writes a new dataset. Nothing is visible to readers until [`DatasetWriter::finish`] writes the manifest.
 pub struct DatasetWriter {
     dir: PathBuf,
