@@ -22,6 +22,7 @@ fn chunker(c: &mut Criterion) {
             text: text.clone(),
             format,
             origin: Origin { path: "bench".into(), line: None },
+            stat: None,
         };
         group.bench_function(name, |b| b.iter(|| black_box(chunker.chunk(black_box(&doc))).len()));
     }

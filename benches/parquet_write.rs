@@ -5,9 +5,11 @@ mod common;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::collections::HashMap;
 use tars_index::chunk::{ChunkSettings, Chunker, TokenChunker};
 use tars_index::embed::Embeddings;
 use tars_index::source::{Document, Origin, TextFormat};
+
 use tars_index::store::{ChunkingInfo, DatasetWriter, Manifest, RunStatus};
 
 const DIMS: usize = 1536;
@@ -19,6 +21,7 @@ fn parquet_write(c: &mut Criterion) {
         text,
         format: TextFormat::Plain,
         origin: Origin { path: "b".into(), line: None },
+        stat: None,
     };
     let chunks = TokenChunker::new(ChunkSettings::new(512, 0).expect("valid")).chunk(&doc);
     let vectors = common::clustered(chunks.len(), DIMS, 16, 3);
@@ -36,18 +39,13 @@ fn parquet_write(c: &mut Criterion) {
                 None,
                 ChunkingInfo { tokenizer: "cl100k_base".into(), max_tokens: 512, overlap: 0 },
             );
-            let mut writer = DatasetWriter::create(&dir.path().join("ds"), manifest, true).expect("create");
+            let mut writer = DatasetWriter::begin(&dir.path().join("ds"), manifest, None, false).expect("begin");
             // Batches of 256 rows, as the embedder hands them over.
             for (i, batch) in chunks.chunks(256).enumerate() {
                 let start = i * 256 * DIMS;
-                let part = Embeddings {
-                    dimensions: DIMS,
-                    vectors: embeddings.vectors[start..start + batch.len() * DIMS].to_vec(),
-                    usage_tokens: None,
-                };
-                writer.write(batch, &part).expect("write");
+                writer.write(batch, &embeddings.vectors[start..start + batch.len() * DIMS], DIMS).expect("write");
             }
-            Arc::new(writer.finish(RunStatus::Complete).expect("finish"))
+            Arc::new(writer.finish(&HashMap::new(), RunStatus::Complete).expect("finish"))
         })
     });
     group.finish();

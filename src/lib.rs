@@ -12,11 +12,13 @@
 //! | write Parquet + manifest | [`store`] | [`store::DatasetWriter`] |
 //! | build, save, load and search the HNSW graph | [`index`] | [`index::SearchIndex`] |
 //!
-//! [`stats`] holds the counters every stage reports to; [`cli`] is the only module that prints.
+//! [`stats`] holds the counters every stage reports to; [`config`] reads pipeline files; [`cli`] is the only module
+//! that prints.
 
 pub mod batch;
 pub mod chunk;
 pub mod cli;
+pub mod config;
 pub mod embed;
 pub mod index;
 pub mod pipeline;

@@ -12,11 +12,20 @@ use serde::Serialize;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub documents: AtomicU64,
+    pub docs_new: AtomicU64,
+    pub docs_changed: AtomicU64,
+    pub docs_unchanged: AtomicU64,
+    pub docs_deleted: AtomicU64,
+    pub docs_duplicate: AtomicU64,
     pub documents_lossy_utf8: AtomicU64,
     pub files_skipped: AtomicU64,
     pub records_skipped: AtomicU64,
     pub chunks: AtomicU64,
     pub chunks_embedded: AtomicU64,
+    /// Chunks written with a vector embedded before (by an earlier version or an interrupted run).
+    pub chunks_reused: AtomicU64,
+    /// Rows of deleted or changed documents that left the dataset.
+    pub chunks_removed: AtomicU64,
     pub tokens_embedded: AtomicU64,
     pub usage_tokens: AtomicU64,
     pub chunks_failed: AtomicU64,
@@ -42,11 +51,18 @@ impl Stats {
         let g = Self::get;
         Summary {
             documents: g(&self.documents),
+            docs_new: g(&self.docs_new),
+            docs_changed: g(&self.docs_changed),
+            docs_unchanged: g(&self.docs_unchanged),
+            docs_deleted: g(&self.docs_deleted),
+            docs_duplicate: g(&self.docs_duplicate),
             documents_lossy_utf8: g(&self.documents_lossy_utf8),
             files_skipped: g(&self.files_skipped),
             records_skipped: g(&self.records_skipped),
             chunks: g(&self.chunks),
             chunks_embedded: g(&self.chunks_embedded),
+            chunks_reused: g(&self.chunks_reused),
+            chunks_removed: g(&self.chunks_removed),
             chunks_failed: g(&self.chunks_failed),
             tokens: g(&self.tokens_embedded),
             usage_tokens: g(&self.usage_tokens),
@@ -61,12 +77,21 @@ impl Stats {
 /// What a finished run reports (printed as text, or as JSON with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Documents read (unchanged files that were not read count as unchanged, not here).
     pub documents: u64,
+    pub docs_new: u64,
+    pub docs_changed: u64,
+    pub docs_unchanged: u64,
+    pub docs_deleted: u64,
+    /// Documents whose name repeated one read earlier in the run (skipped).
+    pub docs_duplicate: u64,
     pub documents_lossy_utf8: u64,
     pub files_skipped: u64,
     pub records_skipped: u64,
     pub chunks: u64,
     pub chunks_embedded: u64,
+    pub chunks_reused: u64,
+    pub chunks_removed: u64,
     pub chunks_failed: u64,
     /// cl100k tokens of the chunks that were embedded, counted on our side.
     pub tokens: u64,

@@ -52,10 +52,10 @@ fn embed_index_and_search_end_to_end() {
     assert_eq!(embedded.code, 0, "{}", embedded.all_output());
     let s = summary(&embedded);
     assert_eq!(s["status"], "complete");
-    assert_eq!(s["summary"]["documents"], 6, "{s}");
-    assert_eq!(s["summary"]["files_skipped"], 1, "the PNG: {s}");
-    assert_eq!(s["summary"]["records_skipped"], 1, "bike-2 has no text: {s}");
-    assert_eq!(s["summary"]["documents_lossy_utf8"], 1, "{s}");
+    assert_eq!(s["documents"]["read"], 6, "{s}");
+    assert_eq!(s["documents"]["files_skipped"], 1, "the PNG: {s}");
+    assert_eq!(s["documents"]["records_skipped"], 1, "bike-2 has no text: {s}");
+    assert_eq!(s["documents"]["lossy_utf8"], 1, "{s}");
     assert!(embedded.stderr.contains("logo.png") && embedded.stderr.contains("binary"), "{}", embedded.stderr);
     assert!(embedded.stderr.contains("records.jsonl:2"), "skip names file and line: {}", embedded.stderr);
     assert!(embedded.stderr.contains("latin1.txt"), "{}", embedded.stderr);
@@ -65,7 +65,7 @@ fn embed_index_and_search_end_to_end() {
 
     // Every row's vector is what the server returned for that row's text, and the offsets point at the text.
     let rows = read_rows(&dataset);
-    assert_eq!(rows.len() as u64, s["summary"]["chunks"].as_u64().expect("chunks"));
+    assert_eq!(rows.len() as u64, s["chunks"]["chunked"].as_u64().expect("chunks"));
     assert_eq!(rows.len() as u64, manifest(&dataset)["rows"].as_u64().expect("rows"));
     for row in &rows {
         assert_eq!(row.embedding, mock_embedding(&row.text, DEFAULT_DIMS), "row {row:?}");
@@ -90,7 +90,7 @@ fn embed_index_and_search_end_to_end() {
 
     let indexed = run(cli(None).arg("index").arg(&dataset));
     assert_eq!(indexed.code, 0, "{}", indexed.all_output());
-    assert!(indexed.stdout.contains(&format!("indexed {} vectors", rows.len())), "{}", indexed.stdout);
+    assert!(indexed.stdout.contains(&format!("index built: {} vectors", rows.len())), "{}", indexed.stdout);
 
     let found = run(cli(Some(&mock.base())).arg("search").arg(&dataset).args([
         "telescope galaxies nebula",
@@ -185,10 +185,10 @@ fn transient_faults_are_retried_and_every_chunk_lands_once() {
     let result = run(embed_args(&mock, input.path(), &dataset).args(["--batch-inputs", "1", "--concurrency", "2"]));
     assert_eq!(result.code, 0, "{}", result.all_output());
     let s = summary(&result);
-    assert_eq!(s["summary"]["retries"], 8, "{s}");
-    assert_eq!(s["summary"]["chunks_failed"], 0, "{s}");
+    assert_eq!(s["retries"], 8, "{s}");
+    assert_eq!(s["chunks"]["failed"], 0, "{s}");
     let rows = read_rows(&dataset);
-    assert_eq!(rows.len() as u64, s["summary"]["chunks"].as_u64().expect("chunks"));
+    assert_eq!(rows.len() as u64, s["chunks"]["chunked"].as_u64().expect("chunks"));
     let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), rows.len(), "a chunk was written twice");
     for row in &rows {
@@ -204,7 +204,7 @@ fn a_slow_request_times_out_and_is_retried() {
     let out = tempfile::tempdir().expect("tempdir");
     let result = run(embed_args(&mock, input.path(), &out.path().join("ds")).args(["--timeout", "1"]));
     assert_eq!(result.code, 0, "{}", result.all_output());
-    assert_eq!(summary(&result)["summary"]["retries"], 1);
+    assert_eq!(summary(&result)["retries"], 1);
     assert_eq!(read_rows(&out.path().join("ds")).len(), 1);
 }
 
@@ -226,7 +226,7 @@ fn exhausted_retries_fail_the_batch_not_the_run() {
     ]));
     assert_eq!(result.code, 1, "{}", result.all_output());
     let s = summary(&result);
-    assert_eq!(s["summary"]["chunks_failed"], 1, "{s}");
+    assert_eq!(s["chunks"]["failed"], 1, "{s}");
     assert_eq!(s["status"]["partial"]["failed_chunks"], 1, "{s}");
     assert!(result.stderr.contains("gave up after 2 attempts"), "{}", result.stderr);
     let rows = read_rows(&dataset);
@@ -308,11 +308,9 @@ fn usage_errors_exit_2_and_name_the_problem() {
 
     let first = run(&mut embed_args(&mock, input.path(), &dataset));
     assert_eq!(first.code, 0, "{}", first.all_output());
-    let again = run(&mut embed_args(&mock, input.path(), &dataset));
-    assert_eq!(again.code, 2, "{}", again.all_output());
-    assert!(again.stderr.contains("--overwrite"), "{}", again.stderr);
     let replaced = run(embed_args(&mock, input.path(), &dataset).arg("--overwrite"));
     assert_eq!(replaced.code, 0, "{}", replaced.all_output());
+    assert_eq!(summary(&replaced)["chunks"]["reused"], 0, "--overwrite reuses nothing");
 
     let result = run(cli(None).arg("index").arg(out.path().join("nothing-here")));
     assert_eq!(result.code, 2);
@@ -421,7 +419,13 @@ fn dataset_reads_in_pyarrow_duckdb_and_polars() {
     let dataset = out.path().join("ds");
     let embedded = run(&mut embed_args(&mock, input.path(), &dataset));
     assert_eq!(embedded.code, 0, "{}", embedded.all_output());
+    // A second version without one document: its rows stay in the files but are no longer live.
+    std::fs::remove_file(input.path().join("guides/astronomy.txt")).expect("remove");
+    let updated = run(&mut embed_args(&mock, input.path(), &dataset));
+    assert_eq!(updated.code, 0, "{}", updated.all_output());
     let rows = read_rows(&dataset);
+    let live = util::live_rows(&dataset);
+    assert!(live.len() < rows.len());
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop.py");
     let output = std::process::Command::new(&python).arg(script).arg(&dataset).output().expect("run python");
@@ -434,13 +438,25 @@ fn dataset_reads_in_pyarrow_duckdb_and_polars() {
     assert_eq!(seen["pyarrow"]["rows"], n);
     assert_eq!(
         seen["pyarrow"]["columns"],
-        serde_json::json!(["id", "doc", "chunk_index", "start", "end", "tokens", "text", "hash", "embedding"])
+        serde_json::json!([
+            "row_id",
+            "id",
+            "doc",
+            "chunk_index",
+            "start",
+            "end",
+            "tokens",
+            "text",
+            "hash",
+            "embedding"
+        ])
     );
     assert_eq!(seen["pyarrow"]["list_size"], DEFAULT_DIMS, "{seen}");
     assert_eq!(seen["pyarrow"]["model"], "tars/text-embedding-3-small");
     assert_eq!(seen["pyarrow"]["dimensions"], DEFAULT_DIMS.to_string());
     assert_eq!(seen["pyarrow"]["schema_model"], "tars/text-embedding-3-small");
     assert_eq!(seen["duckdb"]["rows"], n);
+    assert_eq!(seen["duckdb"]["live_rows"], live.len(), "the README's live-rows query: {seen}");
     assert_eq!(
         (seen["duckdb"]["min_len"].clone(), seen["duckdb"]["max_len"].clone()),
         (DEFAULT_DIMS.into(), DEFAULT_DIMS.into())
@@ -504,7 +520,7 @@ fn local_model_embeds_indexes_and_finds_paraphrased_queries() {
     ]));
     assert_eq!(result.code, 0, "{}", result.all_output());
     let s = summary(&result);
-    assert_eq!(s["summary"]["chunks_failed"], 0, "{s}");
+    assert_eq!(s["chunks"]["failed"], 0, "{s}");
     let m = manifest(&dataset);
     assert_eq!((m["model"].as_str(), m["dimensions"].as_u64()), (Some("local/all-minilm-l6-v2"), Some(384)));
     assert_eq!(m["chunking"]["max_tokens"], 254, "chunks sized to the model's window: {m}");

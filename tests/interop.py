@@ -24,6 +24,12 @@ pattern = os.path.join(dataset, "data", "*.parquet")
 duck_rows, duck_min_len, duck_max_len = con.execute(
     f"SELECT count(*), min(len(embedding)), max(len(embedding)) FROM read_parquet('{pattern}')"
 ).fetchone()
+# The live rows (the README's query): rows of deleted or older versions of documents stay in the data files until
+# they are compacted away; the documents table lists the live ones.
+docs = os.path.join(dataset, "docs", "*.parquet")
+duck_live = con.execute(
+    f"SELECT count(*) FROM read_parquet('{pattern}') WHERE row_id IN (SELECT unnest(rows) FROM read_parquet('{docs}'))"
+).fetchone()[0]
 duck_first = con.execute(f"SELECT id, embedding[1] FROM read_parquet('{pattern}') WHERE id = ?", [first["id"]]).fetchone()
 
 frame = pl.read_parquet(pattern)
@@ -41,7 +47,7 @@ print(json.dumps({
         "first_id": first["id"],
         "first_value": first["embedding"][0],
     },
-    "duckdb": {"rows": duck_rows, "min_len": duck_min_len, "max_len": duck_max_len, "first_value": duck_first[1]},
+    "duckdb": {"rows": duck_rows, "live_rows": duck_live, "min_len": duck_min_len, "max_len": duck_max_len, "first_value": duck_first[1]},
     "polars": {
         "rows": frame.height,
         "embedding_dtype": str(frame.schema["embedding"]),

@@ -214,7 +214,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn document(text: &str, format: TextFormat) -> Document {
-        Document { doc: "d.txt".into(), text: text.into(), format, origin: Origin { path: "d.txt".into(), line: None } }
+        Document {
+            doc: "d.txt".into(),
+            text: text.into(),
+            format,
+            origin: Origin { path: "d.txt".into(), line: None },
+            stat: None,
+        }
     }
 
     fn chunk(text: &str, max: usize, overlap: usize) -> Vec<Chunk> {

@@ -21,9 +21,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Read, chunk and embed documents into a Parquet dataset.
+    /// Read, chunk and embed documents into a Parquet dataset (incrementally, when the dataset exists).
     Embed(EmbedArgs),
-    /// Build the HNSW index of a dataset.
+    /// Run a pipeline file: embed (incrementally) and bring the index up to date.
+    Run(RunArgs),
+    /// Check pipeline files without running them.
+    Validate(ValidateArgs),
+    /// Build or update the HNSW index of a dataset.
     Index(IndexArgs),
     /// Find the chunks nearest to a query.
     Search(SearchArgs),
@@ -37,26 +41,35 @@ pub struct EmbedArgs {
     /// non-binary file is read as UTF-8 text.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
-    /// Dataset directory to write.
+    /// Dataset directory to write. An existing dataset is updated: only new and changed documents are embedded.
     #[arg(short, long, value_name = "DATASET_DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub job: JobFlags,
+}
+
+/// Job settings shared by `embed` and `run`. Every one is optional here: `run` takes unset ones from the pipeline
+/// file, and both fall back to the defaults in the help text.
+#[derive(Debug, Args, Default)]
+pub struct JobFlags {
     /// Embedding model: `tars/<id>` (or any id the endpoint offers; `tars/` is stripped on the wire), or
-    /// `local/all-minilm-l6-v2` / `local/<DIR>` for the in-process model (no key, no network).
-    #[arg(short, long, default_value = "tars/text-embedding-3-small")]
-    pub model: String,
+    /// `local/all-minilm-l6-v2` / `local/<DIR>` for the in-process model (no key, no network)
+    /// [default: tars/text-embedding-3-small].
+    #[arg(short, long)]
+    pub model: Option<String>,
     /// Vector size to ask for (text-embedding-3 models only).
     #[arg(long, value_name = "N")]
     pub dimensions: Option<u32>,
     /// Requests in flight at once [default: 8; 1 for a local model, which uses every core per batch].
     #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: Option<u16>,
-    /// Most inputs per request (at most 2048). Smaller requests spread a small corpus over the concurrent slots;
-    /// larger ones spend less of a requests-per-minute limit.
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub batch_inputs: usize,
-    /// Most tokens per request, summed over its inputs (at most 300000).
-    #[arg(long, default_value_t = 300_000, value_name = "N")]
-    pub batch_tokens: usize,
+    /// Most inputs per request, at most 2048 [default: 128]. Smaller requests spread a small corpus over the
+    /// concurrent slots; larger ones spend less of a requests-per-minute limit.
+    #[arg(long, value_name = "N")]
+    pub batch_inputs: Option<usize>,
+    /// Most tokens per request, summed over its inputs, at most 300000 [default: 300000].
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<usize>,
     /// Most tokens per chunk, counted with the model's tokenizer [default: 512, or a local model's window].
     #[arg(long, value_name = "N")]
     pub chunk_tokens: Option<usize>,
@@ -69,24 +82,56 @@ pub struct EmbedArgs {
     /// Skip files whose path (relative to the input directory) matches; repeatable, wins over --include.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// JSONL field holding the text.
-    #[arg(long, default_value = "text", value_name = "FIELD")]
-    pub text_field: String,
+    /// JSONL field holding the text [default: text].
+    #[arg(long, value_name = "FIELD")]
+    pub text_field: Option<String>,
     /// JSONL field holding the document id [default: <file>:<line>].
     #[arg(long, value_name = "FIELD")]
     pub id_field: Option<String>,
-    /// Replace an existing dataset in DATASET_DIR.
+    /// Reuse nothing from an existing dataset: embed everything again. The old version stays readable until the
+    /// new one is complete.
     #[arg(long)]
     pub overwrite: bool,
-    /// Seconds before a request is abandoned and retried.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    pub timeout: u64,
-    /// Retries of a failing request before its chunks count as failed.
-    #[arg(long, default_value_t = 6, value_name = "N")]
-    pub max_retries: u32,
-    /// Print the final summary as JSON.
+    /// Seconds before a request is abandoned and retried [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Retries of a failing request before its chunks count as failed [default: 6].
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Wait up to SECS for another run writing the same dataset to finish, instead of failing at once.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait_lock: u64,
+    /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML; see pipelines/).
+    #[arg(value_name = "PIPELINE_TOML")]
+    pub pipeline: PathBuf,
+    /// Dataset directory, instead of the file's output.dataset.
+    #[arg(short, long, value_name = "DATASET_DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub job: JobFlags,
+    /// Links per node and layer of the index, instead of the file's index.m [default: 16].
+    #[arg(long)]
+    pub m: Option<usize>,
+    /// Candidate list size while building, instead of the file's index.ef_construction [default: 200].
+    #[arg(long)]
+    pub ef_construction: Option<usize>,
+    /// Rebuild the index from scratch instead of extending it.
+    #[arg(long)]
+    pub rebuild_index: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Pipeline files to check.
+    #[arg(required = true, value_name = "PIPELINE_TOML")]
+    pub pipelines: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +144,12 @@ pub struct IndexArgs {
     /// Candidate list size while building (higher: better graph, slower build).
     #[arg(long, default_value_t = DEFAULT_EF_CONSTRUCTION)]
     pub ef_construction: usize,
+    /// Rebuild from scratch instead of extending the existing index with the rows added since.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Wait up to SECS for a run writing the dataset to finish.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait_lock: u64,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

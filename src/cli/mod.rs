@@ -2,11 +2,13 @@
 //! that writes to stdout.
 //!
 //! Exit codes: 0 success; 1 a run that finished or stopped with failures (retries exhausted, quota, I/O);
-//! 2 usage or configuration errors (bad flags or inputs, missing or rejected key, unknown model, rejected
-//! parameters); 130 interrupted.
+//! 2 failure to start: usage or configuration errors (bad flags, pipeline files or inputs, missing or rejected key,
+//! unknown model, rejected parameters); 75 another run holds the dataset; 130 interrupted.
 
 mod args;
+mod job;
 mod progress;
+mod report;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -15,26 +17,31 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use args::{Cli, Command, EmbedArgs, IndexArgs, ModelsArgs, SearchArgs};
+pub use args::{Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RunArgs, SearchArgs, ValidateArgs};
+pub use job::JobSpec;
 pub use progress::LogWriter;
 
-use crate::batch::BatchLimits;
-use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS, TokenCounter, count_tokens};
+use std::path::Path;
+
+use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter, count_tokens};
+use crate::config::{Origin, Pipeline, Setting};
 use crate::embed::{
     ApiConfig, EmbedError, Embedder, LOCAL_PREFIX, LocalEmbedder, LocalModel, OpenAiEmbedder, resolve_local_model,
     wire_model,
 };
 use crate::index::{self, IndexParams, SearchIndex};
 use crate::pipeline::{EmbedJob, run_embed};
-use crate::source::SourceOptions;
-use crate::stats::{Stats, Summary};
-use crate::store::{Dataset, RunStatus};
+use crate::stats::Stats;
+use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
+use report::RunReport;
 
 /// Exit codes (documented in README.md).
 pub mod exit {
     pub const SUCCESS: u8 = 0;
     pub const FAILURES: u8 = 1;
     pub const USAGE: u8 = 2;
+    /// Another run holds the dataset's lock (EX_TEMPFAIL: try again later).
+    pub const LOCKED: u8 = 75;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -76,7 +83,16 @@ impl Failure {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
-        Command::Embed(args) => embed(args, cli.quiet).await,
+        Command::Embed(args) => {
+            let spec = JobSpec::from_flags(args.inputs, args.out, args.job);
+            execute(spec, cli.quiet, None, "embed").await
+        }
+        Command::Run(args) => {
+            let pipeline = Pipeline::load(&args.pipeline).map_err(Failure::usage)?;
+            let spec = JobSpec::from_pipeline(&pipeline, args.out, args.m, args.ef_construction, args.job);
+            execute(spec, cli.quiet, Some(args.rebuild_index), "run").await
+        }
+        Command::Validate(args) => validate(args).await,
         Command::Index(args) => build_index(args).await,
         Command::Search(args) => search(args).await,
         Command::Models(args) => models(args).await,
@@ -90,21 +106,22 @@ fn api_config(model: &str, dimensions: Option<u32>, timeout: Duration, max_retri
     Ok(config)
 }
 
-fn check_dimensions(model: &str, dimensions: Option<u32>) -> Result<(), Failure> {
-    let Some(d) = dimensions else { return Ok(()) };
+fn check_dimensions(model: &Setting<String>, dimensions: Option<&Setting<u32>>) -> Result<(), Failure> {
+    let Some(setting) = dimensions else { return Ok(()) };
+    let (d, model) = (setting.value, model.value.as_str());
     let wire = wire_model(model);
     let max = match wire {
         "text-embedding-3-small" => 1536,
         "text-embedding-3-large" => 3072,
         _ if wire.starts_with("text-embedding-3") => u32::MAX,
         _ => {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "--dimensions is only supported by text-embedding-3 models, not {model:?}"
-            )));
+            return Err(Failure::usage(
+                setting.error(format!("only text-embedding-3 models take a size, not {model:?}")),
+            ));
         }
     };
     if d == 0 || d > max {
-        return Err(Failure::usage(anyhow::anyhow!("--dimensions must be between 1 and {max} for {model} (got {d})")));
+        return Err(Failure::usage(setting.error(format!("must be between 1 and {max} for {model} (got {d})"))));
     }
     Ok(())
 }
@@ -127,59 +144,75 @@ async fn load_local(name: &str) -> Result<Arc<LocalModel>, Failure> {
 }
 
 async fn provider(
-    model: &str,
-    dimensions: Option<u32>,
+    model: &Setting<String>,
+    dimensions: Option<&Setting<u32>>,
     timeout: Duration,
     max_retries: u32,
     stats: &Arc<Stats>,
 ) -> Result<Provider, Failure> {
-    if model.starts_with(LOCAL_PREFIX) {
-        if dimensions.is_some() {
-            return Err(Failure::usage(anyhow::anyhow!("--dimensions is not supported by local models")));
+    if model.value.starts_with(LOCAL_PREFIX) {
+        if let Some(d) = dimensions {
+            return Err(Failure::usage(d.error("not supported by local models")));
         }
-        let loaded = load_local(model).await?;
-        return Ok(Provider::Local(LocalEmbedder::new(model, loaded, Arc::clone(stats))));
+        let loaded = load_local(&model.value).await?;
+        return Ok(Provider::Local(LocalEmbedder::new(&model.value, loaded, Arc::clone(stats))));
     }
     check_dimensions(model, dimensions)?;
-    let config = api_config(model, dimensions, timeout, max_retries)?;
+    let config = api_config(&model.value, dimensions.map(|d| d.value), timeout, max_retries)?;
     Ok(Provider::Api(OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?))
 }
 
-async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
-    let stats = Arc::new(Stats::default());
-    let timeout = Duration::from_secs(args.timeout.max(1));
-    let provider = provider(&args.model, args.dimensions, timeout, args.max_retries, &stats).await?;
-    let (limit, counter, default_concurrency) = match &provider {
+/// The chunk limit and tokenizer of a provider, and its default concurrency.
+fn model_shape(provider: &Provider, model: &str) -> (usize, TokenCounter, u16) {
+    match provider {
         Provider::Api(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
         Provider::Local(embedder) => (
             embedder.local_model().max_input_tokens(),
             TokenCounter::HuggingFace {
-                name: format!("{}-tokenizer", args.model),
+                name: format!("{model}-tokenizer"),
                 tokenizer: embedder.local_model().counter(),
             },
             1,
         ),
-    };
-    let chunk_tokens = args.chunk_tokens.unwrap_or(512.min(limit));
-    let overlap = args.chunk_overlap.unwrap_or(chunk_tokens / 8);
-    let chunking = ChunkSettings::with_limit(chunk_tokens, overlap, limit).map_err(Failure::usage)?;
-    let batching = BatchLimits::new(args.batch_inputs, args.batch_tokens, chunk_tokens).map_err(Failure::usage)?;
+    }
+}
+
+/// Takes the dataset lock on a blocking thread (it may wait).
+async fn lock_dataset(dir: &Path, command: &'static str, wait: Duration) -> Result<DatasetLock, Failure> {
+    let dir = dir.to_path_buf();
+    let lock = tokio::task::spawn_blocking(move || DatasetLock::acquire(&dir, command, wait))
+        .await
+        .map_err(|e| Failure::run(anyhow::anyhow!("lock thread failed: {e}")))?
+        .map_err(|e| match e {
+            e @ StoreError::Locked { .. } => Failure { code: exit::LOCKED, error: e.into() },
+            e => Failure::run(e),
+        })?;
+    if let Some(holder) = &lock.stale {
+        tracing::warn!("took over the lock of a run that ended without releasing it ({holder})");
+    }
+    Ok(lock)
+}
+
+/// `embed` and `run`: the incremental embed, then (for `run`) the index update, and the run report.
+async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'static str) -> Result<u8, Failure> {
+    let started_unix = crate::store::unix_now();
+    spec.check_general().map_err(Failure::usage)?;
+    let stats = Arc::new(Stats::default());
+    let timeout = Duration::from_secs(spec.timeout.value);
+    let provider = provider(&spec.model, spec.dimensions.as_ref(), timeout, spec.max_retries.value, &stats).await?;
+    let (limit, counter, default_concurrency) = model_shape(&provider, &spec.model.value);
+    let (chunking, batching) = spec.chunking(limit).map_err(Failure::usage)?;
+    let index_params = spec.index_params().map_err(Failure::usage)?;
+    let _lock = lock_dataset(&spec.out, command, spec.wait_lock).await?;
     let job = EmbedJob {
-        source: SourceOptions {
-            inputs: args.inputs,
-            include: args.include,
-            exclude: args.exclude,
-            text_field: args.text_field,
-            id_field: args.id_field,
-            ..SourceOptions::default()
-        },
+        source: spec.source.clone(),
         chunking,
         counter,
         batching,
-        concurrency: usize::from(args.concurrency.unwrap_or(default_concurrency)),
-        out: args.out.clone(),
-        overwrite: args.overwrite,
-        requested_dimensions: args.dimensions,
+        concurrency: usize::from(spec.concurrency.as_ref().map_or(default_concurrency, |c| c.value)),
+        out: spec.out.clone(),
+        fresh: spec.fresh,
+        requested_dimensions: spec.dimensions.as_ref().map(|d| d.value),
     };
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
@@ -191,34 +224,98 @@ async fn embed(args: EmbedArgs, quiet: bool) -> Result<u8, Failure> {
     drop(progress);
     let outcome = outcome.map_err(|e| match e {
         crate::pipeline::PipelineError::Source(e) => Failure::usage(e),
-        crate::pipeline::PipelineError::Store(e @ crate::store::StoreError::Exists { .. }) => Failure::usage(e),
         e => Failure::run(e),
     })?;
 
-    print_summary(&outcome.summary, &outcome.manifest.status, &args.out, args.json);
+    let stopped = outcome.fatal.is_some() || outcome.interrupted;
+    let mut index_failure = None;
+    let index_meta = match (&outcome.published, index) {
+        (Some(manifest), Some(rebuild)) if !stopped && manifest.rows > 0 => {
+            let dataset = Dataset { dir: spec.out.clone(), manifest: manifest.clone() };
+            match tokio::task::spawn_blocking(move || index::update(&dataset, index_params, rebuild)).await {
+                Ok(Ok(meta)) => Some(meta),
+                Ok(Err(e)) => {
+                    index_failure = Some(anyhow::Error::new(e));
+                    None
+                }
+                Err(e) => {
+                    index_failure = Some(anyhow::anyhow!("index thread failed: {e}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let report = RunReport::new(&spec, &outcome, index_meta.as_ref(), started_unix);
+    report.save(&spec.out);
+    report.print(spec.json);
+
+    let kept = match &outcome.published {
+        Some(m) => format!("the dataset in {} holds {} chunks", spec.out.display(), m.live_rows),
+        None => format!(
+            "the previous version of {} is kept; the chunks embedded so far are cached there and will not be sent again",
+            spec.out.display()
+        ),
+    };
     if let Some(error) = outcome.fatal {
-        let rows = outcome.manifest.rows;
         let failure = Failure::api(error);
-        return Err(Failure {
-            code: failure.code,
-            error: failure.error.context(format!(
-                "run stopped; the {rows} chunks embedded before the stop are saved in {}",
-                args.out.display()
-            )),
-        });
+        return Err(Failure { code: failure.code, error: failure.error.context(format!("run stopped; {kept}")) });
     }
     if outcome.interrupted {
-        eprintln!(
-            "interrupted; the {} chunks embedded so far are saved in {}",
-            outcome.manifest.rows,
-            args.out.display()
-        );
+        eprintln!("interrupted; {kept}");
         return Ok(exit::INTERRUPTED);
     }
-    Ok(match outcome.manifest.status {
+    if let Some(error) = index_failure {
+        return Err(Failure::run(error.context("the embeddings are saved, but the index update failed")));
+    }
+    Ok(match outcome.status {
         RunStatus::Complete => exit::SUCCESS,
-        _ => exit::FAILURES,
+        _ => {
+            if outcome.incomplete_docs > 0 {
+                eprintln!(
+                    "{} documents kept their previous version (or were left out) because some of their chunks failed; \
+                     re-run to retry them",
+                    outcome.incomplete_docs
+                );
+            }
+            exit::FAILURES
+        }
     })
+}
+
+async fn validate(args: ValidateArgs) -> Result<u8, Failure> {
+    let mut failed = 0;
+    for path in &args.pipelines {
+        match validate_one(path).await {
+            Ok(summary) => println!("{}: ok ({summary})", path.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    Ok(if failed == 0 { exit::SUCCESS } else { exit::USAGE })
+}
+
+/// Everything `run` checks before its first request, without a key and without writing anything.
+async fn validate_one(path: &Path) -> anyhow::Result<String> {
+    let pipeline = Pipeline::load(path)?;
+    let spec = JobSpec::from_pipeline(&pipeline, None, None, None, args::JobFlags::default());
+    spec.check_general()?;
+    crate::source::FileSource::new(spec.source.clone())?;
+    let limit = if spec.model.value.starts_with(LOCAL_PREFIX) {
+        if let Some(d) = &spec.dimensions {
+            return Err(d.error("not supported by local models"));
+        }
+        let model = load_local(&spec.model.value).await.map_err(|f| f.error)?;
+        model.max_input_tokens()
+    } else {
+        check_dimensions(&spec.model, spec.dimensions.as_ref()).map_err(|f| f.error)?;
+        MAX_INPUT_TOKENS
+    };
+    spec.chunking(limit)?;
+    Ok(format!("{} input path(s) → {} with {}", spec.source.inputs.len(), spec.out.display(), spec.model.value))
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM (what schedulers such as systemd and Kubernetes send) on Unix.
@@ -245,41 +342,14 @@ async fn stop_signal() {
     ctrl_c.await;
 }
 
-fn print_summary(summary: &Summary, status: &RunStatus, out: &std::path::Path, json: bool) {
-    let mut stdout = std::io::stdout().lock();
-    if json {
-        let value = serde_json::json!({ "dataset": out, "status": status, "summary": summary });
-        let _ = writeln!(stdout, "{value}");
-        return;
-    }
-    let s = summary;
-    let _ = writeln!(
-        stdout,
-        "{} documents ({} files skipped, {} records skipped, {} with invalid UTF-8 replaced)\n\
-         {} chunks: {} embedded, {} failed; {} tokens ({} billed)\n\
-         {} requests, {} retries; {} rows in {} ({:.1}s)",
-        s.documents,
-        s.files_skipped,
-        s.records_skipped,
-        s.documents_lossy_utf8,
-        s.chunks,
-        s.chunks_embedded,
-        s.chunks_failed,
-        s.tokens,
-        s.usage_tokens,
-        s.requests,
-        s.retries,
-        s.rows_written,
-        out.display(),
-        s.elapsed_secs,
-    );
-}
-
 async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
     let params = IndexParams { m: args.m, ef_construction: args.ef_construction };
     params.validate().map_err(Failure::usage)?;
+    Dataset::open(&args.dataset).map_err(Failure::usage)?;
+    let _lock = lock_dataset(&args.dataset, "index", Duration::from_secs(args.wait_lock)).await?;
+    // Read again under the lock: a run may have published a new version meanwhile.
     let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
-    let meta = tokio::task::spawn_blocking(move || index::build(&dataset, params))
+    let meta = tokio::task::spawn_blocking(move || index::update(&dataset, params, args.rebuild))
         .await
         .map_err(|e| Failure::run(anyhow::anyhow!("index build thread failed: {e}")))?
         .map_err(Failure::run)?;
@@ -287,11 +357,7 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
     if args.json {
         let _ = writeln!(stdout, "{}", serde_json::to_string(&meta).unwrap_or_default());
     } else {
-        let _ = writeln!(
-            stdout,
-            "indexed {} vectors of {} dimensions (M={}, ef_construction={}) in {:.2}s",
-            meta.points, meta.dimensions, meta.params.m, meta.params.ef_construction, meta.build_secs
-        );
+        let _ = writeln!(stdout, "{}", report::index_line(&meta));
     }
     Ok(exit::SUCCESS)
 }
@@ -311,31 +377,32 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     let model = dataset.manifest.model.clone();
     let stats = Arc::new(Stats::default());
     let query = [args.query.as_str()];
-    let embedding =
-        match provider(&model, dataset.manifest.requested_dimensions, Duration::from_secs(60), 3, &stats).await? {
-            Provider::Api(embedder) => {
-                let tokens = count_tokens(&args.query);
-                if tokens > MAX_INPUT_TOKENS {
-                    return Err(Failure::usage(anyhow::anyhow!(
-                        "the query has {tokens} tokens; the limit is {MAX_INPUT_TOKENS}"
-                    )));
-                }
-                embedder.embed(&query).await.map_err(Failure::api)?
+    let model = Setting::new(model, Origin::Default);
+    let dimensions = dataset.manifest.requested_dimensions.map(|d| Setting::new(d, Origin::Default));
+    let embedding = match provider(&model, dimensions.as_ref(), Duration::from_secs(60), 3, &stats).await? {
+        Provider::Api(embedder) => {
+            let tokens = count_tokens(&args.query);
+            if tokens > MAX_INPUT_TOKENS {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "the query has {tokens} tokens; the limit is {MAX_INPUT_TOKENS}"
+                )));
             }
-            Provider::Local(embedder) => {
-                let model = embedder.local_model();
-                let tokens =
-                    TokenCounter::HuggingFace { name: String::new(), tokenizer: model.counter() }.count(&args.query);
-                if tokens > model.max_input_tokens() {
-                    return Err(Failure::usage(anyhow::anyhow!(
-                        "the query has {tokens} tokens; {} takes at most {}",
-                        dataset.manifest.model,
-                        model.max_input_tokens()
-                    )));
-                }
-                embedder.embed(&query).await.map_err(Failure::api)?
+            embedder.embed(&query).await.map_err(Failure::api)?
+        }
+        Provider::Local(embedder) => {
+            let model = embedder.local_model();
+            let tokens =
+                TokenCounter::HuggingFace { name: String::new(), tokenizer: model.counter() }.count(&args.query);
+            if tokens > model.max_input_tokens() {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "the query has {tokens} tokens; {} takes at most {}",
+                    dataset.manifest.model,
+                    model.max_input_tokens()
+                )));
             }
-        };
+            embedder.embed(&query).await.map_err(Failure::api)?
+        }
+    };
     let hits = index.search(embedding.vector(0), usize::from(args.k), usize::from(args.ef)).map_err(Failure::run)?;
     let ordinals: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
     let rows = dataset.fetch(&ordinals).context("reading the matching rows").map_err(Failure::run)?;

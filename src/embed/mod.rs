@@ -5,6 +5,7 @@
 
 mod local;
 mod openai;
+pub mod price;
 pub mod retry;
 
 use std::future::Future;

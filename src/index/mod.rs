@@ -29,6 +29,10 @@ const MAX_LAYERS: usize = 16;
 /// Vectors handed to one `parallel_insert_slice` call (hnsw_rs suggests about 1000 per thread).
 const INSERT_BATCH: usize = 4096;
 
+/// Indexes up to this many points are searched exhaustively (see [`SearchIndex::search`]); at 10k points the
+/// exact scan measured as fast as the graph (BENCHMARKS.md).
+pub const EXACT_SEARCH_MAX_POINTS: usize = 10_000;
+
 pub const DEFAULT_M: usize = 16;
 pub const DEFAULT_EF_CONSTRUCTION: usize = 200;
 /// Recall@10 ≈ 0.99 on clustered data (see BENCHMARKS.md).
@@ -90,10 +94,56 @@ pub struct IndexMeta {
     pub dimensions: usize,
     pub points: u64,
     pub basename: String,
-    /// The dataset files the index was built from; a different list means the index is stale.
+    /// The dataset version the index matches: any other lineage or generation means the index is stale.
+    #[serde(default)]
+    pub lineage: String,
+    #[serde(default)]
+    pub generation: u64,
+    /// Rows with smaller ids are in the graph (unless dead); an update inserts the rows from here on.
+    #[serde(default)]
+    pub covered_rows: u64,
+    /// Row ids below `covered_rows` that are not live, as sorted `[start, end)` ranges: filtered out of results.
+    #[serde(default)]
+    pub dead_ranges: Vec<[u64; 2]>,
+    /// Points in the graph that are dead (rebuild when too many of them).
+    #[serde(default)]
+    pub dead_points: u64,
     pub dataset_files: Vec<DataFile>,
     pub files: Vec<IndexFile>,
+    /// How the last update went: `built` from scratch or `extended` with new rows.
+    #[serde(default)]
+    pub mode: String,
+    /// Points inserted by the last update.
+    #[serde(default)]
+    pub inserted: u64,
     pub build_secs: f64,
+}
+
+/// Rebuild rather than extend once this share of the graph's points is dead.
+const MAX_DEAD_SHARE: f64 = 0.25;
+
+impl IndexMeta {
+    fn is_dead(&self, row: u64) -> bool {
+        let at = self.dead_ranges.partition_point(|r| r[1] <= row);
+        self.dead_ranges.get(at).is_some_and(|r| r[0] <= row)
+    }
+}
+
+/// The complement of `live` (sorted) within `0..end`, as ranges.
+fn dead_ranges(live: Option<&[u64]>, end: u64) -> Vec<[u64; 2]> {
+    let Some(live) = live else { return Vec::new() };
+    let mut ranges = Vec::new();
+    let mut next = 0u64;
+    for &row in live.iter().take_while(|&&r| r < end) {
+        if row > next {
+            ranges.push([next, row]);
+        }
+        next = row + 1;
+    }
+    if next < end {
+        ranges.push([next, end]);
+    }
+    ranges
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +163,7 @@ pub fn new_graph(params: IndexParams, capacity: usize) -> Result<Graph, IndexErr
 }
 
 /// Inserts rows `first_id..` from a flat buffer of `dims`-sized vectors, normalising them first.
-pub fn insert_vectors(graph: &Graph, first_id: usize, vectors: &[f32], dims: usize) {
+pub fn insert_vectors(graph: &Hnsw<'_, f32, DistUnitDot>, first_id: usize, vectors: &[f32], dims: usize) {
     let mut owned = vectors.to_vec();
     owned.chunks_exact_mut(dims).for_each(normalize);
     for (batch_no, batch) in owned.chunks(INSERT_BATCH * dims).enumerate() {
@@ -123,49 +173,110 @@ pub fn insert_vectors(graph: &Graph, first_id: usize, vectors: &[f32], dims: usi
     }
 }
 
-/// Builds the index of `dataset` and saves it in `<dataset>/index`, replacing any earlier one only once the new
-/// one is complete.
-pub fn build(dataset: &Dataset, params: IndexParams) -> Result<IndexMeta, IndexError> {
+/// Brings the index of `dataset` up to date and saves it in `<dataset>/index`, replacing the earlier one only once
+/// the new one is complete. An index of the same lineage is extended with the rows added since (hnsw_rs cannot
+/// delete points: rows no longer live are filtered out of results instead); it is rebuilt from the live rows when
+/// `rebuild` is set, when the parameters change, or when more than a quarter of its points are dead.
+pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<IndexMeta, IndexError> {
     let started = std::time::Instant::now();
     let dims = dataset.dimensions()?;
-    let graph = new_graph(params, dataset.manifest.rows as usize)?;
-    dataset.for_each_vector_batch::<IndexError>(|first, vectors, _rows| {
-        insert_vectors(&graph, first as usize, vectors, dims);
-        Ok(())
-    })?;
-    let mut graph = graph;
-    graph.set_searching_mode(true);
+    let manifest = &dataset.manifest;
+    let live = dataset.live_rows()?;
+    let end = manifest.next_row();
+    let dead = dead_ranges(live.as_deref(), end);
+    let is_live = |row: u64| live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok());
+    // Live rows below `row` (every row is live without a documents table).
+    let live_below = |row: u64| live.as_ref().map_or(row, |l| l.partition_point(|&r| r < row) as u64);
+
+    let existing = if rebuild { None } else { load_checked(dataset).ok() };
+    let extend = existing.filter(|index| {
+        let meta = &index.meta;
+        // Rows never come back to life, so the graph's dead points are its points minus the live rows it covers.
+        let dead_points = meta.points.saturating_sub(live_below(meta.covered_rows));
+        meta.lineage == manifest.lineage
+            && meta.params == params
+            && meta.dimensions == dims
+            && meta.covered_rows <= end
+            && (dead_points as f64) <= MAX_DEAD_SHARE * meta.points.max(1) as f64
+    });
 
     let tmp = dataset.dir.join(format!("{INDEX_DIR}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
-    let basename = graph.file_dump(&tmp, BASENAME).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+
+    // Inserts the live rows with ids from `from` on (dead ones never enter a graph).
+    let insert_from = |graph: &Hnsw<'_, f32, DistUnitDot>, from: u64| -> Result<u64, IndexError> {
+        let first_file = manifest.files.partition_point(|f| f.first_row + f.rows <= from);
+        let mut inserted = 0u64;
+        dataset.for_each_vector_batch::<IndexError>(first_file, |first, vectors, rows| {
+            let wanted: Vec<usize> =
+                (0..rows).filter(|&i| first + i as u64 >= from && is_live(first + i as u64)).collect();
+            if wanted.len() == rows {
+                insert_vectors(graph, first as usize, vectors, dims);
+            } else {
+                for i in wanted.iter().copied() {
+                    insert_vectors(graph, first as usize + i, &vectors[i * dims..(i + 1) * dims], dims);
+                }
+            }
+            inserted += wanted.len() as u64;
+            Ok(())
+        })?;
+        Ok(inserted)
+    };
+
+    let (basename, points, inserted, mode) = match extend {
+        Some(index) => {
+            let from = index.meta.covered_rows;
+            let (inserted, basename, points) = index.graph.with_dependent(|_, hnsw| -> Result<_, IndexError> {
+                let inserted = insert_from(hnsw, from)?;
+                // A reloaded graph never overwrites its own files: hnsw_rs picks a new name, which is returned.
+                let basename = hnsw.file_dump(&tmp, BASENAME).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+                Ok((inserted, basename, hnsw.get_nb_point() as u64))
+            })?;
+            (basename, points, inserted, "extended")
+        }
+        None => {
+            let graph = new_graph(params, manifest.live_rows.max(1) as usize)?;
+            let inserted = insert_from(&graph, 0)?;
+            let mut graph = graph;
+            graph.set_searching_mode(true);
+            let basename = graph.file_dump(&tmp, BASENAME).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+            (basename, graph.get_nb_point() as u64, inserted, "built")
+        }
+    };
     let files = [".hnsw.graph", ".hnsw.data"]
         .iter()
         .map(|suffix| describe_file(&tmp, &format!("{basename}{suffix}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let dead_points = points.saturating_sub(live_below(end));
     let meta = IndexMeta {
         params,
         distance: DISTANCE.to_owned(),
         dimensions: dims,
-        points: graph.get_nb_point() as u64,
+        points,
         basename,
-        dataset_files: dataset.manifest.files.clone(),
+        lineage: manifest.lineage.clone(),
+        generation: manifest.generation,
+        covered_rows: end,
+        dead_ranges: dead,
+        dead_points,
+        dataset_files: manifest.files.clone(),
         files,
+        mode: mode.to_owned(),
+        inserted,
         build_secs: started.elapsed().as_secs_f64(),
     };
     write_json_atomic(&tmp.join(INDEX_FILE), &meta)?;
-    drop(graph);
 
     // Swap directories: the old index stays readable until the new one is in place.
-    let live = dataset.dir.join(INDEX_DIR);
+    let live_dir = dataset.dir.join(INDEX_DIR);
     let old = dataset.dir.join(format!("{INDEX_DIR}.old-{}", std::process::id()));
-    if live.exists() {
-        std::fs::rename(&live, &old).map_err(StoreError::io(&live))?;
+    if live_dir.exists() {
+        std::fs::rename(&live_dir, &old).map_err(StoreError::io(&live_dir))?;
     }
-    std::fs::rename(&tmp, &live).map_err(StoreError::io(&live))?;
+    std::fs::rename(&tmp, &live_dir).map_err(StoreError::io(&live_dir))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(StoreError::io(&old))?;
     }
@@ -209,6 +320,7 @@ self_cell::self_cell!(
 pub struct SearchIndex {
     graph: LoadedGraph,
     pub meta: IndexMeta,
+    exact_max_points: usize,
 }
 
 /// One search hit.
@@ -221,8 +333,72 @@ pub struct Hit {
 }
 
 impl SearchIndex {
-    /// Loads `<dataset>/index`, after checking it matches the dataset and its files are intact.
+    /// Loads `<dataset>/index`, after checking it matches the dataset's current version and its files are intact.
     pub fn open(dataset: &Dataset) -> Result<Self, IndexError> {
+        let index = load_checked(dataset)?;
+        let m = &dataset.manifest;
+        let meta = &index.meta;
+        if meta.lineage != m.lineage || meta.generation != m.generation || meta.covered_rows != m.next_row() {
+            return Err(IndexError::Stale { path: dataset.dir.join(INDEX_DIR), dataset: dataset.dir.clone() });
+        }
+        Ok(index)
+    }
+
+    /// The `k` nearest live rows to `query` (normalised here), best first: exhaustively up to
+    /// [`EXACT_SEARCH_MAX_POINTS`] points, through the graph above that.
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>, IndexError> {
+        if query.len() != self.meta.dimensions {
+            return Err(IndexError::QueryDimensions { got: query.len(), want: self.meta.dimensions });
+        }
+        let mut q = query.to_vec();
+        normalize(&mut q);
+        if self.meta.points <= self.exact_max_points as u64 {
+            return Ok(self.exact_search(&q, k));
+        }
+        let found = self.graph.with_dependent(|_, hnsw| {
+            if self.meta.dead_points == 0 {
+                hnsw.search(&q, k, ef.max(k))
+            } else {
+                let alive = |id: &usize| !self.meta.is_dead(*id as u64);
+                hnsw.search_filter(&q, k, ef.max(k), Some(&alive))
+            }
+        });
+        Ok(found.into_iter().map(|n| Hit { ordinal: n.d_id as u64, score: 1.0 - n.distance }).collect())
+    }
+}
+
+impl SearchIndex {
+    /// Searches indexes up to `points` points exhaustively instead of [`EXACT_SEARCH_MAX_POINTS`].
+    pub fn with_exact_max_points(mut self, points: usize) -> Self {
+        self.exact_max_points = points;
+        self
+    }
+
+    /// Scores every live point: exact, and at this size as fast as walking the graph. It also cannot miss an
+    /// outlier that the graph links to nothing (HNSW's blind spot, most visible in small graphs).
+    fn exact_search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        self.graph.with_dependent(|_, hnsw| {
+            let mut scored: Vec<Hit> = hnsw
+                .get_point_indexation()
+                .into_iter()
+                .filter(|p| !self.meta.is_dead(p.get_origin_id() as u64))
+                .map(|p| Hit { ordinal: p.get_origin_id() as u64, score: dot(query, p.get_v()).clamp(-1.0, 1.0) })
+                .collect();
+            let k = k.min(scored.len());
+            if k == 0 {
+                return Vec::new();
+            }
+            scored.select_nth_unstable_by(k - 1, |a, b| b.score.total_cmp(&a.score));
+            scored.truncate(k);
+            scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.ordinal.cmp(&b.ordinal)));
+            scored
+        })
+    }
+}
+
+/// Loads `<dataset>/index` after checking its files against their checksums, without asking whether it is current.
+fn load_checked(dataset: &Dataset) -> Result<SearchIndex, IndexError> {
+    {
         let dir = dataset.dir.join(INDEX_DIR);
         let meta_path = dir.join(INDEX_FILE);
         let bytes = match std::fs::read(&meta_path) {
@@ -235,9 +411,6 @@ impl SearchIndex {
         let damaged =
             |message: String| IndexError::Damaged { path: dir.clone(), dataset: dataset.dir.clone(), message };
         let meta: IndexMeta = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("{INDEX_FILE}: {e}")))?;
-        if meta.dataset_files != dataset.manifest.files {
-            return Err(IndexError::Stale { path: dir, dataset: dataset.dir.clone() });
-        }
         if meta.distance != DISTANCE {
             return Err(damaged(format!("distance {:?} is not {DISTANCE:?}", meta.distance)));
         }
@@ -250,18 +423,7 @@ impl SearchIndex {
         let io = HnswIo::new(&dir, &meta.basename);
         let graph = LoadedGraph::try_new(io, |io| io.load_hnsw_with_dist::<f32, DistUnitDot>(DistUnitDot))
             .map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
-        Ok(Self { graph, meta })
-    }
-
-    /// The `k` nearest rows to `query` (normalised here), best first.
-    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>, IndexError> {
-        if query.len() != self.meta.dimensions {
-            return Err(IndexError::QueryDimensions { got: query.len(), want: self.meta.dimensions });
-        }
-        let mut q = query.to_vec();
-        normalize(&mut q);
-        let found = self.graph.with_dependent(|_, hnsw| hnsw.search(&q, k, ef.max(k)));
-        Ok(found.into_iter().map(|n| Hit { ordinal: n.d_id as u64, score: 1.0 - n.distance }).collect())
+        Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
     }
 }
 
@@ -329,6 +491,86 @@ mod tests {
             assert!(found.iter().any(|n| n.d_id == i || (i == 1500 && n.d_id == 0)), "point {i} not found: {found:?}");
             assert!(found[0].distance >= 0.0);
         }
+    }
+
+    fn chunks(range: std::ops::Range<u32>) -> Vec<crate::chunk::Chunk> {
+        range
+            .map(|i| crate::chunk::Chunk {
+                id: format!("id-{i}"),
+                doc: std::sync::Arc::from(format!("doc-{}", i / 4).as_str()),
+                chunk_index: i % 4,
+                start: 0,
+                end: 1,
+                tokens: 1,
+                text: format!("t{i}"),
+                hash: format!("{:064x}", i),
+            })
+            .collect()
+    }
+
+    fn docs(rows: impl Iterator<Item = (u32, u64)>) -> std::collections::HashMap<String, crate::store::DocRecord> {
+        let mut docs: std::collections::HashMap<String, crate::store::DocRecord> = Default::default();
+        for (i, row) in rows {
+            let name = format!("doc-{}", i / 4);
+            docs.entry(name.clone())
+                .or_insert_with(|| crate::store::DocRecord {
+                    doc: name,
+                    file: String::new(),
+                    size: 0,
+                    mtime_ns: 0,
+                    stat_trusted: false,
+                    content_hash: String::new(),
+                    rows: Vec::new(),
+                })
+                .rows
+                .push(row);
+        }
+        docs
+    }
+
+    /// Through the graph (exact search off): an update extends it, and dead rows never come back.
+    #[test]
+    fn an_extended_graph_finds_new_rows_and_filters_dead_ones() {
+        use crate::store::{ChunkingInfo, DatasetWriter, Manifest, RunStatus};
+        let dims = 16;
+        let n = 3000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings =
+            Manifest::new("m".into(), None, ChunkingInfo { tokenizer: "t".into(), max_tokens: 8, overlap: 0 });
+        let data = clustered(n as usize + 500, dims, 50, 11);
+        let mut writer = DatasetWriter::begin(dir.path(), settings.clone(), None, false).expect("begin");
+        writer.write(&chunks(0..n), &data[..n as usize * dims], dims).expect("write");
+        let v1 = writer.finish(&docs((0..n).map(|i| (i, u64::from(i)))), RunStatus::Complete).expect("finish");
+        let meta = update(&Dataset { dir: dir.path().into(), manifest: v1.clone() }, IndexParams::default(), false)
+            .expect("build");
+        assert_eq!((meta.mode.as_str(), meta.points), ("built", u64::from(n)));
+
+        // Version 2: 500 new rows; the first 600 rows' documents are deleted (20%, under the rebuild threshold).
+        let mut writer = DatasetWriter::begin(dir.path(), settings, Some(&v1), true).expect("begin");
+        writer.write(&chunks(n..n + 500), &data[n as usize * dims..], dims).expect("write");
+        let live = (600..n + 500).map(|i| (i, u64::from(i)));
+        let v2 = writer.finish(&docs(live), RunStatus::Complete).expect("finish");
+        let dataset = Dataset { dir: dir.path().into(), manifest: v2 };
+        let meta = update(&dataset, IndexParams::default(), false).expect("extend");
+        assert_eq!((meta.mode.as_str(), meta.inserted, meta.dead_points), ("extended", 500, 600), "{meta:?}");
+
+        let index = SearchIndex::open(&dataset).expect("open").with_exact_max_points(0);
+        let mut found_self = 0;
+        for i in (n..n + 500).step_by(5) {
+            let hits = index.search(&data[i as usize * dims..(i as usize + 1) * dims], 5, 64).expect("search");
+            found_self += usize::from(hits[0].ordinal == u64::from(i));
+        }
+        assert!(found_self >= 95, "new rows found as their own nearest: {found_self}/100");
+        for i in (0..600).step_by(6) {
+            let query = &data[i * dims..(i + 1) * dims];
+            let hits = index.search(query, 10, 64).expect("search");
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| h.ordinal >= 600), "a dead row came back: {hits:?}");
+            let exact = SearchIndex::open(&dataset).expect("open").search(query, 10, 64).expect("exact");
+            assert!(exact.iter().all(|h| h.ordinal >= 600), "a dead row came back from the exact scan: {exact:?}");
+        }
+        let rebuilt = update(&dataset, IndexParams::default(), true).expect("rebuild");
+        assert_eq!((rebuilt.mode.as_str(), rebuilt.points, rebuilt.dead_points), ("built", u64::from(n) - 100, 0));
     }
 
     #[test]

@@ -12,20 +12,32 @@
 //! When the run must stop (a fatal API error, a signal), the embed loop drops its stream: in-flight requests are
 //! abandoned, upstream threads see their channel close and return, and the writer closes what it has.
 
+mod assemble;
+mod previous;
+
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use assemble::WriterMsg;
+pub use previous::{Previous, VectorLoc, text_key};
+
 use crate::batch::{Batch, BatchLimits, Batcher};
 use crate::chunk::{ChunkSettings, Chunker, TokenChunker, TokenCounter};
-use crate::embed::{EmbedError, Embedder, Embeddings};
-use crate::source::{FileSource, Source, SourceItem, SourceOptions};
+use crate::embed::{EmbedError, Embedder};
+use crate::source::{Document, FileSource, Source, SourceItem, SourceOptions, file_key};
 use crate::stats::{Stats, Summary};
-use crate::store::{ChunkingInfo, DatasetWriter, Manifest, RunStatus, StoreError};
+use crate::store::{ChunkingInfo, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError};
+
+/// Files modified less than this before the run started may be modified again without their mtime changing (on
+/// filesystems with coarse timestamps), so their stat is not trusted next time and they are re-read.
+const MTIME_GRACE_NS: i64 = 2_000_000_000;
 
 /// Everything an `embed` run needs to know.
 #[derive(Debug, Clone)]
@@ -37,7 +49,8 @@ pub struct EmbedJob {
     pub batching: BatchLimits,
     pub concurrency: usize,
     pub out: std::path::PathBuf,
-    pub overwrite: bool,
+    /// Reuse nothing from an existing dataset (`--overwrite`).
+    pub fresh: bool,
     /// `--dimensions`, recorded so queries ask for the same size.
     pub requested_dimensions: Option<u32>,
 }
@@ -46,10 +59,14 @@ pub struct EmbedJob {
 #[derive(Debug)]
 pub struct RunOutcome {
     pub summary: Summary,
-    pub manifest: Manifest,
+    /// The version the run published; `None` when it kept the previous one (a run from scratch that did not finish).
+    pub published: Option<Manifest>,
+    pub status: RunStatus,
     /// Set when the run stopped early because of the API.
     pub fatal: Option<EmbedError>,
     pub interrupted: bool,
+    /// Documents left as they were because some of their chunks were not embedded.
+    pub incomplete_docs: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +79,14 @@ pub enum PipelineError {
     Thread(String),
 }
 
-/// Runs the job to the end, or until `shutdown` resolves. Chunks embedded before a stop are kept.
+/// The vector-space key of the embedding cache: vectors are only reused between runs that agree on it.
+fn vector_space(settings: &Manifest) -> String {
+    format!("{}|{:?}", settings.model, settings.requested_dimensions)
+}
+
+/// Runs the job to the end, or until `shutdown` resolves, and publishes the new version of the dataset. Only
+/// documents that are new or changed since the published version are chunked, and only chunks whose text has no
+/// vector yet are sent. The caller holds the dataset lock.
 pub async fn run_embed<E: Embedder>(
     job: EmbedJob,
     embedder: Arc<E>,
@@ -70,33 +94,64 @@ pub async fn run_embed<E: Embedder>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunOutcome, PipelineError> {
     let started = Instant::now();
-    // Fail on bad inputs and an existing dataset before any work.
-    let source = FileSource::new(job.source.clone())?;
+    let run_start_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let chunking = ChunkingInfo {
         tokenizer: job.counter.name(),
         max_tokens: job.chunking.max_tokens,
         overlap: job.chunking.overlap,
     };
-    let manifest = Manifest::new(embedder.model().to_owned(), job.requested_dimensions, chunking);
-    let writer = DatasetWriter::create(&job.out, manifest, job.overwrite)?;
+    let settings = Manifest::new(embedder.model().to_owned(), job.requested_dimensions, chunking);
+    // Fail on bad inputs and a damaged dataset before any work.
+    let source = FileSource::new(job.source.clone())?;
+    let load = {
+        let (out, settings, fresh) = (job.out.clone(), settings.clone(), job.fresh);
+        tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let cache = EmbeddingCache::open(&out, &vector_space(&settings))?;
+            let previous = Previous::load(&out, &settings, fresh, &cache)?;
+            let writer = DatasetWriter::begin(&out, settings, previous.manifest.as_ref(), previous.appends())?;
+            Ok((cache, previous, writer))
+        })
+    };
+    let (cache, mut previous, writer) = load.await.map_err(|e| PipelineError::Thread(e.to_string()))??;
+    let published_before = previous.manifest.clone();
+    let appends = previous.appends();
+    let base = previous.dataset.take();
+    let base_docs = if appends { previous.docs.clone() } else { Default::default() };
+    let previous = Arc::new(previous);
 
     let concurrency = job.concurrency.max(1);
+    let stop = Arc::new(AtomicBool::new(false));
     let (doc_tx, doc_rx) = mpsc::channel(32);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(concurrency * 2);
-    let (result_tx, result_rx) = mpsc::channel::<(Batch, Embeddings)>(4);
+    let (writer_tx, writer_rx) = mpsc::channel::<WriterMsg>(64);
 
     let source_task = tokio::task::spawn_blocking({
-        let stats = Arc::clone(&stats);
-        move || read_source(source, &doc_tx, &stats)
+        let (stats, stop, previous) = (Arc::clone(&stats), Arc::clone(&stop), Arc::clone(&previous));
+        let source = if appends {
+            source.with_unchanged_filter(Box::new(move |file, stat| {
+                previous.file_unchanged(file, stat.size, stat.mtime_ns)
+            }))
+        } else {
+            source
+        };
+        move || read_source(source, &doc_tx, &stats, &stop)
     });
-    let chunk_task = tokio::task::spawn_blocking({
-        let stats = Arc::clone(&stats);
-        let chunker = TokenChunker::with_counter(job.chunking, job.counter.clone());
-        move || chunk_and_batch(&chunker, job.batching, doc_rx, &batch_tx, &stats)
+    let plan_task = tokio::task::spawn_blocking({
+        let planner = Planner {
+            chunker: TokenChunker::with_counter(job.chunking, job.counter.clone()),
+            previous: Arc::clone(&previous),
+            run_start_ns,
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+        };
+        let writer_tx = writer_tx.clone();
+        move || planner.run(job.batching, doc_rx, &batch_tx, &writer_tx)
     });
     let writer_task = tokio::task::spawn_blocking({
-        let stats = Arc::clone(&stats);
-        move || write_results(writer, result_rx, &stats)
+        let assembler = assemble::Assembler::new(writer, cache, base, base_docs, Arc::clone(&stats));
+        move || assembler.run(writer_rx)
     });
 
     let mut results = ReceiverStream::new(batch_rx)
@@ -128,7 +183,7 @@ pub async fn run_embed<E: Embedder>(
                 Stats::add(&stats.chunks_embedded, batch.chunks.len() as u64);
                 Stats::add(&stats.tokens_embedded, batch.tokens as u64);
                 Stats::add(&stats.usage_tokens, embeddings.usage_tokens.unwrap_or(0));
-                if result_tx.send((batch, embeddings)).await.is_err() {
+                if writer_tx.send(WriterMsg::Embedded(batch, embeddings)).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
@@ -145,86 +200,195 @@ pub async fn run_embed<E: Embedder>(
         }
     }
     // Closing the stream abandons requests in flight and lets the upstream threads stop.
+    stop.store(true, Ordering::Relaxed);
     drop(results);
-    drop(result_tx);
+    drop(writer_tx);
 
-    let written = writer_task.await.map_err(|e| PipelineError::Thread(e.to_string()))?;
-    let writer = match written {
-        Ok(writer) => writer,
-        Err(error) => return Err(error.into()),
-    };
-    for task in [source_task, chunk_task] {
+    let assembled = writer_task.await.map_err(|e| PipelineError::Thread(e.to_string()))??;
+    for task in [source_task, plan_task] {
         task.await.map_err(|e| PipelineError::Thread(e.to_string()))?;
     }
 
     let failed = Stats::get(&stats.chunks_failed);
+    let incomplete_docs = assembled.incomplete;
     let status = match (&fatal, interrupted) {
         (Some(error), _) => RunStatus::Aborted { reason: error.to_string() },
         (None, true) => RunStatus::Aborted { reason: "interrupted".to_owned() },
-        (None, false) if failed > 0 => RunStatus::Partial { failed_chunks: failed },
+        (None, false) if failed > 0 || incomplete_docs > 0 || !assembled.source_done => {
+            RunStatus::Partial { failed_chunks: failed }
+        }
         (None, false) => RunStatus::Complete,
     };
-    let manifest = writer.finish(status)?;
-    Ok(RunOutcome { summary: stats.snapshot(started.elapsed()), manifest, fatal, interrupted })
+    let published = tokio::task::spawn_blocking({
+        let status = status.clone();
+        move || assemble::publish(assembled, published_before.as_ref(), appends, status)
+    })
+    .await
+    .map_err(|e| PipelineError::Thread(e.to_string()))??;
+    Ok(RunOutcome {
+        summary: stats.snapshot(started.elapsed()),
+        published,
+        status,
+        fatal,
+        interrupted,
+        incomplete_docs,
+    })
 }
 
-fn read_source(source: impl Source, docs: &mpsc::Sender<crate::source::Document>, stats: &Stats) {
+/// What the source thread hands the planner.
+enum Input {
+    Doc(Document),
+    /// A file not read because it is unchanged.
+    Unchanged(String),
+    /// The source was read to the end.
+    End,
+}
+
+fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, stop: &AtomicBool) {
     for item in source {
-        match item {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let input = match item {
             SourceItem::Document(doc) => {
                 Stats::add(&stats.documents, 1);
-                if docs.blocking_send(doc).is_err() {
-                    return; // the run is stopping
-                }
+                Input::Doc(doc)
             }
+            SourceItem::Unchanged(file) => Input::Unchanged(file),
             SourceItem::LossyUtf8(origin) => {
                 Stats::add(&stats.documents_lossy_utf8, 1);
                 tracing::warn!("{origin}: invalid UTF-8 replaced with U+FFFD");
+                continue;
             }
             SourceItem::SkippedFile { origin, reason } => {
                 Stats::add(&stats.files_skipped, 1);
                 tracing::warn!("{origin}: skipped: {reason}");
+                continue;
             }
             SourceItem::SkippedRecord { origin, reason } => {
                 Stats::add(&stats.records_skipped, 1);
                 tracing::warn!("{origin}: record skipped: {reason}");
+                continue;
             }
+        };
+        if docs.blocking_send(input).is_err() {
+            return; // the run is stopping
         }
     }
+    let _ = docs.blocking_send(Input::End);
 }
 
-fn chunk_and_batch(
-    chunker: &impl Chunker,
-    limits: BatchLimits,
-    mut docs: mpsc::Receiver<crate::source::Document>,
-    batches: &mpsc::Sender<Batch>,
-    stats: &Stats,
-) {
-    let mut batcher = Batcher::new(limits);
-    while let Some(doc) = docs.blocking_recv() {
-        for chunk in chunker.chunk(&doc) {
-            Stats::add(&stats.chunks, 1);
-            if let Some(batch) = batcher.push(chunk)
-                && batches.blocking_send(batch).is_err()
-            {
+/// Decides, document by document, what to keep, what to reuse and what to embed, and packs the latter into
+/// batches.
+struct Planner {
+    chunker: TokenChunker,
+    previous: Arc<Previous>,
+    run_start_ns: i64,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Planner {
+    fn run(
+        self,
+        limits: BatchLimits,
+        mut inputs: mpsc::Receiver<Input>,
+        batches: &mpsc::Sender<Batch>,
+        writer: &mpsc::Sender<WriterMsg>,
+    ) {
+        let mut batcher = Batcher::new(limits);
+        let mut seen: HashSet<String> = HashSet::new();
+        while let Some(input) = inputs.blocking_recv() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let sent = match input {
+                Input::Unchanged(file) => self.keep_file(&file, &mut seen, writer),
+                Input::Doc(doc) => self.plan(doc, &mut seen, &mut batcher, batches, writer),
+                Input::End => {
+                    if let Some(batch) = batcher.finish()
+                        && batches.blocking_send(batch).is_err()
+                    {
+                        return;
+                    }
+                    self.stats.source_done.store(true, Ordering::Relaxed);
+                    let _ = writer.blocking_send(WriterMsg::SourceDone);
+                    return;
+                }
+            };
+            if !sent {
                 return;
             }
         }
     }
-    if let Some(batch) = batcher.finish() {
-        let _ = batches.blocking_send(batch);
-    }
-    stats.source_done.store(true, std::sync::atomic::Ordering::Relaxed);
-}
 
-fn write_results(
-    mut writer: DatasetWriter,
-    mut results: mpsc::Receiver<(Batch, Embeddings)>,
-    stats: &Stats,
-) -> Result<DatasetWriter, StoreError> {
-    while let Some((batch, embeddings)) = results.blocking_recv() {
-        writer.write(&batch.chunks, &embeddings)?;
-        Stats::add(&stats.rows_written, batch.chunks.len() as u64);
+    /// The documents of an unchanged file keep their rows. Returns false when the run is stopping.
+    fn keep_file(&self, file: &str, seen: &mut HashSet<String>, writer: &mpsc::Sender<WriterMsg>) -> bool {
+        for name in self.previous.by_file.get(file).into_iter().flatten() {
+            if let Some(record) = self.previous.docs.get(name)
+                && seen.insert(name.clone())
+            {
+                Stats::add(&self.stats.docs_unchanged, 1);
+                if writer.blocking_send(WriterMsg::Keep(record.clone())).is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
-    Ok(writer)
+
+    fn plan(
+        &self,
+        doc: Document,
+        seen: &mut HashSet<String>,
+        batcher: &mut Batcher,
+        batches: &mpsc::Sender<Batch>,
+        writer: &mpsc::Sender<WriterMsg>,
+    ) -> bool {
+        if !seen.insert(doc.doc.clone()) {
+            Stats::add(&self.stats.docs_duplicate, 1);
+            tracing::warn!("{}: skipped: a document named {:?} was already read in this run", doc.origin, doc.doc);
+            return true;
+        }
+        let content_hash = blake3::hash(doc.text.as_bytes()).to_hex().to_string();
+        let stat = doc.stat.unwrap_or(crate::source::FileStat { size: 0, mtime_ns: 0 });
+        let mut record = DocRecord {
+            doc: doc.doc.clone(),
+            file: file_key(&doc.origin.path),
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            stat_trusted: doc.stat.is_some() && stat.mtime_ns < self.run_start_ns - MTIME_GRACE_NS,
+            content_hash,
+            rows: Vec::new(),
+        };
+        let old = self.previous.docs.get(&doc.doc);
+        if let Some(old) = old
+            && !self.previous.rechunk
+            && old.content_hash == record.content_hash
+        {
+            Stats::add(&self.stats.docs_unchanged, 1);
+            record.rows = old.rows.clone();
+            return writer.blocking_send(WriterMsg::Keep(record)).is_ok();
+        }
+        Stats::add(if old.is_some() { &self.stats.docs_changed } else { &self.stats.docs_new }, 1);
+        let chunks = self.chunker.chunk(&doc);
+        Stats::add(&self.stats.chunks, chunks.len() as u64);
+        if writer.blocking_send(WriterMsg::Plan { record, chunks: chunks.len() }).is_err() {
+            return false;
+        }
+        let mut reused = Vec::new();
+        for chunk in chunks {
+            match text_key(&chunk.hash).and_then(|k| self.previous.vectors.get(&k)) {
+                Some(loc) => reused.push((chunk, *loc)),
+                None => {
+                    if let Some(batch) = batcher.push(chunk)
+                        && batches.blocking_send(batch).is_err()
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        reused.is_empty() || writer.blocking_send(WriterMsg::Reuse(reused)).is_ok()
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::jsonl::JsonlReader;
-use super::{Document, Origin, SkipReason, SourceError, SourceItem, TextFormat};
+use super::{Document, FileStat, Origin, SkipReason, SourceError, SourceItem, TextFormat, UnchangedFilter, file_key};
 
 /// Files larger than this are skipped rather than read whole into memory (JSONL files are streamed, so they have no
 /// limit).
@@ -56,6 +56,7 @@ pub struct FileSource {
     options: SourceOptions,
     /// Items produced while handling one file but not yet returned (a lossy-UTF-8 note precedes its document).
     queued: VecDeque<SourceItem>,
+    unchanged: Option<UnchangedFilter>,
 }
 
 struct Walk {
@@ -79,7 +80,14 @@ impl FileSource {
             exclude: build_globset(&options.exclude)?,
             options,
             queued: VecDeque::new(),
+            unchanged: None,
         })
+    }
+
+    /// Files `filter` says are unchanged are not read; an [`SourceItem::Unchanged`] stands in for them.
+    pub fn with_unchanged_filter(mut self, filter: UnchangedFilter) -> Self {
+        self.unchanged = Some(filter);
+        self
     }
 
     fn selected(&self, relative: &Path) -> bool {
@@ -139,6 +147,15 @@ impl FileSource {
 
     fn read_file(&mut self, path: PathBuf, name: String) {
         let origin = Origin { path: path.clone(), line: None };
+        if let Some(filter) = &self.unchanged
+            && let Ok(metadata) = std::fs::metadata(&path)
+        {
+            let key = file_key(&path);
+            if filter(&key, FileStat::of(&metadata)) {
+                self.queued.push_back(SourceItem::Unchanged(key));
+                return;
+            }
+        }
         if is_jsonl(&path) {
             match JsonlReader::open(&path, &name, &self.options) {
                 Ok(reader) => self.jsonl = Some(reader),
@@ -149,7 +166,7 @@ impl FileSource {
             return;
         }
         match read_text_file(&path, self.options.max_file_bytes) {
-            Ok((text, lossy)) => {
+            Ok((text, lossy, stat)) => {
                 if lossy {
                     self.queued.push_back(SourceItem::LossyUtf8(origin.clone()));
                 }
@@ -158,6 +175,7 @@ impl FileSource {
                     text,
                     format: format_of(&path),
                     origin,
+                    stat: Some(stat),
                 }));
             }
             Err(reason) => self.queued.push_back(SourceItem::SkippedFile { origin, reason }),
@@ -243,10 +261,13 @@ fn io_message(err: &dyn std::error::Error) -> String {
     message
 }
 
-/// Reads a whole text file; `true` when invalid UTF-8 had to be replaced.
-fn read_text_file(path: &Path, max_bytes: u64) -> Result<(String, bool), SkipReason> {
+/// Reads a whole text file; `true` when invalid UTF-8 had to be replaced. The stat is taken before reading, so a
+/// write during the read shows up as a change next time.
+fn read_text_file(path: &Path, max_bytes: u64) -> Result<(String, bool, FileStat), SkipReason> {
     let mut file = File::open(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let metadata = file.metadata().map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    let stat = FileStat::of(&metadata);
+    let len = metadata.len();
     if len > max_bytes {
         return Err(SkipReason::TooLarge { bytes: len, limit: max_bytes });
     }
@@ -255,7 +276,8 @@ fn read_text_file(path: &Path, max_bytes: u64) -> Result<(String, bool), SkipRea
     if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
         return Err(SkipReason::Binary);
     }
-    Ok(decode_utf8(bytes))
+    let (text, lossy) = decode_utf8(bytes);
+    Ok((text, lossy, stat))
 }
 
 /// UTF-8 with invalid sequences replaced; `true` when any were. A UTF-8 byte-order mark is dropped.

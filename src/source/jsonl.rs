@@ -17,14 +17,18 @@ pub(super) struct JsonlReader {
     text_field: String,
     id_field: Option<String>,
     buf: Vec<u8>,
+    stat: Option<super::FileStat>,
     /// A document waiting behind its lossy-UTF-8 note.
     pending: Option<SourceItem>,
 }
 
 impl JsonlReader {
     pub(super) fn open(path: &Path, name: &str, options: &SourceOptions) -> std::io::Result<Self> {
+        let file = File::open(path)?;
+        let stat = file.metadata().ok().map(|m| super::FileStat::of(&m));
         Ok(Self {
-            reader: BufReader::with_capacity(256 * 1024, File::open(path)?),
+            reader: BufReader::with_capacity(256 * 1024, file),
+            stat,
             path: path.to_path_buf(),
             name: name.to_owned(),
             line: 0,
@@ -76,7 +80,13 @@ impl JsonlReader {
                 None => return self.skip_item(SkipReason::MissingField(format!("no id field {field:?}"))),
             },
         };
-        SourceItem::Document(Document { doc, text: body, format: TextFormat::Plain, origin: self.origin() })
+        SourceItem::Document(Document {
+            doc,
+            text: body,
+            format: TextFormat::Plain,
+            origin: self.origin(),
+            stat: self.stat,
+        })
     }
 }
 

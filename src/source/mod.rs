@@ -11,6 +11,11 @@ use std::path::PathBuf;
 
 pub use files::{FileSource, SourceOptions};
 
+/// The key a file is known by between runs: its path as the run saw it.
+pub fn file_key(path: &std::path::Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
 /// How a document's text is structured, which decides how it is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextFormat {
@@ -27,7 +32,31 @@ pub struct Document {
     pub format: TextFormat,
     /// Where it was read from, for messages.
     pub origin: Origin,
+    /// Size and mtime of the file it came from, when read from a file.
+    pub stat: Option<FileStat>,
 }
+
+/// What an incremental run compares to decide whether a file may have changed without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch (0 when the platform does not say).
+    pub mtime_ns: i64,
+}
+
+impl FileStat {
+    pub fn of(metadata: &std::fs::Metadata) -> Self {
+        let mtime_ns = metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        Self { size: metadata.len(), mtime_ns }
+    }
+}
+
+/// Decides, from a file's path and stat, that it is unchanged since the last run and need not be read.
+pub type UnchangedFilter = Box<dyn Fn(&str, FileStat) -> bool + Send>;
 
 /// A file, or a line of a JSONL file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +107,8 @@ impl fmt::Display for SkipReason {
 #[derive(Debug)]
 pub enum SourceItem {
     Document(Document),
+    /// A file the [`UnchangedFilter`] said is unchanged; it was not read. Its path as [`Origin`] shows it.
+    Unchanged(String),
     /// Invalid UTF-8 was replaced with U+FFFD; the document follows as usual.
     LossyUtf8(Origin),
     /// A whole file was skipped.

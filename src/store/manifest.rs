@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2 added generations, row ids (`DataFile::first_row`), the documents table and the lineage.
+pub const SCHEMA_VERSION: u32 = 2;
 const FORMAT: &str = "tars-index-dataset";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,10 +27,31 @@ pub struct Manifest {
     /// Always `cosine`: vectors are compared after L2 normalisation.
     pub metric: String,
     pub chunking: ChunkingInfo,
+    /// Bumped by every run that publishes a new version; names that version's files.
+    #[serde(default)]
+    pub generation: u64,
+    /// Identifies a sequence of versions whose row ids carry over (a run from scratch starts a new one), so an
+    /// index knows whether it can be extended.
+    #[serde(default)]
+    pub lineage: String,
+    /// Immutable data files, in row-id order. Rows no live document refers to are dead (see `docs_file`).
     pub files: Vec<DataFile>,
+    /// Physical rows in `files`, dead ones included.
     pub rows: u64,
+    /// Rows that belong to a live document.
+    #[serde(default)]
+    pub live_rows: u64,
+    /// The next row id to hand out. Kept here, not derived from the files, so that ids are never reused even when
+    /// the newest file is dropped.
+    #[serde(default)]
+    pub next_row_id: u64,
+    /// The documents table (`docs/docs-<generation>.parquet`): each document's source, content hash and rows.
+    #[serde(default)]
+    pub docs_file: Option<String>,
     pub status: RunStatus,
     pub created_unix: u64,
+    #[serde(default)]
+    pub updated_unix: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +66,9 @@ pub struct DataFile {
     /// Relative to the dataset directory, `/`-separated.
     pub path: String,
     pub rows: u64,
+    /// Row id of the file's first row; its rows are `first_row..first_row + rows`.
+    #[serde(default)]
+    pub first_row: u64,
 }
 
 /// Whether the run that wrote the dataset embedded everything it read.
@@ -72,14 +97,27 @@ impl Manifest {
             requested_dimensions,
             metric: "cosine".to_owned(),
             chunking,
+            generation: 0,
+            lineage: String::new(),
             files: Vec::new(),
             rows: 0,
+            live_rows: 0,
+            next_row_id: 0,
+            docs_file: None,
             status: RunStatus::Complete,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_unix: unix_now(),
+            updated_unix: unix_now(),
         }
+    }
+
+    /// The row id the next appended row gets.
+    pub fn next_row(&self) -> u64 {
+        self.files.last().map_or(0, |f| f.first_row + f.rows).max(self.next_row_id)
+    }
+
+    /// Whether two manifests' vectors live in the same space (same model, same requested size).
+    pub fn same_vector_space(&self, other: &Manifest) -> bool {
+        self.model == other.model && self.requested_dimensions == other.requested_dimensions
     }
 
     pub fn load(dir: &Path) -> Result<Self, StoreError> {
@@ -91,7 +129,7 @@ impl Manifest {
             }
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
+        let mut manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| StoreError::Manifest { path: path.clone(), message: e.to_string() })?;
         if manifest.format != FORMAT {
             return Err(StoreError::Manifest {
@@ -108,11 +146,26 @@ impl Manifest {
                 ),
             });
         }
+        if manifest.schema_version < 2 {
+            // Version 1 had neither row ids nor a documents table: rows were numbered in file order, all live.
+            let mut first = 0;
+            for file in &mut manifest.files {
+                file.first_row = first;
+                first += file.rows;
+            }
+            manifest.live_rows = manifest.rows;
+        }
         let listed: u64 = manifest.files.iter().map(|f| f.rows).sum();
         if listed != manifest.rows {
             return Err(StoreError::Manifest {
                 path,
                 message: format!("files hold {listed} rows but rows is {}", manifest.rows),
+            });
+        }
+        if manifest.files.windows(2).any(|w| w[0].first_row + w[0].rows > w[1].first_row) {
+            return Err(StoreError::Manifest {
+                path,
+                message: "data files' row ids overlap or are out of order".into(),
             });
         }
         Ok(manifest)
@@ -121,6 +174,10 @@ impl Manifest {
     pub fn save(&self, dir: &Path) -> Result<(), StoreError> {
         write_json_atomic(&dir.join(MANIFEST_FILE), self)
     }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Writes JSON so that readers see the old file or the new one, never a torn one: temp file, fsync, rename, fsync

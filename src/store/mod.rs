@@ -12,6 +12,9 @@
 //! Files are written under a temporary name and renamed when closed; the manifest is replaced atomically (write,
 //! fsync, rename) and lists only closed files, so readers never see a half-written file.
 
+mod cache;
+mod docs;
+mod lock;
 mod manifest;
 mod reader;
 pub mod schema;
@@ -19,9 +22,14 @@ mod writer;
 
 use std::path::PathBuf;
 
-pub use manifest::{ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, write_json_atomic};
+pub use cache::{CACHE_DIR, CacheLoc, EmbeddingCache};
+pub use docs::{DOCS_DIR, DocRecord};
+pub use lock::{DatasetLock, LOCK_FILE, LockHolder};
+pub use manifest::{
+    ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, unix_now, write_json_atomic,
+};
 pub use reader::{Dataset, StoredChunk};
-pub use writer::DatasetWriter;
+pub use writer::{DATA_DIR, DatasetWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,8 +53,8 @@ pub enum StoreError {
     },
     #[error("{path}: invalid manifest: {message}")]
     Manifest { path: PathBuf, message: String },
-    #[error("{path} already holds a dataset; pass --overwrite to replace it")]
-    Exists { path: PathBuf },
+    #[error("{path} is being written by another run ({holder}); wait for it to finish or pass --wait-lock SECS", holder = holder.as_ref().map_or_else(|| "holder unknown".to_owned(), ToString::to_string))]
+    Locked { path: PathBuf, holder: Option<LockHolder> },
     #[error("{path} is not a tars-index dataset (no {MANIFEST_FILE})")]
     NotADataset { path: PathBuf },
     #[error("{path}: {message}")]
@@ -72,11 +80,11 @@ impl StoreError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     use super::*;
     use crate::chunk::Chunk;
-    use crate::embed::Embeddings;
 
     fn chunk(i: u32) -> Chunk {
         Chunk {
@@ -99,26 +107,52 @@ mod tests {
         )
     }
 
+    fn vectors(chunks: &[Chunk]) -> Vec<f32> {
+        chunks.iter().flat_map(|c| [c.tokens as f32, 0.5, -1.0]).collect()
+    }
+
+    /// Documents mapping each `doc-N` to its rows, as the pipeline would record them.
+    fn docs_for(rows: &[(String, u64)]) -> HashMap<String, DocRecord> {
+        let mut docs: HashMap<String, DocRecord> = HashMap::new();
+        for (doc, row) in rows {
+            docs.entry(doc.clone())
+                .or_insert_with(|| DocRecord {
+                    doc: doc.clone(),
+                    file: doc.clone(),
+                    size: 1,
+                    mtime_ns: 1,
+                    stat_trusted: true,
+                    content_hash: "h".into(),
+                    rows: Vec::new(),
+                })
+                .rows
+                .push(*row);
+        }
+        docs
+    }
+
     #[test]
-    fn rows_round_trip_across_several_files() {
+    fn rows_round_trip_across_files_and_versions() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dims = 3;
-        let mut writer = DatasetWriter::create(dir.path(), manifest(), false).expect("create").with_rows_per_file(4);
+        let mut writer =
+            DatasetWriter::begin(dir.path(), manifest(), None, false).expect("begin").with_rows_per_file(4);
         let chunks: Vec<Chunk> = (0..10).map(chunk).collect();
+        let mut placed = Vec::new();
         for part in chunks.chunks(3) {
-            let vectors = part.iter().flat_map(|c| [c.tokens as f32, 0.5, -1.0]).collect();
-            writer.write(part, &Embeddings { dimensions: dims, vectors, usage_tokens: None }).expect("write");
+            let first = writer.write(part, &vectors(part), dims).expect("write");
+            placed.extend(part.iter().enumerate().map(|(i, c)| (c.doc.to_string(), first + i as u64)));
         }
-        let written = writer.finish(RunStatus::Complete).expect("finish");
-        assert_eq!(written.rows, 10);
-        assert_eq!(written.files.iter().map(|f| f.rows).collect::<Vec<_>>(), [6, 4]);
-        assert!(!dir.path().join("data/part-00000.parquet.tmp").exists());
+        let v1 = writer.finish(&docs_for(&placed), RunStatus::Complete).expect("finish");
+        assert_eq!((v1.rows, v1.live_rows, v1.generation), (10, 10, 1));
+        assert_eq!(v1.files.iter().map(|f| (f.first_row, f.rows)).collect::<Vec<_>>(), [(0, 6), (6, 4)]);
+        assert!(!dir.path().join("data/part-000001-00000.parquet.tmp").exists());
 
         let dataset = Dataset::open(dir.path()).expect("open");
-        assert_eq!(dataset.manifest, written);
+        assert_eq!(dataset.manifest, v1);
         let mut seen = Vec::new();
         dataset
-            .for_each_vector_batch::<StoreError>(|first, vectors, rows| {
+            .for_each_vector_batch::<StoreError>(0, |first, vectors, rows| {
                 for r in 0..rows {
                     seen.push((first + r as u64, vectors[r * dims]));
                 }
@@ -127,25 +161,69 @@ mod tests {
             .expect("vectors");
         let expected: Vec<(u64, f32)> = (0..10).map(|i| (i, (i + 1) as f32)).collect();
         assert_eq!(seen, expected);
-
         let fetched = dataset.fetch(&[9, 0, 5, 6]).expect("fetch");
         assert_eq!(fetched.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["id-9", "id-0", "id-5", "id-6"]);
-        assert_eq!(fetched.iter().map(|r| r.ordinal).collect::<Vec<_>>(), [9, 0, 5, 6]);
         assert_eq!(fetched[0].text, "text number 9");
         assert_eq!((fetched[0].doc.as_str(), fetched[0].chunk_index, fetched[0].start), ("doc-3", 0, 90));
         assert!(dataset.fetch(&[10]).is_err());
+        let read = dataset.read_vectors(&[7, 2]).expect("vectors");
+        assert_eq!(
+            read.iter().map(|(r, h, v)| (*r, h.as_str(), v[0])).collect::<Vec<_>>(),
+            [(2, "h2", 3.0), (7, "h7", 8.0)]
+        );
+
+        // Version 2 appends two rows and keeps only doc-3 (row 9) of the old ones: the first file has no live row
+        // left and leaves the manifest; row ids carry on from 10.
+        let mut writer = DatasetWriter::begin(dir.path(), manifest(), Some(&v1), true).expect("begin");
+        let extra: Vec<Chunk> = (20..22).map(chunk).collect();
+        let first = writer.write(&extra, &vectors(&extra), dims).expect("write");
+        assert_eq!(first, 10);
+        let mut live = vec![("doc-3".to_owned(), 9)];
+        live.extend(extra.iter().enumerate().map(|(i, c)| (c.doc.to_string(), first + i as u64)));
+        let v2 = writer.finish(&docs_for(&live), RunStatus::Complete).expect("finish");
+        assert_eq!((v2.generation, v2.lineage.as_str(), v2.live_rows, v2.rows), (2, v1.lineage.as_str(), 3, 6));
+        assert_eq!(v2.files.iter().map(|f| (f.first_row, f.rows)).collect::<Vec<_>>(), [(6, 4), (10, 2)]);
+        assert!(!dir.path().join(&v1.files[0].path).exists(), "the dropped file is deleted");
+        assert!(!dir.path().join(v1.docs_file.as_deref().expect("docs")).exists(), "the old docs table is deleted");
+        let dataset = Dataset::open(dir.path()).expect("open");
+        assert_eq!(dataset.live_rows().expect("live"), Some(vec![9, 10, 11]));
+        assert_eq!(
+            dataset.fetch(&[11, 9]).expect("fetch").iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["id-21", "id-9"]
+        );
     }
 
     #[test]
-    fn existing_dataset_needs_overwrite_and_bad_manifests_are_named() {
+    fn a_run_from_scratch_keeps_the_old_version_readable_until_it_publishes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        DatasetWriter::create(dir.path(), manifest(), false)
-            .expect("create")
-            .finish(RunStatus::Complete)
+        let mut writer = DatasetWriter::begin(dir.path(), manifest(), None, false).expect("begin");
+        let chunks: Vec<Chunk> = (0..3).map(chunk).collect();
+        writer.write(&chunks, &vectors(&chunks), 3).expect("write");
+        let v1 = writer
+            .finish(&docs_for(&[("doc-0".into(), 0), ("doc-0".into(), 1), ("doc-0".into(), 2)]), RunStatus::Complete)
             .expect("finish");
-        assert!(matches!(DatasetWriter::create(dir.path(), manifest(), false), Err(StoreError::Exists { .. })));
-        assert!(DatasetWriter::create(dir.path(), manifest(), true).is_ok());
 
+        let mut writer = DatasetWriter::begin(dir.path(), manifest(), Some(&v1), false).expect("begin");
+        writer.write(&chunks[..1], &vectors(&chunks[..1]), 3).expect("write");
+        drop(writer); // killed before publishing
+        assert_eq!(Dataset::open(dir.path()).expect("open").manifest, v1);
+        assert_eq!(Dataset::open(dir.path()).expect("open").fetch(&[2]).expect("old rows readable").len(), 1);
+
+        let writer = DatasetWriter::begin(dir.path(), manifest(), Some(&v1), false).expect("begin");
+        let v2 = writer.finish(&HashMap::new(), RunStatus::Complete).expect("finish");
+        assert_ne!(v2.lineage, v1.lineage, "a run from scratch starts a new lineage");
+        assert_eq!((v2.rows, v2.generation), (0, 2));
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(DATA_DIR)).expect("ls").collect();
+        assert!(left.is_empty(), "old and orphaned files are removed: {left:?}");
+    }
+
+    #[test]
+    fn bad_manifests_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        DatasetWriter::begin(dir.path(), manifest(), None, false)
+            .expect("begin")
+            .finish(&HashMap::new(), RunStatus::Complete)
+            .expect("finish");
         std::fs::write(dir.path().join(MANIFEST_FILE), "{ not json").expect("write");
         let err = Dataset::open(dir.path()).expect_err("bad manifest");
         assert!(err.to_string().contains("manifest.json"), "{err}");

@@ -9,6 +9,7 @@ use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
 
+use super::docs::{DocRecord, read_docs};
 use super::schema;
 use super::{Manifest, StoreError};
 
@@ -46,15 +47,16 @@ impl Dataset {
         })
     }
 
-    /// Calls `f(first_ordinal, vectors, rows)` for every record batch of vectors, in dataset order, reading only the
-    /// embedding column.
+    /// Calls `f(first_row_id, vectors, rows)` for every record batch of vectors of the files from `from_file` on,
+    /// in row-id order, reading only the embedding column. Dead rows are included.
     pub fn for_each_vector_batch<E: From<StoreError>>(
         &self,
+        from_file: usize,
         mut f: impl FnMut(u64, &[f32], usize) -> Result<(), E>,
     ) -> Result<(), E> {
         let dims = self.dimensions()?;
-        let mut ordinal = 0u64;
-        for entry in &self.manifest.files {
+        for entry in self.manifest.files.iter().skip(from_file) {
+            let mut ordinal = entry.first_row;
             let path = self.dir.join(&entry.path);
             let builder = self.open_file(&path, entry.rows)?;
             let root = column_index(&builder, &path, schema::EMBEDDING)?;
@@ -87,32 +89,94 @@ impl Dataset {
         Ok(())
     }
 
-    /// The rows at `ordinals` (without vectors), in the order asked. Reads only the row groups and pages that hold
-    /// them.
-    pub fn fetch(&self, ordinals: &[u64]) -> Result<Vec<StoredChunk>, StoreError> {
-        // file index -> local rows wanted
-        let mut wanted: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-        let mut first = 0u64;
-        let bounds: Vec<(u64, u64)> = self
-            .manifest
-            .files
-            .iter()
-            .map(|f| {
-                let b = (first, first + f.rows);
-                first += f.rows;
-                b
-            })
-            .collect();
-        for &ordinal in ordinals {
-            let file = bounds.iter().position(|(lo, hi)| (*lo..*hi).contains(&ordinal)).ok_or_else(|| {
-                corrupt(&self.dir, &format!("row {ordinal} is beyond the dataset's {} rows", self.manifest.rows))
-            })?;
-            wanted.entry(file).or_default().push(ordinal - bounds[file].0);
+    /// Which file holds row `row_id`, and where in it.
+    fn locate(&self, row_id: u64) -> Result<(usize, u64), StoreError> {
+        let files = &self.manifest.files;
+        let at = files.partition_point(|f| f.first_row + f.rows <= row_id);
+        match files.get(at) {
+            Some(f) if f.first_row <= row_id => Ok((at, row_id - f.first_row)),
+            _ => Err(corrupt(&self.dir, &format!("no data file holds row {row_id}"))),
         }
-        let mut found = BTreeMap::new();
-        for (file, mut rows) in wanted {
+    }
+
+    /// Rows wanted, grouped by file: file index → sorted, distinct local rows.
+    fn group(&self, row_ids: &[u64]) -> Result<BTreeMap<usize, Vec<u64>>, StoreError> {
+        let mut wanted: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for &row_id in row_ids {
+            let (file, local) = self.locate(row_id)?;
+            wanted.entry(file).or_default().push(local);
+        }
+        for rows in wanted.values_mut() {
             rows.sort_unstable();
             rows.dedup();
+        }
+        Ok(wanted)
+    }
+
+    /// Calls `f(row_id, hash)` for every row (dead ones included), reading only the hash column.
+    pub fn for_each_hash(&self, mut f: impl FnMut(u64, &str)) -> Result<(), StoreError> {
+        for entry in &self.manifest.files {
+            let path = self.dir.join(&entry.path);
+            let builder = self.open_file(&path, entry.rows)?;
+            let root = column_index(&builder, &path, schema::HASH)?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), [root]);
+            let reader =
+                builder.with_projection(mask).with_batch_size(8192).build().map_err(StoreError::parquet(&path))?;
+            let mut row_id = entry.first_row;
+            for batch in reader {
+                let batch = batch.map_err(StoreError::arrow(&path))?;
+                let hashes =
+                    batch.column(0).as_string_opt::<i32>().ok_or_else(|| corrupt(&path, "hash is not a string"))?;
+                for hash in hashes.iter() {
+                    f(row_id, hash.unwrap_or_default());
+                    row_id += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The hash and vector of each row in `row_ids`, in ascending row-id order.
+    pub fn read_vectors(&self, row_ids: &[u64]) -> Result<Vec<(u64, String, Vec<f32>)>, StoreError> {
+        let dims = self.dimensions()?;
+        let mut out = Vec::with_capacity(row_ids.len());
+        let wanted = |name: &str| name == schema::HASH || name == schema::EMBEDDING;
+        self.read_selected(row_ids, wanted, |batch, row_ids, path| {
+            let hashes = batch
+                .column_by_name(schema::HASH)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| corrupt(path, "hash is not a string"))?;
+            let list = batch
+                .column_by_name(schema::EMBEDDING)
+                .and_then(|c| c.as_fixed_size_list_opt())
+                .filter(|l| l.value_length() as usize == dims)
+                .ok_or_else(|| corrupt(path, "embedding is not a list of the dataset's size"))?;
+            let values = list
+                .values()
+                .as_primitive_opt::<Float32Type>()
+                .ok_or_else(|| corrupt(path, "embedding values are not float32"))?;
+            for (i, row_id) in row_ids.iter().enumerate() {
+                let at = (list.offset() + i) * dims;
+                out.push((*row_id, hashes.value(i).to_owned(), values.values()[at..at + dims].to_vec()));
+            }
+            Ok(())
+        })?;
+        if out.len() != row_ids.iter().collect::<std::collections::BTreeSet<_>>().len() {
+            return Err(corrupt(&self.dir, "some rows asked for were not found"));
+        }
+        Ok(out)
+    }
+
+    /// Reads the rows `row_ids` (file by file, each file's rows in ascending order), projecting the columns `keep`
+    /// accepts; calls `f(batch, row ids of its rows, file)` for every record batch. Only the pages that hold the
+    /// rows are read.
+    fn read_selected(
+        &self,
+        row_ids: &[u64],
+        keep: impl Fn(&str) -> bool,
+        mut f: impl FnMut(&RecordBatch, &[u64], &Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for (file, rows) in self.group(row_ids)? {
             let entry = &self.manifest.files[file];
             let path = self.dir.join(&entry.path);
             let builder = self.open_file(&path, entry.rows)?;
@@ -121,7 +185,7 @@ impl Dataset {
                 .fields()
                 .iter()
                 .enumerate()
-                .filter(|(_, f)| f.name() != schema::EMBEDDING)
+                .filter(|(_, field)| keep(field.name()))
                 .map(|(i, _)| i)
                 .collect();
             let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
@@ -132,15 +196,55 @@ impl Dataset {
                 .with_row_selection(selection)
                 .build()
                 .map_err(StoreError::parquet(&path))?;
-            let mut next = rows.iter();
+            let mut done = 0;
             for batch in reader {
                 let batch = batch.map_err(StoreError::arrow(&path))?;
-                for chunk in decode_rows(&batch, &path)? {
-                    let local = *next.next().ok_or_else(|| corrupt(&path, "more rows than selected"))?;
-                    found.insert(bounds[file].0 + local, chunk);
-                }
+                let ids: Vec<u64> = rows
+                    .get(done..done + batch.num_rows())
+                    .ok_or_else(|| corrupt(&path, "more rows than selected"))?
+                    .iter()
+                    .map(|r| entry.first_row + r)
+                    .collect();
+                done += batch.num_rows();
+                f(&batch, &ids, &path)?;
             }
         }
+        Ok(())
+    }
+
+    /// Calls `f` for every live document. A version 1 dataset has no documents table and calls it for none.
+    pub fn for_each_doc(&self, f: impl FnMut(DocRecord)) -> Result<(), StoreError> {
+        match &self.manifest.docs_file {
+            Some(relative) => read_docs(&self.dir, relative, f),
+            None => Ok(()),
+        }
+    }
+
+    /// Sorted ids of the live rows; `None` when every row is live.
+    pub fn live_rows(&self) -> Result<Option<Vec<u64>>, StoreError> {
+        if self.manifest.docs_file.is_none() || self.manifest.live_rows == self.manifest.rows {
+            return Ok(None);
+        }
+        let mut live = Vec::with_capacity(self.manifest.live_rows as usize);
+        self.for_each_doc(|d| live.extend(d.rows))?;
+        live.sort_unstable();
+        Ok(Some(live))
+    }
+
+    /// The rows at `row_ids` (without vectors), in the order asked. Reads only the row groups and pages that hold
+    /// them.
+    pub fn fetch(&self, ordinals: &[u64]) -> Result<Vec<StoredChunk>, StoreError> {
+        let mut found = BTreeMap::new();
+        self.read_selected(
+            ordinals,
+            |name| name != schema::EMBEDDING,
+            |batch, row_ids, path| {
+                for (chunk, row_id) in decode_rows(batch, path)?.into_iter().zip(row_ids) {
+                    found.insert(*row_id, chunk);
+                }
+                Ok(())
+            },
+        )?;
         ordinals
             .iter()
             .map(|o| {

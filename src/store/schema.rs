@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+/// The row's id in the dataset, stable across versions; the documents table lists the live ones.
+pub const ROW_ID: &str = "row_id";
 pub const ID: &str = "id";
 pub const DOC: &str = "doc";
 pub const CHUNK_INDEX: &str = "chunk_index";
@@ -26,6 +28,7 @@ pub fn embedding_type(dimensions: usize) -> DataType {
 
 pub fn dataset_schema(dimensions: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
+        Field::new(ROW_ID, DataType::UInt64, false),
         Field::new(ID, DataType::Utf8, false),
         Field::new(DOC, DataType::Utf8, false),
         Field::new(CHUNK_INDEX, DataType::UInt32, false),

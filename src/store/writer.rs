@@ -1,6 +1,6 @@
 //! Streams embedded chunks to Parquet files, rolling to a new file every `rows_per_file` rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,24 +12,29 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use super::manifest::sync_dir;
+use super::docs::{DOCS_DIR, DocRecord, write_docs};
+use super::manifest::{sync_dir, unix_now};
 use super::schema::{self, dataset_schema};
-use super::{DataFile, MANIFEST_FILE, Manifest, RunStatus, StoreError};
+use super::{DataFile, Manifest, RunStatus, StoreError};
 use crate::chunk::Chunk;
-use crate::embed::Embeddings;
 
-const DATA_DIR: &str = "data";
+pub const DATA_DIR: &str = "data";
 /// Flush a row group once this much is buffered, so memory stays bounded whatever the vector size.
 const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_ROWS_PER_FILE: u64 = 250_000;
 
-/// Writes a new dataset. Nothing is visible to readers until [`DatasetWriter::finish`] writes the manifest.
+/// Writes the next version of a dataset. Nothing is visible to readers until [`DatasetWriter::finish`] publishes
+/// the manifest; until then the previous version stays whole.
 pub struct DatasetWriter {
     dir: PathBuf,
     manifest: Manifest,
+    /// Files of the previous version, which stay (minus those left with no live rows).
+    base_files: Vec<DataFile>,
+    new_files: Vec<DataFile>,
     rows_per_file: u64,
     schema: Option<SchemaRef>,
     open: Option<OpenFile>,
+    next_row: u64,
 }
 
 struct OpenFile {
@@ -37,32 +42,50 @@ struct OpenFile {
     tmp: PathBuf,
     final_path: PathBuf,
     relative: String,
+    first_row: u64,
     rows: u64,
 }
 
 impl DatasetWriter {
-    /// Prepares `dir` for a new dataset. An existing dataset is an error unless `overwrite`, which removes its
-    /// data, index and manifest (and nothing else in the directory).
-    pub fn create(dir: &Path, manifest: Manifest, overwrite: bool) -> Result<Self, StoreError> {
-        let existing = dir.join(MANIFEST_FILE).exists() || dir.join(DATA_DIR).exists();
-        if existing && !overwrite {
-            return Err(StoreError::Exists { path: dir.to_path_buf() });
+    /// Starts a new version of the dataset in `dir` with the settings in `manifest`. `current` is the published
+    /// version, if any: with `append` the new version builds on it (its files stay, its row ids carry on; the caller
+    /// has checked it is in the same vector space), otherwise it starts from scratch and `current` stays readable
+    /// until `finish` replaces it. Files a killed run left behind are removed first; the caller holds the lock.
+    pub fn begin(
+        dir: &Path,
+        mut manifest: Manifest,
+        current: Option<&Manifest>,
+        append: bool,
+    ) -> Result<Self, StoreError> {
+        for sub in [DATA_DIR, DOCS_DIR] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
         }
-        if existing {
-            for sub in [DATA_DIR, crate::index::INDEX_DIR] {
-                let path = dir.join(sub);
-                if path.exists() {
-                    std::fs::remove_dir_all(&path).map_err(StoreError::io(&path))?;
-                }
+        remove_unreferenced(dir, current)?;
+        let (base_files, next_row) = match current.filter(|_| append) {
+            Some(base) => {
+                manifest.generation = base.generation + 1;
+                manifest.lineage = base.lineage.clone();
+                manifest.created_unix = base.created_unix;
+                manifest.dimensions = base.dimensions;
+                (base.files.clone(), base.next_row())
             }
-            let path = dir.join(MANIFEST_FILE);
-            if path.exists() {
-                std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
+            None => {
+                manifest.generation = current.map_or(0, |m| m.generation) + 1;
+                manifest.lineage = new_lineage();
+                (Vec::new(), 0)
             }
-        }
-        let data = dir.join(DATA_DIR);
-        std::fs::create_dir_all(&data).map_err(StoreError::io(&data))?;
-        Ok(Self { dir: dir.to_path_buf(), manifest, rows_per_file: DEFAULT_ROWS_PER_FILE, schema: None, open: None })
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            base_files,
+            new_files: Vec::new(),
+            rows_per_file: DEFAULT_ROWS_PER_FILE,
+            schema: None,
+            open: None,
+            next_row,
+        })
     }
 
     pub fn with_rows_per_file(mut self, rows: u64) -> Self {
@@ -70,66 +93,101 @@ impl DatasetWriter {
         self
     }
 
-    pub fn rows(&self) -> u64 {
-        self.manifest.rows + self.open.as_ref().map_or(0, |f| f.rows)
+    /// Rows written by this run so far.
+    pub fn rows_written(&self) -> u64 {
+        self.new_files.iter().map(|f| f.rows).sum::<u64>() + self.open.as_ref().map_or(0, |f| f.rows)
     }
 
-    /// Appends one embedded batch; `embeddings` holds one vector per chunk, in order.
-    pub fn write(&mut self, chunks: &[Chunk], embeddings: &Embeddings) -> Result<(), StoreError> {
+    /// Appends chunks with their vectors (`dimensions` floats each, in order); returns the first row id given.
+    pub fn write(&mut self, chunks: &[Chunk], vectors: &[f32], dimensions: usize) -> Result<u64, StoreError> {
+        let first_row = self.next_row;
         if chunks.is_empty() {
-            return Ok(());
+            return Ok(first_row);
+        }
+        if vectors.len() < chunks.len() * dimensions {
+            return Err(StoreError::Corrupt {
+                path: self.dir.clone(),
+                message: format!(
+                    "{} chunks but only {} floats of {dimensions}-dimension vectors",
+                    chunks.len(),
+                    vectors.len()
+                ),
+            });
         }
         let schema = match &self.schema {
-            Some(schema) => {
-                let dims = self.manifest.dimensions.unwrap_or(0);
-                if embeddings.dimensions != dims {
+            Some(schema) => Arc::clone(schema),
+            None => {
+                if let Some(dims) = self.manifest.dimensions.filter(|&d| d != dimensions) {
                     return Err(StoreError::Corrupt {
                         path: self.dir.clone(),
-                        message: format!("a batch has {} dimensions, the dataset {dims}", embeddings.dimensions),
+                        message: format!("vectors have {dimensions} dimensions, the dataset {dims}"),
                     });
                 }
-                Arc::clone(schema)
-            }
-            None => {
-                self.manifest.dimensions = Some(embeddings.dimensions);
-                let schema =
-                    Arc::new(dataset_schema(embeddings.dimensions).as_ref().clone().with_metadata(self.metadata()));
+                self.manifest.dimensions = Some(dimensions);
+                let schema = Arc::new(dataset_schema(dimensions).as_ref().clone().with_metadata(self.metadata()));
                 self.schema = Some(Arc::clone(&schema));
                 schema
             }
         };
-        let batch = record_batch(&schema, chunks, embeddings).map_err(StoreError::arrow(&self.dir))?;
+        if self.manifest.dimensions != Some(dimensions) {
+            return Err(StoreError::Corrupt {
+                path: self.dir.clone(),
+                message: format!("a batch has {dimensions} dimensions, the dataset {:?}", self.manifest.dimensions),
+            });
+        }
+        let batch =
+            record_batch(&schema, first_row, chunks, vectors, dimensions).map_err(StoreError::arrow(&self.dir))?;
         if self.open.is_none() {
             self.open = Some(self.open_file(&schema)?);
         }
-        let file = self.open.as_mut().expect("opened above");
+        let Some(file) = self.open.as_mut() else { unreachable!("opened above") };
         file.writer.write(&batch).map_err(StoreError::parquet(&file.tmp))?;
         if file.writer.in_progress_size() >= ROW_GROUP_BYTES {
             file.writer.flush().map_err(StoreError::parquet(&file.tmp))?;
         }
         file.rows += chunks.len() as u64;
+        self.next_row += chunks.len() as u64;
         if file.rows >= self.rows_per_file {
             self.close_file()?;
         }
-        Ok(())
+        Ok(first_row)
     }
 
-    /// Closes the last file and publishes the manifest.
-    pub fn finish(mut self, status: RunStatus) -> Result<Manifest, StoreError> {
+    /// Publishes the new version: closes the last file, writes the documents table and then the manifest (the
+    /// atomic switch), and removes the files the new version no longer uses.
+    pub fn finish(mut self, docs: &HashMap<String, DocRecord>, status: RunStatus) -> Result<Manifest, StoreError> {
         self.close_file()?;
-        self.manifest.status = status;
-        self.manifest.save(&self.dir)?;
+        let mut live: Vec<u64> = docs.values().flat_map(|d| d.rows.iter().copied()).collect();
+        live.sort_unstable();
+        let has_live = |f: &DataFile| {
+            let at = live.partition_point(|&r| r < f.first_row);
+            live.get(at).is_some_and(|&r| r < f.first_row + f.rows)
+        };
+        let mut files: Vec<DataFile> = self.base_files.drain(..).filter(|f| has_live(f)).collect();
+        files.append(&mut self.new_files);
+        let m = &mut self.manifest;
+        let docs_file = format!("{DOCS_DIR}/docs-{:06}.parquet", m.generation);
+        write_docs(&self.dir, &docs_file, docs)?;
+        m.rows = files.iter().map(|f| f.rows).sum();
+        m.files = files;
+        m.live_rows = live.len() as u64;
+        m.next_row_id = self.next_row;
+        m.docs_file = Some(docs_file);
+        m.status = status;
+        m.updated_unix = unix_now();
+        m.save(&self.dir)?;
+        remove_unreferenced(&self.dir, Some(&self.manifest))?;
         Ok(self.manifest)
     }
 
     fn open_file(&self, schema: &SchemaRef) -> Result<OpenFile, StoreError> {
-        let relative = format!("{DATA_DIR}/part-{:05}.parquet", self.manifest.files.len());
+        let relative = format!("{DATA_DIR}/part-{:06}-{:05}.parquet", self.manifest.generation, self.new_files.len());
         let final_path = self.dir.join(&relative);
         let tmp = final_path.with_extension("parquet.tmp");
         let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
         let writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(self.properties()))
             .map_err(StoreError::parquet(&tmp))?;
-        Ok(OpenFile { writer, tmp, final_path, relative, rows: 0 })
+        Ok(OpenFile { writer, tmp, final_path, relative, first_row: self.next_row, rows: 0 })
     }
 
     fn close_file(&mut self) -> Result<(), StoreError> {
@@ -139,8 +197,7 @@ impl DatasetWriter {
         drop(inner);
         std::fs::rename(&file.tmp, &file.final_path).map_err(StoreError::io(&file.final_path))?;
         sync_dir(&self.dir.join(DATA_DIR));
-        self.manifest.files.push(DataFile { path: file.relative, rows: file.rows });
-        self.manifest.rows += file.rows;
+        self.new_files.push(DataFile { path: file.relative, rows: file.rows, first_row: file.first_row });
         Ok(())
     }
 
@@ -172,19 +229,56 @@ impl DatasetWriter {
     }
 }
 
+/// Deletes what is in `data/` and `docs/` but not in `manifest` (all of it for `None`): temp files and files of
+/// runs that were killed or superseded. Only ever called by the lock holder.
+fn remove_unreferenced(dir: &Path, manifest: Option<&Manifest>) -> Result<(), StoreError> {
+    let mut keep: HashSet<String> = HashSet::new();
+    if let Some(m) = manifest {
+        keep.extend(m.files.iter().map(|f| f.path.clone()));
+        keep.extend(m.docs_file.clone());
+    }
+    for sub in [DATA_DIR, DOCS_DIR] {
+        let path = dir.join(sub);
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&path))?;
+            let relative = format!("{sub}/{}", entry.file_name().to_string_lossy());
+            if !keep.contains(&relative) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::remove_file(entry.path()).map_err(StoreError::io(entry.path()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn new_lineage() -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&unix_now().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    h.update(&nanos.to_le_bytes());
+    h.finalize().to_hex()[..16].to_owned()
+}
+
 fn record_batch(
     schema: &SchemaRef,
+    first_row: u64,
     chunks: &[Chunk],
-    embeddings: &Embeddings,
+    vectors: &[f32],
+    dims: usize,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let dims = embeddings.dimensions;
     let strings = |f: fn(&Chunk) -> &str| Arc::new(StringArray::from_iter_values(chunks.iter().map(f))) as ArrayRef;
-    let values = Float32Array::from(embeddings.vectors[..chunks.len() * dims].to_vec());
+    let values = Float32Array::from(vectors[..chunks.len() * dims].to_vec());
     let item = Arc::new(Field::new("item", arrow::datatypes::DataType::Float32, false));
     let embedding = FixedSizeListArray::try_new(item, dims as i32, Arc::new(values), None)?;
     RecordBatch::try_new(
         Arc::clone(schema),
         vec![
+            Arc::new(UInt64Array::from_iter_values(first_row..first_row + chunks.len() as u64)),
             strings(|c| &c.id),
             strings(|c| &c.doc),
             Arc::new(UInt32Array::from_iter_values(chunks.iter().map(|c| c.chunk_index))),

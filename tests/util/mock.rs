@@ -66,6 +66,8 @@ pub enum Fault {
 pub struct Observed {
     /// Per request: (inputs, cl100k tokens) of requests that passed the checks.
     pub batches: Vec<(usize, usize)>,
+    /// Every input text of those requests, in arrival order.
+    pub texts: Vec<String>,
     pub models: Vec<String>,
     pub encodings: Vec<String>,
     pub dimensions: Vec<Option<u64>>,
@@ -76,6 +78,8 @@ pub struct Observed {
 #[derive(Default)]
 pub struct MockState {
     pub requests: AtomicUsize,
+    /// Requests answered with vectors.
+    pub answered: AtomicUsize,
     pub in_flight: AtomicUsize,
     pub peak_in_flight: AtomicUsize,
     pub delay: Mutex<Duration>,
@@ -126,6 +130,15 @@ impl MockServer {
 
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn answered(&self) -> usize {
+        self.state.answered.load(Ordering::SeqCst)
+    }
+
+    /// Input texts received so far.
+    pub fn texts(&self) -> Vec<String> {
+        self.observed().texts.clone()
     }
 
     pub fn peak_in_flight(&self) -> usize {
@@ -219,6 +232,7 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
             observed.violations.push("content-type is not application/json".to_owned());
         }
         observed.batches.push((inputs.len(), tokens.iter().sum()));
+        observed.texts.extend(inputs.iter().cloned());
         observed.models.push(model.clone());
         observed.encodings.push(encoding.clone());
         observed.dimensions.push(dims_asked);
@@ -304,6 +318,7 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
         .rev() // out of order on purpose: clients must sort by index
         .collect();
     let total: usize = tokens.iter().sum();
+    state.answered.fetch_add(1, Ordering::SeqCst);
     axum::Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": total, "total_tokens": total}}))
         .into_response()
 }

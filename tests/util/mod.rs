@@ -65,6 +65,7 @@ pub fn corpus(files: &[(&str, &str)]) -> tempfile::TempDir {
 /// One row of a dataset, read back with arrow.
 #[derive(Debug, Clone)]
 pub struct Row {
+    pub row_id: u64,
     pub id: String,
     pub doc: String,
     pub chunk_index: u32,
@@ -90,9 +91,17 @@ pub fn data_files(dataset: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every stored row, dead ones included.
 pub fn read_rows(dataset: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
-    for path in data_files(dataset) {
+    let firsts: Vec<u64> = manifest(dataset)["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["first_row"].as_u64().unwrap_or(0))
+        .collect();
+    for (path, first) in data_files(dataset).into_iter().zip(firsts) {
+        let mut next = first;
         let file = std::fs::File::open(&path).expect("open parquet");
         let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
         for batch in reader {
@@ -106,6 +115,7 @@ pub fn read_rows(dataset: &Path) -> Vec<Row> {
             for i in 0..batch.num_rows() {
                 let v = emb.value(i);
                 rows.push(Row {
+                    row_id: next,
                     id: id.value(i).to_owned(),
                     doc: doc.value(i).to_owned(),
                     chunk_index: ci.value(i),
@@ -116,6 +126,7 @@ pub fn read_rows(dataset: &Path) -> Vec<Row> {
                     hash: hash.value(i).to_owned(),
                     embedding: v.as_primitive::<Float32Type>().values().to_vec(),
                 });
+                next += 1;
             }
         }
     }
@@ -125,4 +136,70 @@ pub fn read_rows(dataset: &Path) -> Vec<Row> {
 /// Parses `--json` output lines.
 pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+/// Row ids the documents table lists (the live rows), with their documents.
+pub fn live_row_ids(dataset: &Path) -> std::collections::BTreeMap<u64, String> {
+    let m = manifest(dataset);
+    let mut live = std::collections::BTreeMap::new();
+    let Some(docs) = m["docs_file"].as_str() else { return live };
+    let file = std::fs::File::open(dataset.join(docs)).expect("docs table");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+    for batch in reader {
+        let batch = batch.expect("batch");
+        let doc = batch.column_by_name("doc").expect("doc").as_string::<i32>().clone();
+        let rows = batch.column_by_name("rows").expect("rows").as_list::<i32>().clone();
+        for i in 0..batch.num_rows() {
+            for id in rows.value(i).as_primitive::<UInt64Type>().values() {
+                assert!(live.insert(*id, doc.value(i).to_owned()).is_none(), "row {id} listed twice");
+            }
+        }
+    }
+    live
+}
+
+/// The live rows, sorted by (doc, chunk_index): what a reader of the dataset should see.
+pub fn live_rows(dataset: &Path) -> Vec<Row> {
+    let live = live_row_ids(dataset);
+    let mut rows: Vec<Row> = read_rows(dataset).into_iter().filter(|r| live.contains_key(&r.row_id)).collect();
+    assert_eq!(rows.len(), live.len(), "the documents table lists rows that no data file holds");
+    rows.sort_by(|a, b| (&a.doc, a.chunk_index).cmp(&(&b.doc, b.chunk_index)));
+    rows
+}
+
+/// A live row without its row id: (doc, chunk index, start, end, text, chunk id, vector bits).
+pub type RowContent = (String, u32, u64, u64, String, String, Vec<u32>);
+
+/// Content of the live rows without row ids: equal for two datasets that hold the same chunks and vectors.
+pub fn live_content(dataset: &Path) -> Vec<RowContent> {
+    live_rows(dataset)
+        .into_iter()
+        .map(|r| {
+            (r.doc, r.chunk_index, r.start, r.end, r.text, r.id, r.embedding.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
+}
+
+/// Text hashes held by the dataset's embedding cache.
+pub fn cached_hashes(dataset: &Path) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let Ok(entries) = std::fs::read_dir(dataset.join("cache")) else { return out };
+    for entry in entries {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(&path).expect("segment");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let hashes = batch.column_by_name("hash").expect("hash").as_string::<i32>().clone();
+            out.extend(hashes.iter().flatten().map(str::to_owned));
+        }
+    }
+    out
+}
+
+pub fn text_hash(text: &str) -> String {
+    blake3::hash(text.as_bytes()).to_hex().to_string()
 }

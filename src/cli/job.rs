@@ -1,0 +1,250 @@
+//! Resolving a job's settings: command-line flags over pipeline-file values over defaults, each value remembering
+//! where it came from so that an error names the flag, or the file, line and key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::args::JobFlags;
+use crate::batch::{BatchLimits, MAX_BATCH_INPUTS, MAX_BATCH_TOKENS};
+use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS};
+use crate::config::{Origin, Pipeline, Setting};
+use crate::index::IndexParams;
+use crate::source::SourceOptions;
+
+pub const DEFAULT_MODEL: &str = "tars/text-embedding-3-small";
+
+/// A job's settings, resolved but not yet checked against the model.
+#[derive(Debug)]
+pub struct JobSpec {
+    pub source: SourceOptions,
+    pub out: PathBuf,
+    pub model: Setting<String>,
+    pub dimensions: Option<Setting<u32>>,
+    pub concurrency: Option<Setting<u16>>,
+    pub batch_inputs: Setting<usize>,
+    pub batch_tokens: Setting<usize>,
+    pub chunk_tokens: Option<Setting<usize>>,
+    pub chunk_overlap: Option<Setting<usize>>,
+    pub timeout: Setting<u64>,
+    pub max_retries: Setting<u32>,
+    pub m: Setting<usize>,
+    pub ef_construction: Setting<usize>,
+    pub fresh: bool,
+    pub json: bool,
+    pub wait_lock: Duration,
+}
+
+/// The flag's value if given, else the file's (`value` at `key`), else none.
+fn pick<T: Clone>(
+    flag: Option<T>,
+    name: &'static str,
+    pipeline: Option<&Pipeline>,
+    value: Option<&toml::Spanned<T>>,
+    key: &'static str,
+) -> Option<Setting<T>> {
+    flag.map(|v| Setting::new(v, Origin::Flag(name))).or_else(|| pipeline.zip(value).map(|(p, v)| p.setting(v, key)))
+}
+
+fn or_default<T>(setting: Option<Setting<T>>, default: T) -> Setting<T> {
+    setting.unwrap_or(Setting { value: default, origin: Origin::Default })
+}
+
+impl JobSpec {
+    /// Settings for `embed INPUTS --out DIR [flags]`.
+    pub fn from_flags(inputs: Vec<PathBuf>, out: PathBuf, flags: JobFlags) -> Self {
+        Self::resolve(None, inputs, Some(out), None, None, flags)
+    }
+
+    /// Settings for `run FILE [flags]`: flags win over the file.
+    pub fn from_pipeline(
+        pipeline: &Pipeline,
+        out: Option<PathBuf>,
+        m: Option<usize>,
+        ef_construction: Option<usize>,
+        flags: JobFlags,
+    ) -> Self {
+        let inputs = pipeline.file.input.paths.get_ref().iter().map(|p| pipeline.resolve_path(p)).collect();
+        Self::resolve(Some(pipeline), inputs, out, m, ef_construction, flags)
+    }
+
+    fn resolve(
+        p: Option<&Pipeline>,
+        inputs: Vec<PathBuf>,
+        out: Option<PathBuf>,
+        m: Option<usize>,
+        ef_construction: Option<usize>,
+        flags: JobFlags,
+    ) -> Self {
+        let f = p.map(|p| &p.file);
+        let out = out.or_else(|| p.map(|p| p.resolve_path(p.file.output.dataset.get_ref()))).unwrap_or_default();
+        let file_input = f.map(|f| &f.input);
+        let nonempty = |flag: Vec<String>, file: Option<&Vec<String>>| {
+            if flag.is_empty() { file.cloned().unwrap_or_default() } else { flag }
+        };
+        let requests = f.map(|f| &f.requests);
+        let chunking = f.map(|f| &f.chunking);
+        let index = f.map(|f| &f.index);
+        Self {
+            source: SourceOptions {
+                inputs,
+                include: nonempty(flags.include, file_input.map(|i| &i.include)),
+                exclude: nonempty(flags.exclude, file_input.map(|i| &i.exclude)),
+                text_field: flags
+                    .text_field
+                    .or_else(|| file_input.and_then(|i| i.text_field.clone()))
+                    .unwrap_or_else(|| "text".to_owned()),
+                id_field: flags.id_field.or_else(|| file_input.and_then(|i| i.id_field.clone())),
+                ..SourceOptions::default()
+            },
+            out,
+            model: or_default(
+                pick(flags.model, "--model", p, f.and_then(|f| f.model.name.as_ref()), "model.name"),
+                DEFAULT_MODEL.to_owned(),
+            ),
+            dimensions: pick(
+                flags.dimensions,
+                "--dimensions",
+                p,
+                f.and_then(|f| f.model.dimensions.as_ref()),
+                "model.dimensions",
+            ),
+            concurrency: pick(
+                flags.concurrency,
+                "--concurrency",
+                p,
+                requests.and_then(|r| r.concurrency.as_ref()),
+                "requests.concurrency",
+            ),
+            batch_inputs: or_default(
+                pick(
+                    flags.batch_inputs,
+                    "--batch-inputs",
+                    p,
+                    requests.and_then(|r| r.batch_inputs.as_ref()),
+                    "requests.batch_inputs",
+                ),
+                128,
+            ),
+            batch_tokens: or_default(
+                pick(
+                    flags.batch_tokens,
+                    "--batch-tokens",
+                    p,
+                    requests.and_then(|r| r.batch_tokens.as_ref()),
+                    "requests.batch_tokens",
+                ),
+                MAX_BATCH_TOKENS,
+            ),
+            chunk_tokens: pick(
+                flags.chunk_tokens,
+                "--chunk-tokens",
+                p,
+                chunking.and_then(|c| c.max_tokens.as_ref()),
+                "chunking.max_tokens",
+            ),
+            chunk_overlap: pick(
+                flags.chunk_overlap,
+                "--chunk-overlap",
+                p,
+                chunking.and_then(|c| c.overlap.as_ref()),
+                "chunking.overlap",
+            ),
+            timeout: or_default(
+                pick(
+                    flags.timeout,
+                    "--timeout",
+                    p,
+                    requests.and_then(|r| r.timeout_secs.as_ref()),
+                    "requests.timeout_secs",
+                ),
+                120,
+            ),
+            max_retries: or_default(
+                pick(
+                    flags.max_retries,
+                    "--max-retries",
+                    p,
+                    requests.and_then(|r| r.max_retries.as_ref()),
+                    "requests.max_retries",
+                ),
+                6,
+            ),
+            m: or_default(pick(m, "--m", p, index.and_then(|i| i.m.as_ref()), "index.m"), IndexParams::default().m),
+            ef_construction: or_default(
+                pick(
+                    ef_construction,
+                    "--ef-construction",
+                    p,
+                    index.and_then(|i| i.ef_construction.as_ref()),
+                    "index.ef_construction",
+                ),
+                IndexParams::default().ef_construction,
+            ),
+            fresh: flags.overwrite,
+            json: flags.json,
+            wait_lock: Duration::from_secs(flags.wait_lock),
+        }
+    }
+
+    /// Checks the settings that do not depend on the model.
+    pub fn check_general(&self) -> anyhow::Result<()> {
+        if self.out.as_os_str().is_empty() {
+            anyhow::bail!("no dataset directory: pass --out or set output.dataset");
+        }
+        if let Some(c) = &self.concurrency
+            && !(1..=256).contains(&c.value)
+        {
+            return Err(c.error(format!("must be between 1 and 256 (got {})", c.value)));
+        }
+        if self.timeout.value == 0 {
+            return Err(self.timeout.error("must be at least 1 second"));
+        }
+        self.index_params()?;
+        Ok(())
+    }
+
+    pub fn index_params(&self) -> anyhow::Result<IndexParams> {
+        let params = IndexParams { m: self.m.value, ef_construction: self.ef_construction.value };
+        if !(2..=128).contains(&params.m) {
+            return Err(self.m.error(format!("M must be between 2 and 128 (got {})", params.m)));
+        }
+        if params.ef_construction < params.m || params.ef_construction > 4096 {
+            return Err(self
+                .ef_construction
+                .error(format!("must be between M ({}) and 4096 (got {})", params.m, params.ef_construction)));
+        }
+        Ok(params)
+    }
+
+    /// Chunking and batching for a model that takes at most `limit` tokens per input.
+    pub fn chunking(&self, limit: usize) -> anyhow::Result<(ChunkSettings, BatchLimits)> {
+        let chunk_tokens = or_default(self.chunk_tokens.clone(), 512.min(limit));
+        if chunk_tokens.value == 0 || chunk_tokens.value > limit {
+            let which = if limit == MAX_INPUT_TOKENS { "the API's input limit" } else { "the model's window" };
+            return Err(
+                chunk_tokens.error(format!("must be between 1 and {limit}, {which} (got {})", chunk_tokens.value))
+            );
+        }
+        let overlap = or_default(self.chunk_overlap.clone(), chunk_tokens.value / 8);
+        if overlap.value >= chunk_tokens.value {
+            return Err(overlap.error(format!(
+                "{} must be smaller than the chunk size {} ({})",
+                overlap.value, chunk_tokens.value, chunk_tokens.origin
+            )));
+        }
+        let chunking = ChunkSettings::with_limit(chunk_tokens.value, overlap.value, limit)?;
+        let inputs = &self.batch_inputs;
+        if inputs.value == 0 || inputs.value > MAX_BATCH_INPUTS {
+            return Err(inputs.error(format!("must be between 1 and {MAX_BATCH_INPUTS} (got {})", inputs.value)));
+        }
+        let tokens = &self.batch_tokens;
+        if tokens.value < chunk_tokens.value || tokens.value > MAX_BATCH_TOKENS {
+            return Err(tokens.error(format!(
+                "must be between the chunk size {} and {MAX_BATCH_TOKENS} (got {})",
+                chunk_tokens.value, tokens.value
+            )));
+        }
+        let batching = BatchLimits::new(inputs.value, tokens.value, chunk_tokens.value)?;
+        Ok((chunking, batching))
+    }
+}

@@ -1,0 +1,207 @@
+//! The run report: what a run did, for people (text on stdout), schedulers (`--json` on stdout) and later audits
+//! (`<dataset>/runs/`, the last [`KEPT_REPORTS`] runs).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::job::JobSpec;
+use crate::embed::price::estimate_usd;
+use crate::index::IndexMeta;
+use crate::pipeline::RunOutcome;
+use crate::store::{RunStatus, write_json_atomic};
+
+const RUNS_DIR: &str = "runs";
+const KEPT_REPORTS: usize = 100;
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub dataset: String,
+    pub model: String,
+    pub status: RunStatus,
+    /// Whether the run published a new version (a run from scratch that did not finish keeps the old one).
+    pub published: bool,
+    pub generation: Option<u64>,
+    pub live_rows: Option<u64>,
+    pub stored_rows: Option<u64>,
+    pub documents: Documents,
+    pub chunks: Chunks,
+    pub requests: u64,
+    pub retries: u64,
+    /// Tokens of the chunks sent, counted on our side.
+    pub tokens: u64,
+    /// Tokens the server reported in `usage`.
+    pub usage_tokens: u64,
+    /// From `usage` when the server reports it, else from our count; `null` for a model without a known price.
+    pub estimated_cost_usd: Option<f64>,
+    pub index: Option<IndexReport>,
+    pub started_unix: u64,
+    pub duration_secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Documents {
+    pub read: u64,
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub duplicate_names: u64,
+    /// New or changed documents left at their previous version because some chunks failed.
+    pub incomplete: u64,
+    pub files_skipped: u64,
+    pub records_skipped: u64,
+    pub lossy_utf8: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Chunks {
+    pub chunked: u64,
+    pub embedded: u64,
+    pub reused: u64,
+    pub removed: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IndexReport {
+    pub mode: String,
+    pub points: u64,
+    pub inserted: u64,
+    pub dead_points: u64,
+    pub secs: f64,
+}
+
+impl RunReport {
+    pub fn new(spec: &JobSpec, outcome: &RunOutcome, index: Option<&IndexMeta>, started_unix: u64) -> Self {
+        let s = &outcome.summary;
+        let billed = if s.usage_tokens > 0 { s.usage_tokens } else { s.tokens };
+        Self {
+            dataset: spec.out.display().to_string(),
+            model: spec.model.value.clone(),
+            status: outcome.status.clone(),
+            published: outcome.published.is_some(),
+            generation: outcome.published.as_ref().map(|m| m.generation),
+            live_rows: outcome.published.as_ref().map(|m| m.live_rows),
+            stored_rows: outcome.published.as_ref().map(|m| m.rows),
+            documents: Documents {
+                read: s.documents,
+                new: s.docs_new,
+                changed: s.docs_changed,
+                unchanged: s.docs_unchanged,
+                deleted: s.docs_deleted,
+                duplicate_names: s.docs_duplicate,
+                incomplete: outcome.incomplete_docs as u64,
+                files_skipped: s.files_skipped,
+                records_skipped: s.records_skipped,
+                lossy_utf8: s.documents_lossy_utf8,
+            },
+            chunks: Chunks {
+                chunked: s.chunks,
+                embedded: s.chunks_embedded,
+                reused: s.chunks_reused,
+                removed: s.chunks_removed,
+                failed: s.chunks_failed,
+            },
+            requests: s.requests,
+            retries: s.retries,
+            tokens: s.tokens,
+            usage_tokens: s.usage_tokens,
+            estimated_cost_usd: estimate_usd(&spec.model.value, billed),
+            index: index.map(|m| IndexReport {
+                mode: m.mode.clone(),
+                points: m.points,
+                inserted: m.inserted,
+                dead_points: m.dead_points,
+                secs: m.build_secs,
+            }),
+            started_unix,
+            duration_secs: s.elapsed_secs,
+        }
+    }
+
+    /// Adds the report to the dataset's run history. Best effort: a report that cannot be saved is a warning, not a
+    /// failed run.
+    pub fn save(&self, dataset: &Path) {
+        let dir = dataset.join(RUNS_DIR);
+        let result = std::fs::create_dir_all(&dir).map_err(anyhow::Error::from).and_then(|()| {
+            let name = format!("{}-{}.json", self.started_unix, std::process::id());
+            write_json_atomic(&dir.join(name), self)?;
+            prune(&dir)
+        });
+        if let Err(e) = result {
+            tracing::warn!("could not save the run report in {}: {e:#}", dir.display());
+        }
+    }
+
+    pub fn print(&self, json: bool) {
+        let mut out = std::io::stdout().lock();
+        if json {
+            let _ = writeln!(out, "{}", serde_json::to_string(self).unwrap_or_default());
+            return;
+        }
+        let (d, c) = (&self.documents, &self.chunks);
+        let cost = self.estimated_cost_usd.map_or_else(|| "cost unknown".to_owned(), |usd| format!("≈ ${usd:.4}"));
+        let _ = writeln!(
+            out,
+            "documents: {} new, {} changed, {} unchanged, {} deleted ({} files skipped, {} records skipped, {} with \
+             invalid UTF-8 replaced)",
+            d.new, d.changed, d.unchanged, d.deleted, d.files_skipped, d.records_skipped, d.lossy_utf8
+        );
+        let _ = writeln!(
+            out,
+            "chunks: {} embedded, {} reused, {} removed, {} failed; {} tokens ({} billed, {cost})",
+            c.embedded, c.reused, c.removed, c.failed, self.tokens, self.usage_tokens
+        );
+        let version = match (self.generation, self.live_rows) {
+            (Some(g), Some(rows)) => format!("version {g}, {rows} chunks"),
+            _ => "previous version kept".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{} requests, {} retries; {}: {version} ({:.1}s)",
+            self.requests, self.retries, self.dataset, self.duration_secs
+        );
+        if let Some(i) = &self.index {
+            let _ = writeln!(
+                out,
+                "index {}: {} points inserted, {} in the graph ({} dead) in {:.2}s",
+                i.mode, i.inserted, i.points, i.dead_points, i.secs
+            );
+        }
+    }
+}
+
+pub fn index_line(meta: &IndexMeta) -> String {
+    format!(
+        "index {}: {} vectors of {} dimensions inserted, {} in the graph ({} dead; M={}, ef_construction={}) in {:.2}s",
+        meta.mode,
+        meta.inserted,
+        meta.dimensions,
+        meta.points,
+        meta.dead_points,
+        meta.params.m,
+        meta.params.ef_construction,
+        meta.build_secs
+    )
+}
+
+/// Keeps the newest [`KEPT_REPORTS`] reports (names start with the start time, so they sort by age).
+fn prune(dir: &Path) -> anyhow::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    if names.len() > KEPT_REPORTS {
+        names.sort_by_key(|p| {
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            stem.split('-').next().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0)
+        });
+        for old in &names[..names.len() - KEPT_REPORTS] {
+            std::fs::remove_file(old)?;
+        }
+    }
+    Ok(())
+}

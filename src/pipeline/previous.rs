@@ -1,0 +1,112 @@
+//! What the published version of a dataset offers a new run: the documents it holds (to tell unchanged, changed and
+//! deleted ones apart) and every vector already paid for, in the data files or in the embedding cache, by text hash.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::store::{CacheLoc, Dataset, DocRecord, EmbeddingCache, Manifest, StoreError};
+
+/// Where an already-embedded text's vector can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VectorLoc {
+    /// A row of the published dataset.
+    Row(u64),
+    /// A row of a cache segment.
+    Cache(CacheLoc),
+}
+
+/// A text hash, shortened to 128 bits for the lookup table (the full hash is checked when the vector is read).
+pub type TextKey = u128;
+
+/// `None` for a string that is not a hex blake3 hash (a damaged row); such rows are simply not reused.
+pub fn text_key(hash: &str) -> Option<TextKey> {
+    hash.get(..32).and_then(|h| u128::from_str_radix(h, 16).ok())
+}
+
+/// The state a run starts from.
+#[derive(Default)]
+pub struct Previous {
+    /// The published version, if any (reused or not, it stays readable until this run publishes).
+    pub manifest: Option<Manifest>,
+    /// Set when the new version builds on the published one (same vector space, no `--overwrite`).
+    pub dataset: Option<Dataset>,
+    pub docs: HashMap<String, DocRecord>,
+    /// File key → names of the documents read from it.
+    pub by_file: HashMap<String, Vec<String>>,
+    pub vectors: HashMap<TextKey, VectorLoc>,
+    /// The chunking settings changed: every document is chunked again (vectors of identical texts are reused).
+    pub rechunk: bool,
+}
+
+impl Previous {
+    /// Reads what `dir` holds for a run with the settings in `settings`. `fresh` (`--overwrite`) reuses nothing.
+    pub fn load(dir: &Path, settings: &Manifest, fresh: bool, cache: &EmbeddingCache) -> Result<Self, StoreError> {
+        let manifest = match Manifest::load(dir) {
+            Ok(m) => Some(m),
+            Err(StoreError::NotADataset { .. }) => None,
+            Err(e) if fresh => {
+                tracing::warn!("ignoring the existing dataset (--overwrite): {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut previous = Previous { manifest: manifest.clone(), ..Previous::default() };
+        if fresh {
+            cache.clear()?;
+            return Ok(previous);
+        }
+        cache.scan(|hash, loc| {
+            if let Some(key) = text_key(hash) {
+                previous.vectors.insert(key, VectorLoc::Cache(loc));
+            }
+        });
+        let Some(manifest) = manifest else { return Ok(previous) };
+        if !manifest.same_vector_space(settings) {
+            tracing::warn!(
+                "the dataset was embedded with {} (dimensions {:?}); this run uses {} (dimensions {:?}), so every \
+                 chunk is embedded again and the new version replaces the old one when complete",
+                manifest.model,
+                manifest.requested_dimensions,
+                settings.model,
+                settings.requested_dimensions
+            );
+            return Ok(previous);
+        }
+        previous.rechunk = manifest.chunking != settings.chunking;
+        if previous.rechunk {
+            tracing::info!(
+                "chunking settings changed: every document is chunked again; unchanged texts keep their vectors"
+            );
+        }
+        let dataset = Dataset { dir: dir.to_path_buf(), manifest };
+        dataset.for_each_doc(|record| {
+            previous.by_file.entry(record.file.clone()).or_default().push(record.doc.clone());
+            previous.docs.insert(record.doc.clone(), record);
+        })?;
+        if dataset.manifest.rows > 0 {
+            dataset.for_each_hash(|row, hash| {
+                if let Some(key) = text_key(hash) {
+                    previous.vectors.insert(key, VectorLoc::Row(row));
+                }
+            })?;
+        }
+        previous.dataset = Some(dataset);
+        Ok(previous)
+    }
+
+    /// Whether the new version builds on the published one.
+    pub fn appends(&self) -> bool {
+        self.dataset.is_some()
+    }
+
+    /// Whether a file may be skipped unread: every document read from it last time is unchanged if the file is.
+    pub fn file_unchanged(&self, file: &str, size: u64, mtime_ns: i64) -> bool {
+        if self.rechunk {
+            return false;
+        }
+        let Some(names) = self.by_file.get(file) else { return false };
+        names
+            .iter()
+            .all(|name| self.docs.get(name).is_some_and(|d| d.stat_trusted && d.size == size && d.mtime_ns == mtime_ns))
+    }
+}
