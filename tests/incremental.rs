@@ -179,6 +179,12 @@ fn edits_additions_and_deletions_send_only_new_text_and_match_a_build_from_scrat
     assert_eq!(indexed.code, 0, "{}", indexed.all_output());
     let meta: serde_json::Value = serde_json::from_str(indexed.stdout.trim()).expect("index json");
     assert_eq!(meta["mode"], "extended", "{meta}");
+    let graph_file = dataset.join("index").join(format!("{}.hnsw.graph", meta["basename"].as_str().expect("basename")));
+    let written_at = std::fs::metadata(&graph_file).expect("graph file").modified().expect("mtime");
+    let again = run(cli(None).arg("index").arg(&dataset).arg("--json"));
+    let again: serde_json::Value = serde_json::from_str(again.stdout.trim()).expect("index json");
+    assert_eq!(again["mode"], "current", "an index that matches the version is left alone: {again}");
+    assert_eq!(std::fs::metadata(&graph_file).expect("graph file").modified().expect("mtime"), written_at);
     let written = r["chunks"]["embedded"].as_u64().expect("embedded") + r["chunks"]["reused"].as_u64().expect("reused");
     assert_eq!(meta["inserted"].as_u64(), Some(written), "the rows this run wrote, no more: {meta}");
     for query in [paragraph("charlie", 1), paragraph("kilo", 0), paragraph("bravo", 2)] {
@@ -426,6 +432,13 @@ fn one_percent_of_documents_changed_costs_about_one_percent() {
     let ratio = |key: &str| update[key].as_f64().expect(key) / full[key].as_f64().expect(key);
     assert_eq!(update["documents"]["read"], 2, "only the edited files are read: {update}");
     assert_eq!(update["chunks"]["embedded"], 2, "{update}");
+    eprintln!(
+        "update/full: tokens {:.4}, requests {:.4} ({} of {})",
+        ratio("tokens"),
+        ratio("requests"),
+        update["requests"],
+        full["requests"]
+    );
     assert!(ratio("tokens") <= 0.01, "tokens: {:.4} of a full run", ratio("tokens"));
     assert!(ratio("requests") <= 0.02, "requests: {:.4} of a full run", ratio("requests"));
 }

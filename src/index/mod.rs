@@ -189,6 +189,17 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
     let live_below = |row: u64| live.as_ref().map_or(row, |l| l.partition_point(|&r| r < row) as u64);
 
     let existing = if rebuild { None } else { load_checked(dataset).ok() };
+    if let Some(index) = &existing {
+        let meta = &index.meta;
+        if meta.lineage == manifest.lineage
+            && meta.generation == manifest.generation
+            && meta.covered_rows == end
+            && meta.params == params
+        {
+            // Already matches this version: nothing to write.
+            return Ok(IndexMeta { mode: "current".to_owned(), inserted: 0, build_secs: 0.0, ..meta.clone() });
+        }
+    }
     let extend = existing.filter(|index| {
         let meta = &index.meta;
         // Rows never come back to life, so the graph's dead points are its points minus the live rows it covers.
