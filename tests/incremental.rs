@@ -442,3 +442,32 @@ fn one_percent_of_documents_changed_costs_about_one_percent() {
     assert!(ratio("tokens") <= 0.01, "tokens: {:.4} of a full run", ratio("tokens"));
     assert!(ratio("requests") <= 0.02, "requests: {:.4} of a full run", ratio("requests"));
 }
+
+#[test]
+fn deleting_most_documents_compacts_the_dataset() {
+    let mock = MockServer::start();
+    let files = standard_files();
+    let input = write_corpus(&files);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    assert_eq!(run(&mut embed(&mock, input.path(), &dataset)).code, 0);
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+    let lineage = manifest(&dataset)["lineage"].clone();
+    for name in ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"] {
+        std::fs::remove_file(input.path().join(format!("{name}.txt"))).expect("remove");
+    }
+    let update = run(&mut embed(&mock, input.path(), &dataset));
+    assert_eq!(update.code, 0, "{}", update.all_output());
+    let m = manifest(&dataset);
+    assert_eq!(m["rows"], m["live_rows"], "dead rows are gone from the files: {m}");
+    assert_ne!(m["lineage"], lineage);
+    let fresh = out.path().join("fresh");
+    assert_eq!(run(&mut embed(&mock, input.path(), &fresh)).code, 0);
+    assert_eq!(live_content(&dataset), live_content(&fresh));
+    let stale = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("golf"));
+    assert_eq!(stale.code, 2, "the old index no longer matches: {}", stale.all_output());
+    let indexed = run(cli(None).arg("index").arg(&dataset).arg("--json"));
+    let meta: serde_json::Value = serde_json::from_str(indexed.stdout.trim()).expect("index json");
+    assert_eq!(meta["mode"], "built", "{meta}");
+    assert_eq!(search(&mock, &dataset, &paragraph("golf", 1))[0], "golf.txt");
+}

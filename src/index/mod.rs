@@ -211,11 +211,10 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
             && (dead_points as f64) <= MAX_DEAD_SHARE * meta.points.max(1) as f64
     });
 
-    let tmp = dataset.dir.join(format!("{INDEX_DIR}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
+    // New dumps go next to the current ones under new names; `index.json` is the switch.
+    let dir = dataset.dir.join(INDEX_DIR);
+    std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+    let name = format!("{BASENAME}-g{}-{}", manifest.generation, std::process::id());
 
     // Inserts the live rows with ids from `from` on (dead ones never enter a graph).
     let insert_from = |graph: &Hnsw<'_, f32, DistUnitDot>, from: u64| -> Result<u64, IndexError> {
@@ -243,7 +242,7 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
             let (inserted, basename, points) = index.graph.with_dependent(|_, hnsw| -> Result<_, IndexError> {
                 let inserted = insert_from(hnsw, from)?;
                 // A reloaded graph never overwrites its own files: hnsw_rs picks a new name, which is returned.
-                let basename = hnsw.file_dump(&tmp, BASENAME).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+                let basename = hnsw.file_dump(&dir, &name).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
                 Ok((inserted, basename, hnsw.get_nb_point() as u64))
             })?;
             (basename, points, inserted, "extended")
@@ -253,13 +252,13 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
             let inserted = insert_from(&graph, 0)?;
             let mut graph = graph;
             graph.set_searching_mode(true);
-            let basename = graph.file_dump(&tmp, BASENAME).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+            let basename = graph.file_dump(&dir, &name).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
             (basename, graph.get_nb_point() as u64, inserted, "built")
         }
     };
     let files = [".hnsw.graph", ".hnsw.data"]
         .iter()
-        .map(|suffix| describe_file(&tmp, &format!("{basename}{suffix}")))
+        .map(|suffix| describe_file(&dir, &format!("{basename}{suffix}")))
         .collect::<Result<Vec<_>, _>>()?;
     let dead_points = points.saturating_sub(live_below(end));
     let meta = IndexMeta {
@@ -279,17 +278,16 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
         inserted,
         build_secs: started.elapsed().as_secs_f64(),
     };
-    write_json_atomic(&tmp.join(INDEX_FILE), &meta)?;
-
-    // Swap directories: the old index stays readable until the new one is in place.
-    let live_dir = dataset.dir.join(INDEX_DIR);
-    let old = dataset.dir.join(format!("{INDEX_DIR}.old-{}", std::process::id()));
-    if live_dir.exists() {
-        std::fs::rename(&live_dir, &old).map_err(StoreError::io(&live_dir))?;
-    }
-    std::fs::rename(&tmp, &live_dir).map_err(StoreError::io(&live_dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(StoreError::io(&old))?;
+    // The switch: readers see the old index.json and its files, or the new ones. A process killed before this
+    // line leaves the old index whole; its unreferenced dumps are removed by the next update.
+    write_json_atomic(&dir.join(INDEX_FILE), &meta)?;
+    let keep: Vec<&str> = meta.files.iter().map(|f| f.name.as_str()).chain([INDEX_FILE]).collect();
+    for entry in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+        let entry = entry.map_err(StoreError::io(&dir))?;
+        let name = entry.file_name();
+        if !keep.iter().any(|k| name == **k) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path()).map_err(StoreError::io(entry.path()))?;
+        }
     }
     Ok(meta)
 }

@@ -15,7 +15,9 @@ use crate::batch::Batch;
 use crate::chunk::Chunk;
 use crate::embed::Embeddings;
 use crate::stats::Stats;
-use crate::store::{Dataset, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError};
+use crate::store::{
+    Dataset, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError, compact, needs_compaction,
+};
 
 /// Reused vectors are read in groups of this many, so scattered rows cost one pass per file, not one per row.
 const REUSE_GROUP: usize = 2048;
@@ -287,9 +289,15 @@ pub fn publish(
         assembled.cache.clear()?;
         return Ok(Some(current.clone()));
     }
-    let manifest = assembled.writer.finish(&assembled.docs, status)?;
+    let dir = assembled.writer.dir().to_path_buf();
+    let mut manifest = assembled.writer.finish(&assembled.docs, status)?;
     if complete {
         assembled.cache.clear()?;
+        if needs_compaction(&manifest) {
+            let dead = manifest.rows - manifest.live_rows;
+            manifest = compact(&Dataset { dir, manifest })?;
+            tracing::info!("compacted the dataset: {dead} rows of deleted or older documents dropped");
+        }
     }
     Ok(Some(manifest))
 }

@@ -13,6 +13,7 @@
 //! fsync, rename) and lists only closed files, so readers never see a half-written file.
 
 mod cache;
+mod compact;
 mod docs;
 mod lock;
 mod manifest;
@@ -23,6 +24,7 @@ mod writer;
 use std::path::PathBuf;
 
 pub use cache::{CACHE_DIR, CacheLoc, EmbeddingCache};
+pub use compact::{COMPACT_DEAD_SHARE, compact, needs_compaction};
 pub use docs::{DOCS_DIR, DocRecord};
 pub use lock::{DatasetLock, LOCK_FILE, LockHolder};
 pub use manifest::{

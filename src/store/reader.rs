@@ -9,9 +9,12 @@ use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
 
+use std::sync::Arc;
+
 use super::docs::{DocRecord, read_docs};
 use super::schema;
 use super::{Manifest, StoreError};
+use crate::chunk::Chunk;
 
 /// An open dataset (its manifest, read and checked).
 #[derive(Debug, Clone)]
@@ -207,6 +210,57 @@ impl Dataset {
                     .collect();
                 done += batch.num_rows();
                 f(&batch, &ids, &path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(row_ids, chunks, vectors)` for every record batch of whole rows, in row-id order.
+    pub fn for_each_chunk_batch(
+        &self,
+        mut f: impl FnMut(&[u64], Vec<Chunk>, &[f32]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let dims = self.dimensions()?;
+        for entry in &self.manifest.files {
+            let path = self.dir.join(&entry.path);
+            let reader =
+                self.open_file(&path, entry.rows)?.with_batch_size(4096).build().map_err(StoreError::parquet(&path))?;
+            let mut next = entry.first_row;
+            for batch in reader {
+                let batch = batch.map_err(StoreError::arrow(&path))?;
+                let stored = decode_rows(&batch, &path)?;
+                let hashes = batch
+                    .column_by_name(schema::HASH)
+                    .and_then(|c| c.as_string_opt::<i32>())
+                    .ok_or_else(|| corrupt(&path, "hash is not a string"))?;
+                let list = batch
+                    .column_by_name(schema::EMBEDDING)
+                    .and_then(|c| c.as_fixed_size_list_opt())
+                    .filter(|l| l.value_length() as usize == dims)
+                    .ok_or_else(|| corrupt(&path, "embedding is not a list of the dataset's size"))?;
+                let values = list
+                    .values()
+                    .as_primitive_opt::<Float32Type>()
+                    .ok_or_else(|| corrupt(&path, "embedding values are not float32"))?;
+                let at = list.offset() * dims;
+                let vectors = &values.values()[at..at + list.len() * dims];
+                let chunks: Vec<Chunk> = stored
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| Chunk {
+                        id: s.id,
+                        doc: Arc::from(s.doc.as_str()),
+                        chunk_index: s.chunk_index,
+                        start: s.start,
+                        end: s.end,
+                        tokens: s.tokens,
+                        text: s.text,
+                        hash: hashes.value(i).to_owned(),
+                    })
+                    .collect();
+                let ids: Vec<u64> = (next..next + chunks.len() as u64).collect();
+                next += chunks.len() as u64;
+                f(&ids, chunks, vectors)?;
             }
         }
         Ok(())

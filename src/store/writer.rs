@@ -93,6 +93,10 @@ impl DatasetWriter {
         self
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Rows written by this run so far.
     pub fn rows_written(&self) -> u64 {
         self.new_files.iter().map(|f| f.rows).sum::<u64>() + self.open.as_ref().map_or(0, |f| f.rows)
