@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
+
+use super::bert::Bert;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
@@ -107,7 +109,7 @@ enum Pooling {
 
 /// A loaded model, ready to embed.
 pub struct LocalModel {
-    model: BertModel,
+    model: Bert,
     /// No padding, no truncation: over-long inputs are an error, and batches are padded in `forward`.
     counter: Arc<Tokenizer>,
     dims: usize,
@@ -160,7 +162,7 @@ impl LocalModel {
         let weights = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
             .map_err(|e| file_error(&weights_path, e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| file_error(&weights_path, e))?;
+        let model = Bert::load(vb, &config).map_err(|e| file_error(&weights_path, e))?;
         Ok(Self { model, counter: Arc::new(counter), dims: config.hidden_size, window, pooling, normalize })
     }
 
@@ -220,8 +222,7 @@ impl LocalModel {
         let shape = (batch.len(), width);
         let ids = Tensor::from_vec(flat_ids, shape, &Device::Cpu).map_err(|e| fail(&e))?;
         let mask = Tensor::from_vec(flat_mask, shape, &Device::Cpu).map_err(|e| fail(&e))?;
-        let type_ids = ids.zeros_like().map_err(|e| fail(&e))?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask)).map_err(|e| fail(&e))?;
+        let hidden = self.model.forward(&ids, &mask).map_err(|e| fail(&e))?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
             Pooling::Mean => (|| {

@@ -3,6 +3,7 @@
 //! [`Embedder`] is the stage boundary; [`OpenAiEmbedder`] speaks the OpenAI embeddings protocol to TARS (or any
 //! compatible endpoint), with the retry policy of [`retry`].
 
+mod bert;
 mod local;
 mod openai;
 pub mod price;
