@@ -84,6 +84,16 @@ pub struct PipelineFile {
     pub output: OutputSection,
     #[serde(default)]
     pub index: IndexSection,
+    #[serde(default)]
+    pub budget: BudgetSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    pub max_tokens: Option<Spanned<u64>>,
+    pub max_cost_usd: Option<Spanned<f64>>,
+    pub usd_per_million_tokens: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

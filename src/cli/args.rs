@@ -104,6 +104,20 @@ pub struct JobFlags {
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Count documents, chunks, requests and tokens and estimate the cost, without calling the API or writing
+    /// anything. Counts what an incremental run would send, not the whole corpus.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop cleanly before a request that would take the run past N tokens (work done so far is kept).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u64>,
+    /// Stop cleanly before a request that would take the estimated cost past USD.
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// Price in US dollars per million tokens, instead of the built-in table (text-embedding-3-small 0.02,
+    /// -3-large 0.13, ada-002 0.10; local models 0).
+    #[arg(long, value_name = "USD")]
+    pub price: Option<f64>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use super::args::JobFlags;
 use crate::batch::{BatchLimits, MAX_BATCH_INPUTS, MAX_BATCH_TOKENS};
 use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS};
 use crate::config::{Origin, Pipeline, Setting};
+use crate::embed::price::usd_per_million_tokens;
 use crate::index::IndexParams;
 use crate::source::SourceOptions;
 
@@ -32,6 +33,10 @@ pub struct JobSpec {
     pub fresh: bool,
     pub json: bool,
     pub wait_lock: Duration,
+    pub dry_run: bool,
+    pub max_tokens: Option<Setting<u64>>,
+    pub max_cost: Option<Setting<f64>>,
+    pub price: Option<Setting<f64>>,
 }
 
 /// The flag's value if given, else the file's (`value` at `key`), else none.
@@ -84,6 +89,7 @@ impl JobSpec {
         let requests = f.map(|f| &f.requests);
         let chunking = f.map(|f| &f.chunking);
         let index = f.map(|f| &f.index);
+        let budget = f.map(|f| &f.budget);
         Self {
             source: SourceOptions {
                 inputs,
@@ -180,6 +186,28 @@ impl JobSpec {
                 ),
                 IndexParams::default().ef_construction,
             ),
+            max_tokens: pick(
+                flags.max_tokens,
+                "--max-tokens",
+                p,
+                budget.and_then(|b| b.max_tokens.as_ref()),
+                "budget.max_tokens",
+            ),
+            max_cost: pick(
+                flags.max_cost,
+                "--max-cost",
+                p,
+                budget.and_then(|b| b.max_cost_usd.as_ref()),
+                "budget.max_cost_usd",
+            ),
+            price: pick(
+                flags.price,
+                "--price",
+                p,
+                budget.and_then(|b| b.usd_per_million_tokens.as_ref()),
+                "budget.usd_per_million_tokens",
+            ),
+            dry_run: flags.dry_run,
             fresh: flags.overwrite,
             json: flags.json,
             wait_lock: Duration::from_secs(flags.wait_lock),
@@ -200,7 +228,36 @@ impl JobSpec {
             return Err(self.timeout.error("must be at least 1 second"));
         }
         self.index_params()?;
+        self.token_budget()?;
         Ok(())
+    }
+
+    /// The price per million tokens: the override, else the built-in table's.
+    pub fn price(&self) -> anyhow::Result<Option<f64>> {
+        match &self.price {
+            Some(p) if !(p.value.is_finite() && p.value >= 0.0) => Err(p.error(format!("{} is not a price", p.value))),
+            Some(p) => Ok(Some(p.value)),
+            None => Ok(usd_per_million_tokens(&self.model.value)),
+        }
+    }
+
+    /// The token budget: `max_tokens`, and `max_cost` converted at the model's price, whichever is lower.
+    pub fn token_budget(&self) -> anyhow::Result<Option<u64>> {
+        let mut budget = self.max_tokens.as_ref().map(|t| t.value);
+        if let Some(cost) = &self.max_cost {
+            if !(cost.value.is_finite() && cost.value >= 0.0) {
+                return Err(cost.error(format!("{} is not an amount", cost.value)));
+            }
+            let Some(price) = self.price()? else {
+                return Err(cost.error(format!(
+                    "no known price for {}; give one with --price (US dollars per million tokens)",
+                    self.model.value
+                )));
+            };
+            let tokens = if price > 0.0 { (cost.value / price * 1e6).floor() as u64 } else { u64::MAX };
+            budget = Some(budget.map_or(tokens, |b| b.min(tokens)));
+        }
+        Ok(budget)
     }
 
     pub fn index_params(&self) -> anyhow::Result<IndexParams> {

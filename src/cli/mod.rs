@@ -26,8 +26,8 @@ use std::path::Path;
 use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter, count_tokens};
 use crate::config::{Origin, Pipeline, Setting};
 use crate::embed::{
-    ApiConfig, EmbedError, Embedder, LOCAL_PREFIX, LocalEmbedder, LocalModel, OpenAiEmbedder, resolve_local_model,
-    wire_model,
+    ApiConfig, DryRunEmbedder, EmbedError, Embedder, LOCAL_PREFIX, LocalEmbedder, LocalModel, OpenAiEmbedder,
+    resolve_local_model, wire_model,
 };
 use crate::index::{self, IndexParams, SearchIndex};
 use crate::pipeline::{EmbedJob, run_embed};
@@ -130,6 +130,8 @@ fn check_dimensions(model: &Setting<String>, dimensions: Option<&Setting<u32>>) 
 enum Provider {
     Api(OpenAiEmbedder),
     Local(LocalEmbedder),
+    /// `--dry-run` with an endpoint's model: no key, no requests.
+    DryRun(DryRunEmbedder),
 }
 
 /// Loads a `local/…` model (on a blocking thread: it reads ~90 MB of weights).
@@ -165,7 +167,7 @@ async fn provider(
 /// The chunk limit and tokenizer of a provider, and its default concurrency.
 fn model_shape(provider: &Provider, model: &str) -> (usize, TokenCounter, u16) {
     match provider {
-        Provider::Api(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
+        Provider::Api(_) | Provider::DryRun(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
         Provider::Local(embedder) => (
             embedder.local_model().max_input_tokens(),
             TokenCounter::HuggingFace {
@@ -199,11 +201,19 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     spec.check_general().map_err(Failure::usage)?;
     let stats = Arc::new(Stats::default());
     let timeout = Duration::from_secs(spec.timeout.value);
-    let provider = provider(&spec.model, spec.dimensions.as_ref(), timeout, spec.max_retries.value, &stats).await?;
+    let provider = if spec.dry_run && !spec.model.value.starts_with(LOCAL_PREFIX) {
+        check_dimensions(&spec.model, spec.dimensions.as_ref())?;
+        Provider::DryRun(DryRunEmbedder { model: spec.model.value.clone() })
+    } else {
+        provider(&spec.model, spec.dimensions.as_ref(), timeout, spec.max_retries.value, &stats).await?
+    };
     let (limit, counter, default_concurrency) = model_shape(&provider, &spec.model.value);
     let (chunking, batching) = spec.chunking(limit).map_err(Failure::usage)?;
     let index_params = spec.index_params().map_err(Failure::usage)?;
-    let _lock = lock_dataset(&spec.out, command, spec.wait_lock).await?;
+    let max_tokens = spec.token_budget().map_err(Failure::usage)?;
+    let price = spec.price().map_err(Failure::usage)?;
+    // A dry run reads the dataset (to count only what would be sent) and writes nothing, so it takes no lock.
+    let _lock = if spec.dry_run { None } else { Some(lock_dataset(&spec.out, command, spec.wait_lock).await?) };
     let job = EmbedJob {
         source: spec.source.clone(),
         chunking,
@@ -213,6 +223,8 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         out: spec.out.clone(),
         fresh: spec.fresh,
         requested_dimensions: spec.dimensions.as_ref().map(|d| d.value),
+        dry_run: spec.dry_run,
+        max_tokens,
     };
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
@@ -220,6 +232,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let outcome = match provider {
         Provider::Api(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
         Provider::Local(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
+        Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
     };
     drop(progress);
     let outcome = outcome.map_err(|e| match e {
@@ -247,7 +260,11 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         _ => None,
     };
 
-    let report = RunReport::new(&spec, &outcome, index_meta.as_ref(), started_unix);
+    let report = RunReport::new(&spec, &outcome, index_meta.as_ref(), started_unix, price);
+    if spec.dry_run {
+        report.print_dry_run(spec.json);
+        return Ok(exit::SUCCESS);
+    }
     report.save(&spec.out);
     report.print(spec.json);
 
@@ -265,6 +282,13 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     if outcome.interrupted {
         eprintln!("interrupted; {kept}");
         return Ok(exit::INTERRUPTED);
+    }
+    if outcome.budget_reached {
+        eprintln!(
+            "stopped before exceeding the budget of {} tokens; {kept}; the next run continues from there",
+            max_tokens.unwrap_or(0)
+        );
+        return Ok(exit::FAILURES);
     }
     if let Some(error) = index_failure {
         return Err(Failure::run(error.context("the embeddings are saved, but the index update failed")));
@@ -402,6 +426,7 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
             }
             embedder.embed(&query).await.map_err(Failure::api)?
         }
+        Provider::DryRun(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
     };
     let hits = index.search(embedding.vector(0), usize::from(args.k), usize::from(args.ef)).map_err(Failure::run)?;
     let ordinals: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();

@@ -13,6 +13,9 @@ use crate::pipeline::RunOutcome;
 use crate::store::{RunStatus, write_json_atomic};
 
 const RUNS_DIR: &str = "runs";
+/// The models the dry-run cost table lists.
+const PRICED_MODELS: [&str; 3] =
+    ["tars/text-embedding-3-small", "tars/text-embedding-3-large", "tars/text-embedding-ada-002"];
 const KEPT_REPORTS: usize = 100;
 
 #[derive(Debug, Serialize)]
@@ -36,6 +39,9 @@ pub struct RunReport {
     /// From `usage` when the server reports it, else from our count; `null` for a model without a known price.
     pub estimated_cost_usd: Option<f64>,
     pub index: Option<IndexReport>,
+    /// Nothing was sent or written: the counts are what a run would do.
+    pub dry_run: bool,
+    pub budget_reached: bool,
     pub started_unix: u64,
     pub duration_secs: f64,
 }
@@ -74,7 +80,13 @@ pub struct IndexReport {
 }
 
 impl RunReport {
-    pub fn new(spec: &JobSpec, outcome: &RunOutcome, index: Option<&IndexMeta>, started_unix: u64) -> Self {
+    pub fn new(
+        spec: &JobSpec,
+        outcome: &RunOutcome,
+        index: Option<&IndexMeta>,
+        started_unix: u64,
+        price: Option<f64>,
+    ) -> Self {
         let s = &outcome.summary;
         let billed = if s.usage_tokens > 0 { s.usage_tokens } else { s.tokens };
         Self {
@@ -108,7 +120,7 @@ impl RunReport {
             retries: s.retries,
             tokens: s.tokens,
             usage_tokens: s.usage_tokens,
-            estimated_cost_usd: estimate_usd(&spec.model.value, billed),
+            estimated_cost_usd: price.map(|p| p * billed as f64 / 1e6),
             index: index.map(|m| IndexReport {
                 mode: m.mode.clone(),
                 points: m.points,
@@ -116,8 +128,46 @@ impl RunReport {
                 dead_points: m.dead_points,
                 secs: m.build_secs,
             }),
+            dry_run: spec.dry_run,
+            budget_reached: outcome.budget_reached,
             started_unix,
             duration_secs: s.elapsed_secs,
+        }
+    }
+
+    /// What a `--dry-run` found, with the cost at each priced model (they share the cl100k tokenizer, so the token
+    /// count is the same for all of them).
+    pub fn print_dry_run(&self, json: bool) {
+        let mut out = std::io::stdout().lock();
+        let table: Vec<(&str, f64)> =
+            PRICED_MODELS.iter().filter_map(|m| estimate_usd(m, self.tokens).map(|usd| (*m, usd))).collect();
+        if json {
+            let value = serde_json::json!({
+                "report": self,
+                "cost_by_model_usd": table.iter().map(|(m, usd)| ((*m).to_owned(), *usd)).collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            let _ = writeln!(out, "{value}");
+            return;
+        }
+        let (d, c) = (&self.documents, &self.chunks);
+        let _ = writeln!(
+            out,
+            "dry run (nothing sent, nothing written): {} new, {} changed, {} unchanged, {} deleted documents",
+            d.new, d.changed, d.unchanged, d.deleted
+        );
+        let _ = writeln!(
+            out,
+            "would send {} chunks in {} requests, {} tokens ({} chunks reused){}",
+            c.embedded,
+            self.requests,
+            self.tokens,
+            c.reused,
+            if self.budget_reached { "; the token budget stops the run before the end" } else { "" }
+        );
+        let cost = self.estimated_cost_usd.map_or_else(|| "unknown price".to_owned(), |usd| format!("${usd:.4}"));
+        let _ = writeln!(out, "estimated cost with {}: {cost}", self.model);
+        for (model, usd) in table {
+            let _ = writeln!(out, "  {model:<32} ${usd:.4}");
         }
     }
 

@@ -90,3 +90,19 @@ fn describe_status(status: u16, message: &str, request_id: Option<&str>) -> Stri
         None => format!("the API rejected the request (HTTP {status}): {message}"),
     }
 }
+
+/// The embedder of a `--dry-run` against an endpoint: names the model for the dataset's settings and is never
+/// asked for vectors, so a cost estimate needs neither a key nor the network.
+pub struct DryRunEmbedder {
+    pub model: String,
+}
+
+impl Embedder for DryRunEmbedder {
+    async fn embed(&self, _inputs: &[&str]) -> Result<Embeddings, EmbedError> {
+        Err(EmbedError::Model { message: "a dry run sends nothing".to_owned() })
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+}

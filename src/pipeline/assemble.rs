@@ -269,6 +269,25 @@ impl Assembler {
     }
 }
 
+/// The writer's stand-in for `--dry-run`: counts what a run would reuse and delete, writes nothing.
+pub fn count_dry_run(mut inbox: mpsc::Receiver<WriterMsg>, previous: &[String], stats: &Stats) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut source_done = false;
+    while let Some(msg) = inbox.blocking_recv() {
+        match msg {
+            WriterMsg::Keep(record) | WriterMsg::Plan { record, .. } => {
+                seen.insert(record.doc);
+            }
+            WriterMsg::Reuse(items) => Stats::add(&stats.chunks_reused, items.len() as u64),
+            WriterMsg::Embedded(..) => {}
+            WriterMsg::SourceDone => source_done = true,
+        }
+    }
+    if source_done {
+        Stats::add(&stats.docs_deleted, previous.iter().filter(|d| !seen.contains(*d)).count() as u64);
+    }
+}
+
 /// Publishes what was assembled, or keeps the published version when a new one would be worse than it.
 pub fn publish(
     assembled: Assembled,

@@ -30,7 +30,7 @@ pub use previous::{Previous, VectorLoc, text_key};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
 use crate::chunk::{ChunkSettings, Chunker, TokenChunker, TokenCounter};
-use crate::embed::{EmbedError, Embedder};
+use crate::embed::{EmbedError, Embedder, Embeddings};
 use crate::source::{Document, FileSource, Source, SourceItem, SourceOptions, file_key};
 use crate::stats::{Stats, Summary};
 use crate::store::{ChunkingInfo, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError};
@@ -53,6 +53,11 @@ pub struct EmbedJob {
     pub fresh: bool,
     /// `--dimensions`, recorded so queries ask for the same size.
     pub requested_dimensions: Option<u32>,
+    /// Count what would be sent, send nothing, write nothing (`--dry-run`).
+    pub dry_run: bool,
+    /// Stop before sending a request that would take the run past this many tokens (`--max-tokens`, or
+    /// `--max-cost` at the model's price).
+    pub max_tokens: Option<u64>,
 }
 
 /// How a run ended.
@@ -67,6 +72,8 @@ pub struct RunOutcome {
     pub interrupted: bool,
     /// Documents left as they were because some of their chunks were not embedded.
     pub incomplete_docs: usize,
+    /// The run stopped before a request that would have passed `max_tokens`.
+    pub budget_reached: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +113,20 @@ pub async fn run_embed<E: Embedder>(
     // Fail on bad inputs and a damaged dataset before any work.
     let source = FileSource::new(job.source.clone())?;
     let load = {
-        let (out, settings, fresh) = (job.out.clone(), settings.clone(), job.fresh);
+        let (out, settings, fresh, dry_run) = (job.out.clone(), settings.clone(), job.fresh, job.dry_run);
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let cache = EmbeddingCache::open(&out, &vector_space(&settings))?;
-            let previous = Previous::load(&out, &settings, fresh, &cache)?;
-            let writer = DatasetWriter::begin(&out, settings, previous.manifest.as_ref(), previous.appends())?;
+            let space = vector_space(&settings);
+            let cache = if dry_run {
+                EmbeddingCache::open_read_only(&out, &space)?
+            } else {
+                EmbeddingCache::open(&out, &space)?
+            };
+            let previous = Previous::load(&out, &settings, fresh, &cache, dry_run)?;
+            let writer = if dry_run {
+                None
+            } else {
+                Some(DatasetWriter::begin(&out, settings, previous.manifest.as_ref(), previous.appends())?)
+            };
             Ok((cache, previous, writer))
         })
     };
@@ -150,14 +166,42 @@ pub async fn run_embed<E: Embedder>(
         move || planner.run(job.batching, doc_rx, &batch_tx, &writer_tx)
     });
     let writer_task = tokio::task::spawn_blocking({
-        let assembler = assemble::Assembler::new(writer, cache, base, base_docs, Arc::clone(&stats));
-        move || assembler.run(writer_rx)
+        let stats = Arc::clone(&stats);
+        let previous_names: Vec<String> = if appends { base_docs.keys().cloned().collect() } else { Vec::new() };
+        let assembler = writer.map(|w| assemble::Assembler::new(w, cache, base, base_docs, Arc::clone(&stats)));
+        move || match assembler {
+            Some(assembler) => assembler.run(writer_rx).map(Some),
+            None => {
+                assemble::count_dry_run(writer_rx, &previous_names, &stats);
+                Ok(None)
+            }
+        }
     });
 
-    let mut results = ReceiverStream::new(batch_rx)
+    // The budget gate: a batch that would take the run past `max_tokens` is not sent, and nothing after it.
+    let budget_reached = Arc::new(AtomicBool::new(false));
+    let dispatched_tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let gated = ReceiverStream::new(batch_rx).take_while({
+        let (reached, dispatched, max_tokens) =
+            (Arc::clone(&budget_reached), Arc::clone(&dispatched_tokens), job.max_tokens);
+        move |batch: &Batch| {
+            let total = dispatched.fetch_add(batch.tokens as u64, Ordering::Relaxed) + batch.tokens as u64;
+            let within = max_tokens.is_none_or(|max| total <= max);
+            if !within {
+                reached.store(true, Ordering::Relaxed);
+            }
+            futures::future::ready(within)
+        }
+    });
+    let dry_run = job.dry_run;
+    let mut results = gated
         .map(|batch| {
             let embedder = Arc::clone(&embedder);
             async move {
+                if dry_run {
+                    // Counted below as if sent: what a real run would spend.
+                    return (batch, Ok(Embeddings { dimensions: 0, vectors: Vec::new(), usage_tokens: None }));
+                }
                 let texts: Vec<&str> = batch.chunks.iter().map(|c| c.text.as_str()).collect();
                 let result = embedder.embed(&texts).await;
                 drop(texts);
@@ -183,6 +227,10 @@ pub async fn run_embed<E: Embedder>(
                 Stats::add(&stats.chunks_embedded, batch.chunks.len() as u64);
                 Stats::add(&stats.tokens_embedded, batch.tokens as u64);
                 Stats::add(&stats.usage_tokens, embeddings.usage_tokens.unwrap_or(0));
+                if dry_run {
+                    Stats::add(&stats.requests, 1);
+                    continue;
+                }
                 if writer_tx.send(WriterMsg::Embedded(batch, embeddings)).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
@@ -210,21 +258,27 @@ pub async fn run_embed<E: Embedder>(
     }
 
     let failed = Stats::get(&stats.chunks_failed);
-    let incomplete_docs = assembled.incomplete;
+    let budget_reached = budget_reached.load(Ordering::Relaxed);
+    let incomplete_docs = assembled.as_ref().map_or(0, |a| a.incomplete);
+    let source_done = assembled.as_ref().is_none_or(|a| a.source_done);
     let status = match (&fatal, interrupted) {
         (Some(error), _) => RunStatus::Aborted { reason: error.to_string() },
         (None, true) => RunStatus::Aborted { reason: "interrupted".to_owned() },
-        (None, false) if failed > 0 || incomplete_docs > 0 || !assembled.source_done => {
+        (None, false) if budget_reached => RunStatus::Aborted { reason: "token budget reached".to_owned() },
+        (None, false) if failed > 0 || incomplete_docs > 0 || !source_done => {
             RunStatus::Partial { failed_chunks: failed }
         }
         (None, false) => RunStatus::Complete,
     };
-    let published = tokio::task::spawn_blocking({
-        let status = status.clone();
-        move || assemble::publish(assembled, published_before.as_ref(), appends, status)
-    })
-    .await
-    .map_err(|e| PipelineError::Thread(e.to_string()))??;
+    let published = match assembled {
+        Some(assembled) => tokio::task::spawn_blocking({
+            let status = status.clone();
+            move || assemble::publish(assembled, published_before.as_ref(), appends, status)
+        })
+        .await
+        .map_err(|e| PipelineError::Thread(e.to_string()))??,
+        None => None,
+    };
     Ok(RunOutcome {
         summary: stats.snapshot(started.elapsed()),
         published,
@@ -232,6 +286,7 @@ pub async fn run_embed<E: Embedder>(
         fatal,
         interrupted,
         incomplete_docs,
+        budget_reached,
     })
 }
 

@@ -39,8 +39,15 @@ pub struct Previous {
 }
 
 impl Previous {
-    /// Reads what `dir` holds for a run with the settings in `settings`. `fresh` (`--overwrite`) reuses nothing.
-    pub fn load(dir: &Path, settings: &Manifest, fresh: bool, cache: &EmbeddingCache) -> Result<Self, StoreError> {
+    /// Reads what `dir` holds for a run with the settings in `settings`. `fresh` (`--overwrite`) reuses nothing and,
+    /// unless `read_only` (`--dry-run`), empties the cache.
+    pub fn load(
+        dir: &Path,
+        settings: &Manifest,
+        fresh: bool,
+        cache: &EmbeddingCache,
+        read_only: bool,
+    ) -> Result<Self, StoreError> {
         let manifest = match Manifest::load(dir) {
             Ok(m) => Some(m),
             Err(StoreError::NotADataset { .. }) => None,
@@ -52,7 +59,9 @@ impl Previous {
         };
         let mut previous = Previous { manifest: manifest.clone(), ..Previous::default() };
         if fresh {
-            cache.clear()?;
+            if cache.segments() > 0 && !read_only {
+                cache.clear()?;
+            }
             return Ok(previous);
         }
         cache.scan(|hash, loc| {

@@ -45,14 +45,30 @@ pub struct EmbeddingCache {
 impl EmbeddingCache {
     /// Opens `<dataset>/cache` for vectors of `space`, deleting temp files a killed run left behind.
     pub fn open(dataset: &Path, space: &str) -> Result<Self, StoreError> {
+        Self::open_with(dataset, space, false)
+    }
+
+    /// Opens the cache for lookups only (`--dry-run`): creates and deletes nothing.
+    pub fn open_read_only(dataset: &Path, space: &str) -> Result<Self, StoreError> {
+        Self::open_with(dataset, space, true)
+    }
+
+    fn open_with(dataset: &Path, space: &str, read_only: bool) -> Result<Self, StoreError> {
         let dir = dataset.join(CACHE_DIR);
-        std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         let mut segments = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+        if !read_only {
+            std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => Some(entries),
+            Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+        };
+        for entry in entries.into_iter().flatten() {
             let path = entry.map_err(StoreError::io(&dir))?.path();
             match path.extension().and_then(|e| e.to_str()) {
                 Some("parquet") => segments.push(path),
-                Some("tmp") => std::fs::remove_file(&path).map_err(StoreError::io(&path))?,
+                Some("tmp") if !read_only => std::fs::remove_file(&path).map_err(StoreError::io(&path))?,
                 _ => {}
             }
         }
