@@ -9,6 +9,13 @@ use std::process::Command;
 use util::mock::MockServer;
 use util::{cli, corpus, json_lines, live_rows, manifest, run};
 
+/// The twelve documents written to a new temp dir.
+fn write_corpus() -> tempfile::TempDir {
+    let owned = files();
+    let refs: Vec<(&str, &str)> = owned.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    corpus(&refs)
+}
+
 fn files() -> Vec<(String, String)> {
     (0..12)
         .map(|i| {
@@ -35,9 +42,7 @@ fn last_json(run: &util::Run) -> serde_json::Value {
 #[test]
 fn a_dry_run_counts_what_a_run_would_send_without_a_key_or_a_request() {
     let mock = MockServer::start();
-    let owned = files();
-    let refs: Vec<(&str, &str)> = owned.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-    let input = corpus(&refs);
+    let input = write_corpus();
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
 
@@ -86,9 +91,7 @@ fn a_dry_run_counts_what_a_run_would_send_without_a_key_or_a_request() {
 #[test]
 fn a_token_budget_stops_before_it_is_exceeded_and_the_next_run_continues() {
     let mock = MockServer::start();
-    let owned = files();
-    let refs: Vec<(&str, &str)> = owned.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-    let input = corpus(&refs);
+    let input = write_corpus();
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
     let total = last_json(&run(embed(None, input.path(), &dataset).arg("--dry-run")))["report"]["tokens"]
