@@ -32,6 +32,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub requests_in_flight: AtomicU64,
     pub retries: AtomicU64,
+    /// 429 rate-limit responses (not quota).
+    pub rate_limited: AtomicU64,
     pub rows_written: AtomicU64,
     /// Set once the source is exhausted, so the progress line can show an ETA.
     pub source_done: std::sync::atomic::AtomicBool,
@@ -68,6 +70,7 @@ impl Stats {
             usage_tokens: g(&self.usage_tokens),
             requests: g(&self.requests),
             retries: g(&self.retries),
+            rate_limited: g(&self.rate_limited),
             rows_written: g(&self.rows_written),
             elapsed_secs: elapsed.as_secs_f64(),
         }
@@ -99,6 +102,7 @@ pub struct Summary {
     pub usage_tokens: u64,
     pub requests: u64,
     pub retries: u64,
+    pub rate_limited: u64,
     pub rows_written: u64,
     pub elapsed_secs: f64,
 }

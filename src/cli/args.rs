@@ -98,6 +98,12 @@ pub struct JobFlags {
     /// Retries of a failing request before its chunks count as failed [default: 6].
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
+    /// Requests per minute to stay under, enforced before sending (else learned from x-ratelimit-* headers).
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u32>,
+    /// Tokens per minute to stay under, counted with cl100k_base before sending (else learned from headers).
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
     /// Wait up to SECS for another run writing the same dataset to finish, instead of failing at once.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub wait_lock: u64,

@@ -8,6 +8,7 @@ use super::args::JobFlags;
 use crate::batch::{BatchLimits, MAX_BATCH_INPUTS, MAX_BATCH_TOKENS};
 use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS};
 use crate::config::{Origin, Pipeline, Setting};
+use crate::embed::RateLimits;
 use crate::embed::price::usd_per_million_tokens;
 use crate::index::IndexParams;
 use crate::source::SourceOptions;
@@ -34,6 +35,8 @@ pub struct JobSpec {
     pub json: bool,
     pub wait_lock: Duration,
     pub dry_run: bool,
+    pub rpm: Option<Setting<u32>>,
+    pub tpm: Option<Setting<u64>>,
     pub max_tokens: Option<Setting<u64>>,
     pub max_cost: Option<Setting<f64>>,
     pub price: Option<Setting<f64>>,
@@ -208,6 +211,8 @@ impl JobSpec {
                 "budget.usd_per_million_tokens",
             ),
             dry_run: flags.dry_run,
+            rpm: pick(flags.rpm, "--rpm", p, requests.and_then(|r| r.rpm.as_ref()), "requests.rpm"),
+            tpm: pick(flags.tpm, "--tpm", p, requests.and_then(|r| r.tpm.as_ref()), "requests.tpm"),
             fresh: flags.overwrite,
             json: flags.json,
             wait_lock: Duration::from_secs(flags.wait_lock),
@@ -224,12 +229,25 @@ impl JobSpec {
         {
             return Err(c.error(format!("must be between 1 and 256 (got {})", c.value)));
         }
+        if let Some(r) = self.rpm.as_ref().filter(|r| r.value == 0) {
+            return Err(r.error("must be at least 1"));
+        }
+        if let Some(t) = self.tpm.as_ref().filter(|t| t.value == 0) {
+            return Err(t.error("must be at least 1"));
+        }
         if self.timeout.value == 0 {
             return Err(self.timeout.error("must be at least 1 second"));
         }
         self.index_params()?;
         self.token_budget()?;
         Ok(())
+    }
+
+    pub fn rate_limits(&self) -> RateLimits {
+        RateLimits {
+            requests_per_minute: self.rpm.as_ref().map(|r| r.value),
+            tokens_per_minute: self.tpm.as_ref().map(|t| t.value),
+        }
     }
 
     /// The price per million tokens: the override, else the built-in table's.

@@ -27,7 +27,7 @@ use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter, count_tokens};
 use crate::config::{Origin, Pipeline, Setting};
 use crate::embed::{
     ApiConfig, DryRunEmbedder, EmbedError, Embedder, LOCAL_PREFIX, LocalEmbedder, LocalModel, OpenAiEmbedder,
-    resolve_local_model, wire_model,
+    RateLimits, resolve_local_model, wire_model,
 };
 use crate::index::{self, IndexParams, SearchIndex};
 use crate::pipeline::{EmbedJob, run_embed};
@@ -99,10 +99,27 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-fn api_config(model: &str, dimensions: Option<u32>, timeout: Duration, max_retries: u32) -> Result<ApiConfig, Failure> {
+/// How requests to an endpoint are made: timeout, retries, pacing.
+#[derive(Debug, Clone, Copy)]
+struct RequestSettings {
+    timeout: Duration,
+    max_retries: u32,
+    limits: RateLimits,
+    concurrency: usize,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(60), max_retries: 3, limits: RateLimits::default(), concurrency: 1 }
+    }
+}
+
+fn api_config(model: &str, dimensions: Option<u32>, requests: RequestSettings) -> Result<ApiConfig, Failure> {
     let mut config = ApiConfig::from_env(model, dimensions).map_err(Failure::usage)?;
-    config.request_timeout = timeout;
-    config.retry.max_retries = max_retries;
+    config.request_timeout = requests.timeout;
+    config.retry.max_retries = requests.max_retries;
+    config.limits = requests.limits;
+    config.max_concurrency = requests.concurrency;
     Ok(config)
 }
 
@@ -128,7 +145,7 @@ fn check_dimensions(model: &Setting<String>, dimensions: Option<&Setting<u32>>) 
 
 /// The embedder a model name asks for.
 enum Provider {
-    Api(OpenAiEmbedder),
+    Api(Box<OpenAiEmbedder>),
     Local(LocalEmbedder),
     /// `--dry-run` with an endpoint's model: no key, no requests.
     DryRun(DryRunEmbedder),
@@ -148,8 +165,7 @@ async fn load_local(name: &str) -> Result<Arc<LocalModel>, Failure> {
 async fn provider(
     model: &Setting<String>,
     dimensions: Option<&Setting<u32>>,
-    timeout: Duration,
-    max_retries: u32,
+    requests: RequestSettings,
     stats: &Arc<Stats>,
 ) -> Result<Provider, Failure> {
     if model.value.starts_with(LOCAL_PREFIX) {
@@ -160,8 +176,8 @@ async fn provider(
         return Ok(Provider::Local(LocalEmbedder::new(&model.value, loaded, Arc::clone(stats))));
     }
     check_dimensions(model, dimensions)?;
-    let config = api_config(&model.value, dimensions.map(|d| d.value), timeout, max_retries)?;
-    Ok(Provider::Api(OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?))
+    let config = api_config(&model.value, dimensions.map(|d| d.value), requests)?;
+    Ok(Provider::Api(Box::new(OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?)))
 }
 
 /// The chunk limit and tokenizer of a provider, and its default concurrency.
@@ -205,7 +221,13 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         check_dimensions(&spec.model, spec.dimensions.as_ref())?;
         Provider::DryRun(DryRunEmbedder { model: spec.model.value.clone() })
     } else {
-        provider(&spec.model, spec.dimensions.as_ref(), timeout, spec.max_retries.value, &stats).await?
+        let requests = RequestSettings {
+            timeout,
+            max_retries: spec.max_retries.value,
+            limits: spec.rate_limits(),
+            concurrency: usize::from(spec.concurrency.as_ref().map_or(8, |c| c.value)),
+        };
+        provider(&spec.model, spec.dimensions.as_ref(), requests, &stats).await?
     };
     let (limit, counter, default_concurrency) = model_shape(&provider, &spec.model.value);
     let (chunking, batching) = spec.chunking(limit).map_err(Failure::usage)?;
@@ -230,7 +252,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
     let shutdown = stop_signal();
     let outcome = match provider {
-        Provider::Api(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
+        Provider::Api(embedder) => run_embed(job, Arc::new(*embedder), stats, shutdown).await,
         Provider::Local(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
         Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
     };
@@ -403,7 +425,7 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     let query = [args.query.as_str()];
     let model = Setting::new(model, Origin::Default);
     let dimensions = dataset.manifest.requested_dimensions.map(|d| Setting::new(d, Origin::Default));
-    let embedding = match provider(&model, dimensions.as_ref(), Duration::from_secs(60), 3, &stats).await? {
+    let embedding = match provider(&model, dimensions.as_ref(), RequestSettings::default(), &stats).await? {
         Provider::Api(embedder) => {
             let tokens = count_tokens(&args.query);
             if tokens > MAX_INPUT_TOKENS {
@@ -461,7 +483,11 @@ fn snippet(text: &str, max: usize) -> String {
 }
 
 async fn models(args: ModelsArgs) -> Result<u8, Failure> {
-    let config = api_config("", None, Duration::from_secs(30), 0)?;
+    let config = api_config(
+        "",
+        None,
+        RequestSettings { timeout: Duration::from_secs(30), max_retries: 0, ..Default::default() },
+    )?;
     let client = OpenAiEmbedder::new(config, Arc::new(Stats::default())).map_err(Failure::usage)?;
     let mut models = client.list_models().await.map_err(Failure::api)?;
     models.sort_by(|a, b| a.id.cmp(&b.id));

@@ -32,6 +32,8 @@ pub struct RunReport {
     pub chunks: Chunks,
     pub requests: u64,
     pub retries: u64,
+    /// 429 rate-limit responses (each paused new requests and narrowed the concurrency window).
+    pub rate_limited: u64,
     /// Tokens of the chunks sent, counted on our side.
     pub tokens: u64,
     /// Tokens the server reported in `usage`.
@@ -118,6 +120,7 @@ impl RunReport {
             },
             requests: s.requests,
             retries: s.retries,
+            rate_limited: s.rate_limited,
             tokens: s.tokens,
             usage_tokens: s.usage_tokens,
             estimated_cost_usd: price.map(|p| p * billed as f64 / 1e6),
@@ -210,8 +213,8 @@ impl RunReport {
         };
         let _ = writeln!(
             out,
-            "{} requests, {} retries; {}: {version} ({:.1}s)",
-            self.requests, self.retries, self.dataset, self.duration_secs
+            "{} requests, {} retries ({} rate-limited); {}: {version} ({:.1}s)",
+            self.requests, self.retries, self.rate_limited, self.dataset, self.duration_secs
         );
         if let Some(i) = &self.index {
             let _ = writeln!(

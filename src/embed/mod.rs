@@ -4,6 +4,7 @@
 //! compatible endpoint), with the retry policy of [`retry`].
 
 mod bert;
+mod limiter;
 mod local;
 mod openai;
 pub mod price;
@@ -11,6 +12,7 @@ pub mod retry;
 
 use std::future::Future;
 
+pub use limiter::{Limiter, RateLimits};
 pub use local::{
     DEFAULT_LOCAL_MODEL, LOCAL_PREFIX, LocalEmbedder, LocalModel, LocalModelError, model_cache_dir, resolve_local_model,
 };

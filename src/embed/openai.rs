@@ -11,8 +11,10 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::limiter::{Limiter, RateLimits};
 use super::retry::{Disposition, RetryPolicy, classify, server_hint};
 use super::{EmbedError, Embedder, Embeddings};
+use crate::chunk::count_tokens;
 use crate::stats::Stats;
 
 pub const DEFAULT_API_BASE: &str = "https://api.router.tetrate.ai/v1";
@@ -46,6 +48,10 @@ pub struct ApiConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+    /// `--rpm` / `--tpm`, enforced before sending.
+    pub limits: RateLimits,
+    /// Most requests in flight (`--concurrency`): the ceiling of the adaptive window.
+    pub max_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +88,8 @@ impl ApiConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
+            limits: RateLimits::default(),
+            max_concurrency: 8,
         })
     }
 
@@ -276,11 +284,13 @@ pub struct OpenAiEmbedder {
     dimensions: AtomicUsize,
     /// Set when the server refused `encoding_format: base64`; the rest of the run asks for floats.
     use_float: AtomicBool,
+    /// Paces every attempt (see [`Limiter`]).
+    limiter: Limiter,
 }
 
 /// One attempt's failure, before the retry decision.
 enum Attempt {
-    Retry { reason: String, hint: Option<Duration> },
+    Retry { reason: String, hint: Option<Duration>, rate_limited: bool },
     Fatal(EmbedError),
 }
 
@@ -301,7 +311,8 @@ impl OpenAiEmbedder {
             .build()
             .map_err(ApiConfigError::Client)?;
         let dimensions = AtomicUsize::new(config.dimensions.map_or(0, |d| d as usize));
-        Ok(Self { config, client, stats, dimensions, use_float: AtomicBool::new(false) })
+        let limiter = Limiter::new(config.limits, config.max_concurrency);
+        Ok(Self { config, client, stats, dimensions, use_float: AtomicBool::new(false), limiter })
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -352,6 +363,7 @@ impl OpenAiEmbedder {
         let result = self.send(body).await;
         self.stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         let (status, headers, body) = result?;
+        self.limiter.learn(&headers);
         if status.is_success() {
             return self.decode(&body, inputs.len());
         }
@@ -360,12 +372,17 @@ impl OpenAiEmbedder {
         if status == StatusCode::BAD_REQUEST && !use_float && message.contains("encoding_format") {
             // The server does not do base64: ask for floats from now on.
             self.use_float.store(true, Ordering::Relaxed);
-            return Err(Attempt::Retry { reason: format!("HTTP 400: {message}"), hint: Some(Duration::ZERO) });
+            return Err(Attempt::Retry {
+                reason: format!("HTTP 400: {message}"),
+                hint: Some(Duration::ZERO),
+                rate_limited: false,
+            });
         }
         match classify(status, error.kind.as_deref(), error.code.as_deref(), &headers) {
             Disposition::Retry => Err(Attempt::Retry {
                 hint: server_hint(&headers, &message),
                 reason: format!("HTTP {}: {message}", status.as_u16()),
+                rate_limited: status == StatusCode::TOO_MANY_REQUESTS,
             }),
             Disposition::Quota => Err(Attempt::Fatal(EmbedError::Quota { status: status.as_u16(), message })),
             Disposition::Reject => {
@@ -381,8 +398,11 @@ impl OpenAiEmbedder {
     }
 
     async fn send(&self, body: Bytes) -> Result<(StatusCode, HeaderMap, Bytes), Attempt> {
-        let transient =
-            |e: reqwest::Error| Attempt::Retry { reason: self.config.redact(&transport_message(&e)), hint: None };
+        let transient = |e: reqwest::Error| Attempt::Retry {
+            reason: self.config.redact(&transport_message(&e)),
+            hint: None,
+            rate_limited: false,
+        };
         let response = self
             .client
             .post(self.config.embeddings_url())
@@ -399,7 +419,11 @@ impl OpenAiEmbedder {
 
     fn decode(&self, body: &[u8], inputs: usize) -> Result<Embeddings, Attempt> {
         // A malformed body is most often a proxy's truncated or substituted response: worth another attempt.
-        let malformed = |reason: String| Attempt::Retry { reason: format!("invalid response: {reason}"), hint: None };
+        let malformed = |reason: String| Attempt::Retry {
+            reason: format!("invalid response: {reason}"),
+            hint: None,
+            rate_limited: false,
+        };
         let response: EmbeddingResponse = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
         let usage = response.usage.as_ref().and_then(|u| u.prompt_tokens.or(u.total_tokens));
         let expected = match self.dimensions.load(Ordering::Relaxed) {
@@ -445,12 +469,25 @@ impl OpenAiEmbedder {
 impl Embedder for OpenAiEmbedder {
     async fn embed(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
         let policy = self.config.retry;
+        // cl100k tokens, counted only when a token budget is known (counting costs about as much as sending).
+        let tokens = if self.limiter.counts_tokens() { inputs.iter().map(|t| count_tokens(t) as u64).sum() } else { 0 };
         let mut retry = 0;
         loop {
-            match self.attempt(inputs).await {
-                Ok(embeddings) => return Ok(embeddings),
+            let permit = self.limiter.acquire(tokens).await;
+            let result = self.attempt(inputs).await;
+            drop(permit);
+            match result {
+                Ok(embeddings) => {
+                    self.limiter.success();
+                    return Ok(embeddings);
+                }
                 Err(Attempt::Fatal(error)) => return Err(error),
-                Err(Attempt::Retry { reason, hint }) => {
+                Err(Attempt::Retry { reason, hint, rate_limited }) => {
+                    if rate_limited {
+                        Stats::add(&self.stats.rate_limited, 1);
+                        // Pauses every request, this one's retry included, and narrows the window.
+                        self.limiter.rate_limited(hint);
+                    }
                     if retry >= policy.max_retries {
                         return Err(EmbedError::Exhausted { attempts: retry + 1, last: reason });
                     }
