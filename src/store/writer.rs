@@ -141,10 +141,11 @@ impl DatasetWriter {
         }
         let batch =
             record_batch(&schema, first_row, chunks, vectors, dimensions).map_err(StoreError::arrow(&self.dir))?;
-        if self.open.is_none() {
-            self.open = Some(self.open_file(&schema)?);
-        }
-        let Some(file) = self.open.as_mut() else { unreachable!("opened above") };
+        let file = match self.open.take() {
+            Some(file) => file,
+            None => self.open_file(&schema)?,
+        };
+        let file = self.open.insert(file);
         file.writer.write(&batch).map_err(StoreError::parquet(&file.tmp))?;
         if file.writer.in_progress_size() >= ROW_GROUP_BYTES {
             file.writer.flush().map_err(StoreError::parquet(&file.tmp))?;
