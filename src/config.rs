@@ -131,6 +131,7 @@ pub struct RequestsSection {
     pub batch_tokens: Option<Spanned<usize>>,
     pub timeout_secs: Option<Spanned<u64>>,
     pub max_retries: Option<Spanned<u32>>,
+    pub max_failures: Option<Spanned<u64>>,
     pub rpm: Option<Spanned<u32>>,
     pub tpm: Option<Spanned<u64>>,
 }

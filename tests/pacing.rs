@@ -64,3 +64,20 @@ fn a_tokens_per_minute_limit_is_kept_before_sending() {
     assert!(elapsed >= floor, "{tokens} tokens at 900/min took {elapsed:?}, less than {floor:?}");
     assert_eq!(live_rows(&dataset).len(), 16);
 }
+
+#[test]
+fn max_failures_stops_a_clearly_broken_run() {
+    let mock = MockServer::start();
+    mock.set_always(Some(Fault::Status(503)));
+    let input = documents();
+    let out = tempfile::tempdir().expect("tempdir");
+    let result = run(cli(Some(&mock.base()))
+        .arg("embed")
+        .arg(input.path())
+        .arg("--out")
+        .arg(out.path().join("ds"))
+        .args(["--batch-inputs", "1", "--concurrency", "1", "--max-retries", "0", "--max-failures", "3"]));
+    assert_eq!(result.code, 1, "{}", result.all_output());
+    assert!(result.stderr.contains("--max-failures 3"), "{}", result.stderr);
+    assert_eq!(mock.requests(), 4, "the fourth failure stops the run, not the sixteenth");
+}

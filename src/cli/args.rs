@@ -98,6 +98,9 @@ pub struct JobFlags {
     /// Retries of a failing request before its chunks count as failed [default: 6].
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
+    /// Stop the run once more than N chunks have failed (retries exhausted): the endpoint is clearly broken.
+    #[arg(long, value_name = "N")]
+    pub max_failures: Option<u64>,
     /// Requests per minute to stay under, enforced before sending (else learned from x-ratelimit-* headers).
     #[arg(long, value_name = "N")]
     pub rpm: Option<u32>,

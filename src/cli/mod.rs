@@ -247,6 +247,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         requested_dimensions: spec.dimensions.as_ref().map(|d| d.value),
         dry_run: spec.dry_run,
         max_tokens,
+        max_failures: spec.max_failures.as_ref().map(|m| m.value),
     };
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));

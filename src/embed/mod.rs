@@ -66,6 +66,9 @@ pub enum EmbedError {
     /// Retries ran out on errors that are usually transient.
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: String },
+    /// More chunks failed than `--max-failures` allows.
+    #[error("{failed} chunks failed, more than --max-failures {max}; the last error: {last}")]
+    TooManyFailures { failed: u64, max: u64, last: String },
 }
 
 impl EmbedError {
@@ -82,6 +85,9 @@ impl EmbedError {
                 Some("add credit or raise the spending limit of the account behind TARS_API_KEY, then run again")
             }
             EmbedError::Model { .. } | EmbedError::Exhausted { .. } => None,
+            EmbedError::TooManyFailures { .. } => {
+                Some("the endpoint keeps failing: check its status and the errors above, then run again")
+            }
         }
     }
 }

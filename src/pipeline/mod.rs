@@ -58,6 +58,8 @@ pub struct EmbedJob {
     /// Stop before sending a request that would take the run past this many tokens (`--max-tokens`, or
     /// `--max-cost` at the model's price).
     pub max_tokens: Option<u64>,
+    /// Stop the run once more than this many chunks have failed (`--max-failures`): it is clearly broken.
+    pub max_failures: Option<u64>,
 }
 
 /// How a run ended.
@@ -244,6 +246,11 @@ pub async fn run_embed<E: Embedder>(
                 Stats::add(&stats.chunks_failed, batch.chunks.len() as u64);
                 let first = batch.chunks.first().map(|c| c.doc.to_string()).unwrap_or_default();
                 tracing::warn!(chunks = batch.chunks.len(), first_doc = %first, "embedding request failed: {error}");
+                let failed = Stats::get(&stats.chunks_failed);
+                if let Some(max) = job.max_failures.filter(|max| failed > *max) {
+                    fatal = Some(EmbedError::TooManyFailures { failed, max, last: error.to_string() });
+                    break;
+                }
             }
         }
     }
