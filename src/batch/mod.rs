@@ -18,9 +18,9 @@ pub struct BatchLimits {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BatchLimitsError {
-    #[error("--batch-inputs must be between 1 and {MAX_BATCH_INPUTS} (got {0})")]
+    #[error("must be between 1 and {MAX_BATCH_INPUTS} (got {0})")]
     Inputs(usize),
-    #[error("--batch-tokens must be between {min} (the chunk size) and {MAX_BATCH_TOKENS} (got {got})")]
+    #[error("must be between the chunk size {min} and {MAX_BATCH_TOKENS} (got {got})")]
     Tokens { got: usize, min: usize },
 }
 

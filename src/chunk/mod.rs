@@ -46,9 +46,9 @@ pub struct ChunkSettings {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkSettingsError {
-    #[error("--chunk-tokens must be between 1 and {limit}, the model's input limit (got {got})")]
+    #[error("must be between 1 and {limit}, the model's input limit (got {got})")]
     MaxTokens { got: usize, limit: usize },
-    #[error("--chunk-overlap ({overlap}) must be smaller than --chunk-tokens ({max_tokens})")]
+    #[error("{overlap} must be smaller than the chunk size {max_tokens}")]
     Overlap { overlap: usize, max_tokens: usize },
 }
 

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::args::JobFlags;
-use crate::batch::{BatchLimits, MAX_BATCH_INPUTS, MAX_BATCH_TOKENS};
-use crate::chunk::{ChunkSettings, MAX_INPUT_TOKENS};
+use crate::batch::{BatchLimits, BatchLimitsError, MAX_BATCH_TOKENS};
+use crate::chunk::{ChunkSettings, ChunkSettingsError};
 use crate::config::{Origin, Pipeline, Setting};
 use crate::embed::RateLimits;
 use crate::embed::price::usd_per_million_tokens;
-use crate::index::IndexParams;
+use crate::index::{IndexParamError, IndexParams};
 use crate::source::SourceOptions;
 
 pub const DEFAULT_MODEL: &str = "tars/text-embedding-3-small";
@@ -288,46 +288,27 @@ impl JobSpec {
 
     pub fn index_params(&self) -> anyhow::Result<IndexParams> {
         let params = IndexParams { m: self.m.value, ef_construction: self.ef_construction.value };
-        if !(2..=128).contains(&params.m) {
-            return Err(self.m.error(format!("M must be between 2 and 128 (got {})", params.m)));
-        }
-        if params.ef_construction < params.m || params.ef_construction > 4096 {
-            return Err(self
-                .ef_construction
-                .error(format!("must be between M ({}) and 4096 (got {})", params.m, params.ef_construction)));
-        }
+        params.validate().map_err(|e| match e {
+            IndexParamError::M(_) => self.m.error(e),
+            IndexParamError::EfConstruction { .. } => self.ef_construction.error(e),
+        })?;
         Ok(params)
     }
 
     /// Chunking and batching for a model that takes at most `limit` tokens per input.
     pub fn chunking(&self, limit: usize) -> anyhow::Result<(ChunkSettings, BatchLimits)> {
         let chunk_tokens = or_default(self.chunk_tokens.clone(), 512.min(limit));
-        if chunk_tokens.value == 0 || chunk_tokens.value > limit {
-            let which = if limit == MAX_INPUT_TOKENS { "the API's input limit" } else { "the model's window" };
-            return Err(
-                chunk_tokens.error(format!("must be between 1 and {limit}, {which} (got {})", chunk_tokens.value))
-            );
-        }
         let overlap = or_default(self.chunk_overlap.clone(), chunk_tokens.value / 8);
-        if overlap.value >= chunk_tokens.value {
-            return Err(overlap.error(format!(
-                "{} must be smaller than the chunk size {} ({})",
-                overlap.value, chunk_tokens.value, chunk_tokens.origin
-            )));
-        }
-        let chunking = ChunkSettings::with_limit(chunk_tokens.value, overlap.value, limit)?;
-        let inputs = &self.batch_inputs;
-        if inputs.value == 0 || inputs.value > MAX_BATCH_INPUTS {
-            return Err(inputs.error(format!("must be between 1 and {MAX_BATCH_INPUTS} (got {})", inputs.value)));
-        }
-        let tokens = &self.batch_tokens;
-        if tokens.value < chunk_tokens.value || tokens.value > MAX_BATCH_TOKENS {
-            return Err(tokens.error(format!(
-                "must be between the chunk size {} and {MAX_BATCH_TOKENS} (got {})",
-                chunk_tokens.value, tokens.value
-            )));
-        }
-        let batching = BatchLimits::new(inputs.value, tokens.value, chunk_tokens.value)?;
+        let chunking = ChunkSettings::with_limit(chunk_tokens.value, overlap.value, limit).map_err(|e| match e {
+            ChunkSettingsError::MaxTokens { .. } => chunk_tokens.error(e),
+            ChunkSettingsError::Overlap { .. } => overlap.error(format!("{e} ({})", chunk_tokens.origin)),
+        })?;
+        let batching = BatchLimits::new(self.batch_inputs.value, self.batch_tokens.value, chunk_tokens.value).map_err(
+            |e| match e {
+                BatchLimitsError::Inputs(_) => self.batch_inputs.error(e),
+                BatchLimitsError::Tokens { .. } => self.batch_tokens.error(e),
+            },
+        )?;
         Ok((chunking, batching))
     }
 }

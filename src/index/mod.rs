@@ -57,7 +57,7 @@ pub enum IndexError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("invalid index parameter: {0}")]
-    Params(String),
+    Params(#[from] IndexParamError),
     #[error("{path}: no index; run `tars-index index {dataset}` first", dataset = dataset.display())]
     Missing { path: PathBuf, dataset: PathBuf },
     #[error("{path}: the index was built from a different version of the dataset; run `tars-index index {dataset}` again", dataset = dataset.display())]
@@ -70,17 +70,23 @@ pub enum IndexError {
     QueryDimensions { got: usize, want: usize },
 }
 
+/// Which index parameter is out of range, and why.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexParamError {
+    #[error("M must be between 2 and 128 (got {0})")]
+    M(usize),
+    #[error("ef_construction must be between M ({m}) and 4096 (got {got})")]
+    EfConstruction { got: usize, m: usize },
+}
+
 impl IndexParams {
-    pub fn validate(&self) -> Result<(), IndexError> {
+    pub fn validate(&self) -> Result<(), IndexParamError> {
         // hnsw_rs calls process::exit for M > 256; larger than 128 is never useful anyway.
         if !(2..=128).contains(&self.m) {
-            return Err(IndexError::Params(format!("M must be between 2 and 128 (got {})", self.m)));
+            return Err(IndexParamError::M(self.m));
         }
         if self.ef_construction < self.m || self.ef_construction > 4096 {
-            return Err(IndexError::Params(format!(
-                "ef_construction must be between M ({}) and 4096 (got {})",
-                self.m, self.ef_construction
-            )));
+            return Err(IndexParamError::EfConstruction { got: self.ef_construction, m: self.m });
         }
         Ok(())
     }

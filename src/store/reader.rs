@@ -145,22 +145,9 @@ impl Dataset {
         let mut out = Vec::with_capacity(row_ids.len());
         let wanted = |name: &str| name == schema::HASH || name == schema::EMBEDDING;
         self.read_selected(row_ids, wanted, |batch, row_ids, path| {
-            let hashes = batch
-                .column_by_name(schema::HASH)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| corrupt(path, "hash is not a string"))?;
-            let list = batch
-                .column_by_name(schema::EMBEDDING)
-                .and_then(|c| c.as_fixed_size_list_opt())
-                .filter(|l| l.value_length() as usize == dims)
-                .ok_or_else(|| corrupt(path, "embedding is not a list of the dataset's size"))?;
-            let values = list
-                .values()
-                .as_primitive_opt::<Float32Type>()
-                .ok_or_else(|| corrupt(path, "embedding values are not float32"))?;
+            let (hashes, vectors) = hashes_and_vectors(batch, path, dims)?;
             for (i, row_id) in row_ids.iter().enumerate() {
-                let at = (list.offset() + i) * dims;
-                out.push((*row_id, hashes.value(i).to_owned(), values.values()[at..at + dims].to_vec()));
+                out.push((*row_id, hashes.value(i).to_owned(), vectors[i * dims..(i + 1) * dims].to_vec()));
             }
             Ok(())
         })?;
@@ -229,21 +216,7 @@ impl Dataset {
             for batch in reader {
                 let batch = batch.map_err(StoreError::arrow(&path))?;
                 let stored = decode_rows(&batch, &path)?;
-                let hashes = batch
-                    .column_by_name(schema::HASH)
-                    .and_then(|c| c.as_string_opt::<i32>())
-                    .ok_or_else(|| corrupt(&path, "hash is not a string"))?;
-                let list = batch
-                    .column_by_name(schema::EMBEDDING)
-                    .and_then(|c| c.as_fixed_size_list_opt())
-                    .filter(|l| l.value_length() as usize == dims)
-                    .ok_or_else(|| corrupt(&path, "embedding is not a list of the dataset's size"))?;
-                let values = list
-                    .values()
-                    .as_primitive_opt::<Float32Type>()
-                    .ok_or_else(|| corrupt(&path, "embedding values are not float32"))?;
-                let at = list.offset() * dims;
-                let vectors = &values.values()[at..at + list.len() * dims];
+                let (hashes, vectors) = hashes_and_vectors(&batch, &path, dims)?;
                 let chunks: Vec<Chunk> = stored
                     .into_iter()
                     .enumerate()
@@ -319,6 +292,29 @@ impl Dataset {
         }
         Ok(builder)
     }
+}
+
+/// A batch's hash column and its vectors as one flat slice, checked against the dataset's size.
+fn hashes_and_vectors<'b>(
+    batch: &'b RecordBatch,
+    path: &Path,
+    dims: usize,
+) -> Result<(&'b arrow::array::StringArray, &'b [f32]), StoreError> {
+    let hashes = batch
+        .column_by_name(schema::HASH)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| corrupt(path, "hash is not a string"))?;
+    let list = batch
+        .column_by_name(schema::EMBEDDING)
+        .and_then(|c| c.as_fixed_size_list_opt())
+        .filter(|l| l.value_length() as usize == dims)
+        .ok_or_else(|| corrupt(path, "embedding is not a list of the dataset's size"))?;
+    let values = list
+        .values()
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| corrupt(path, "embedding values are not float32"))?;
+    let at = list.offset() * dims;
+    Ok((hashes, &values.values()[at..at + list.len() * dims]))
 }
 
 fn corrupt(path: &Path, message: &str) -> StoreError {
