@@ -45,7 +45,7 @@ fn parquet_write(c: &mut Criterion) {
                 let start = i * 256 * DIMS;
                 writer.write(batch, &embeddings.vectors[start..start + batch.len() * DIMS], DIMS).expect("write");
             }
-            Arc::new(writer.finish(&HashMap::new(), RunStatus::Complete).expect("finish"))
+            Arc::new(writer.finish(&HashMap::new(), &[], RunStatus::Complete).expect("finish"))
         })
     });
     group.finish();

@@ -17,6 +17,8 @@ pub struct Stats {
     pub docs_unchanged: AtomicU64,
     pub docs_deleted: AtomicU64,
     pub docs_duplicate: AtomicU64,
+    /// Documents whose missing chunks (from the dead-letter file) were sent again.
+    pub docs_retried: AtomicU64,
     pub documents_lossy_utf8: AtomicU64,
     pub files_skipped: AtomicU64,
     pub records_skipped: AtomicU64,
@@ -30,6 +32,8 @@ pub struct Stats {
     pub usage_tokens: AtomicU64,
     pub chunks_failed: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests split in two to isolate an input the server refused.
+    pub batches_split: AtomicU64,
     pub requests_in_flight: AtomicU64,
     pub retries: AtomicU64,
     /// 429 rate-limit responses (not quota).
@@ -58,6 +62,7 @@ impl Stats {
             docs_unchanged: g(&self.docs_unchanged),
             docs_deleted: g(&self.docs_deleted),
             docs_duplicate: g(&self.docs_duplicate),
+            docs_retried: g(&self.docs_retried),
             documents_lossy_utf8: g(&self.documents_lossy_utf8),
             files_skipped: g(&self.files_skipped),
             records_skipped: g(&self.records_skipped),
@@ -69,6 +74,7 @@ impl Stats {
             tokens: g(&self.tokens_embedded),
             usage_tokens: g(&self.usage_tokens),
             requests: g(&self.requests),
+            batches_split: g(&self.batches_split),
             retries: g(&self.retries),
             rate_limited: g(&self.rate_limited),
             rows_written: g(&self.rows_written),
@@ -88,6 +94,7 @@ pub struct Summary {
     pub docs_deleted: u64,
     /// Documents whose name repeated one read earlier in the run (skipped).
     pub docs_duplicate: u64,
+    pub docs_retried: u64,
     pub documents_lossy_utf8: u64,
     pub files_skipped: u64,
     pub records_skipped: u64,
@@ -101,6 +108,7 @@ pub struct Summary {
     /// Tokens the server reported in `usage` (0 when it reports none).
     pub usage_tokens: u64,
     pub requests: u64,
+    pub batches_split: u64,
     pub retries: u64,
     pub rate_limited: u64,
     pub rows_written: u64,

@@ -29,6 +29,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Build or update the HNSW index of a dataset.
     Index(IndexArgs),
+    /// Send again only the chunks a run gave up on (listed in the dataset's dead-letter file); reads no input.
+    RetryFailed(RetryFailedArgs),
     /// Find the chunks nearest to a query.
     Search(SearchArgs),
     /// List the models the endpoint offers (GET /models).
@@ -60,16 +62,6 @@ pub struct JobFlags {
     /// Vector size to ask for (text-embedding-3 models only).
     #[arg(long, value_name = "N")]
     pub dimensions: Option<u32>,
-    /// Requests in flight at once [default: 8; 1 for a local model, which uses every core per batch].
-    #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: Option<u16>,
-    /// Most inputs per request, at most 2048 [default: 128]. Smaller requests spread a small corpus over the
-    /// concurrent slots; larger ones spend less of a requests-per-minute limit.
-    #[arg(long, value_name = "N")]
-    pub batch_inputs: Option<usize>,
-    /// Most tokens per request, summed over its inputs, at most 300000 [default: 300000].
-    #[arg(long, value_name = "N")]
-    pub batch_tokens: Option<usize>,
     /// Most tokens per chunk, counted with the model's tokenizer [default: 512, or a local model's window].
     #[arg(long, value_name = "N")]
     pub chunk_tokens: Option<usize>,
@@ -92,6 +84,23 @@ pub struct JobFlags {
     /// new one is complete.
     #[arg(long)]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub requests: RequestFlags,
+}
+
+/// How requests are made and paced, and what a run may spend: shared by `embed`, `run` and `retry-failed`.
+#[derive(Debug, Args, Default)]
+pub struct RequestFlags {
+    /// Requests in flight at once [default: 8; 1 for a local model, which uses every core per batch].
+    #[arg(short = 'j', long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
+    /// Most inputs per request, at most 2048 [default: 128]. Smaller requests spread a small corpus over the
+    /// concurrent slots; larger ones spend less of a requests-per-minute limit.
+    #[arg(long, value_name = "N")]
+    pub batch_inputs: Option<usize>,
+    /// Most tokens per request, summed over its inputs, at most 300000 [default: 300000].
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<usize>,
     /// Seconds before a request is abandoned and retried [default: 120].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
@@ -127,6 +136,15 @@ pub struct JobFlags {
     /// -3-large 0.13, ada-002 0.10; local models 0).
     #[arg(long, value_name = "USD")]
     pub price: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryFailedArgs {
+    /// The dataset whose failed chunks (its dead-letter file) to send again, with the dataset's model.
+    #[arg(value_name = "DATASET_DIR")]
+    pub dataset: PathBuf,
+    #[command(flatten)]
+    pub requests: RequestFlags,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::args::JobFlags;
+use super::args::{JobFlags, RequestFlags};
 use crate::batch::{BatchLimits, BatchLimitsError, MAX_BATCH_TOKENS};
 use crate::chunk::{ChunkSettings, ChunkSettingsError};
 use crate::config::{Origin, Pipeline, Setting};
@@ -12,6 +12,7 @@ use crate::embed::RateLimits;
 use crate::embed::price::usd_per_million_tokens;
 use crate::index::{IndexParamError, IndexParams};
 use crate::source::SourceOptions;
+use crate::store::Manifest;
 
 pub const DEFAULT_MODEL: &str = "tars/text-embedding-3-small";
 
@@ -41,6 +42,8 @@ pub struct JobSpec {
     pub max_tokens: Option<Setting<u64>>,
     pub max_cost: Option<Setting<f64>>,
     pub price: Option<Setting<f64>>,
+    /// `retry-failed`: send the dead-letter file's chunks, read no input.
+    pub retry_failed: bool,
 }
 
 /// The flag's value if given, else the file's (`value` at `key`), else none.
@@ -119,7 +122,7 @@ impl JobSpec {
                 "model.dimensions",
             ),
             concurrency: pick(
-                flags.concurrency,
+                flags.requests.concurrency,
                 "--concurrency",
                 p,
                 requests.and_then(|r| r.concurrency.as_ref()),
@@ -127,7 +130,7 @@ impl JobSpec {
             ),
             batch_inputs: or_default(
                 pick(
-                    flags.batch_inputs,
+                    flags.requests.batch_inputs,
                     "--batch-inputs",
                     p,
                     requests.and_then(|r| r.batch_inputs.as_ref()),
@@ -137,7 +140,7 @@ impl JobSpec {
             ),
             batch_tokens: or_default(
                 pick(
-                    flags.batch_tokens,
+                    flags.requests.batch_tokens,
                     "--batch-tokens",
                     p,
                     requests.and_then(|r| r.batch_tokens.as_ref()),
@@ -161,7 +164,7 @@ impl JobSpec {
             ),
             timeout: or_default(
                 pick(
-                    flags.timeout,
+                    flags.requests.timeout,
                     "--timeout",
                     p,
                     requests.and_then(|r| r.timeout_secs.as_ref()),
@@ -171,7 +174,7 @@ impl JobSpec {
             ),
             max_retries: or_default(
                 pick(
-                    flags.max_retries,
+                    flags.requests.max_retries,
                     "--max-retries",
                     p,
                     requests.and_then(|r| r.max_retries.as_ref()),
@@ -191,40 +194,57 @@ impl JobSpec {
                 IndexParams::default().ef_construction,
             ),
             max_tokens: pick(
-                flags.max_tokens,
+                flags.requests.max_tokens,
                 "--max-tokens",
                 p,
                 budget.and_then(|b| b.max_tokens.as_ref()),
                 "budget.max_tokens",
             ),
             max_cost: pick(
-                flags.max_cost,
+                flags.requests.max_cost,
                 "--max-cost",
                 p,
                 budget.and_then(|b| b.max_cost_usd.as_ref()),
                 "budget.max_cost_usd",
             ),
             price: pick(
-                flags.price,
+                flags.requests.price,
                 "--price",
                 p,
                 budget.and_then(|b| b.usd_per_million_tokens.as_ref()),
                 "budget.usd_per_million_tokens",
             ),
-            dry_run: flags.dry_run,
+            dry_run: flags.requests.dry_run,
             max_failures: pick(
-                flags.max_failures,
+                flags.requests.max_failures,
                 "--max-failures",
                 p,
                 requests.and_then(|r| r.max_failures.as_ref()),
                 "requests.max_failures",
             ),
-            rpm: pick(flags.rpm, "--rpm", p, requests.and_then(|r| r.rpm.as_ref()), "requests.rpm"),
-            tpm: pick(flags.tpm, "--tpm", p, requests.and_then(|r| r.tpm.as_ref()), "requests.tpm"),
+            rpm: pick(flags.requests.rpm, "--rpm", p, requests.and_then(|r| r.rpm.as_ref()), "requests.rpm"),
+            tpm: pick(flags.requests.tpm, "--tpm", p, requests.and_then(|r| r.tpm.as_ref()), "requests.tpm"),
             fresh: flags.overwrite,
-            json: flags.json,
-            wait_lock: Duration::from_secs(flags.wait_lock),
+            json: flags.requests.json,
+            wait_lock: Duration::from_secs(flags.requests.wait_lock),
+            retry_failed: false,
         }
+    }
+
+    /// Settings for `retry-failed DATASET [flags]`: the dataset's model, size and chunking, so the chunks sent
+    /// again land in the same vector space and documents.
+    pub fn for_retry(dataset: PathBuf, manifest: &Manifest, requests: RequestFlags) -> Self {
+        let flags = JobFlags {
+            model: Some(manifest.model.clone()),
+            dimensions: manifest.requested_dimensions,
+            chunk_tokens: Some(manifest.chunking.max_tokens),
+            chunk_overlap: Some(manifest.chunking.overlap),
+            requests,
+            ..JobFlags::default()
+        };
+        let mut spec = Self::resolve(None, Vec::new(), Some(dataset), None, None, flags);
+        spec.retry_failed = true;
+        spec
     }
 
     /// Checks the settings that do not depend on the model.

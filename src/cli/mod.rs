@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use args::{Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RunArgs, SearchArgs, ValidateArgs};
+pub use args::{
+    Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RequestFlags, RetryFailedArgs, RunArgs, SearchArgs,
+    ValidateArgs,
+};
 pub use job::JobSpec;
 pub use progress::LogWriter;
 
@@ -91,6 +94,11 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             let pipeline = Pipeline::load(&args.pipeline).map_err(Failure::usage)?;
             let spec = JobSpec::from_pipeline(&pipeline, args.out, args.m, args.ef_construction, args.job);
             execute(spec, cli.quiet, Some(args.rebuild_index), "run").await
+        }
+        Command::RetryFailed(args) => {
+            let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
+            let spec = JobSpec::for_retry(args.dataset, &dataset.manifest, args.requests);
+            execute(spec, cli.quiet, None, "retry-failed").await
         }
         Command::Validate(args) => validate(args).await,
         Command::Index(args) => build_index(args).await,
@@ -248,6 +256,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         dry_run: spec.dry_run,
         max_tokens,
         max_failures: spec.max_failures.as_ref().map(|m| m.value),
+        retry_failed: spec.retry_failed,
     };
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
@@ -321,8 +330,8 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         _ => {
             if outcome.incomplete_docs > 0 {
                 eprintln!(
-                    "{} documents kept their previous version (or were left out) because some of their chunks failed; \
-                     re-run to retry them",
+                    "{} documents kept their previous version (or were left out) because the run did not reach all \
+                     of their chunks; re-run to finish them",
                     outcome.incomplete_docs
                 );
             }

@@ -31,6 +31,8 @@ pub struct RunReport {
     pub documents: Documents,
     pub chunks: Chunks,
     pub requests: u64,
+    /// Requests split in two to isolate an input the server refused.
+    pub requests_split: u64,
     pub retries: u64,
     /// 429 rate-limit responses (each paused new requests and narrowed the concurrency window).
     pub rate_limited: u64,
@@ -41,6 +43,8 @@ pub struct RunReport {
     /// From `usage` when the server reports it, else from our count; `null` for a model without a known price.
     pub estimated_cost_usd: Option<f64>,
     pub index: Option<IndexReport>,
+    /// The dead-letter file of the published version, when chunks are missing from it.
+    pub failed_file: Option<String>,
     /// Nothing was sent or written: the counts are what a run would do.
     pub dry_run: bool,
     pub budget_reached: bool,
@@ -56,6 +60,8 @@ pub struct Documents {
     pub unchanged: u64,
     pub deleted: u64,
     pub duplicate_names: u64,
+    /// Documents whose missing chunks were sent again.
+    pub retried: u64,
     /// New or changed documents left at their previous version because some chunks failed.
     pub incomplete: u64,
     pub files_skipped: u64,
@@ -69,7 +75,10 @@ pub struct Chunks {
     pub embedded: u64,
     pub reused: u64,
     pub removed: u64,
+    /// Chunks this run gave up on (each in the dead-letter file).
     pub failed: u64,
+    /// Chunks the published version lacks (failed in this run or an earlier one), all in the dead-letter file.
+    pub missing: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +115,7 @@ impl RunReport {
                 unchanged: s.docs_unchanged,
                 deleted: s.docs_deleted,
                 duplicate_names: s.docs_duplicate,
+                retried: s.docs_retried,
                 incomplete: outcome.incomplete_docs as u64,
                 files_skipped: s.files_skipped,
                 records_skipped: s.records_skipped,
@@ -117,8 +127,10 @@ impl RunReport {
                 reused: s.chunks_reused,
                 removed: s.chunks_removed,
                 failed: s.chunks_failed,
+                missing: outcome.published.as_ref().map(|m| m.failed_chunks),
             },
             requests: s.requests,
+            requests_split: s.batches_split,
             retries: s.retries,
             rate_limited: s.rate_limited,
             tokens: s.tokens,
@@ -131,6 +143,11 @@ impl RunReport {
                 dead_points: m.dead_points,
                 secs: m.build_secs,
             }),
+            failed_file: outcome
+                .published
+                .as_ref()
+                .and_then(|m| m.failed_file.as_ref())
+                .map(|f| spec.out.join(f).display().to_string()),
             dry_run: spec.dry_run,
             budget_reached: outcome.budget_reached,
             started_unix,
@@ -213,9 +230,17 @@ impl RunReport {
         };
         let _ = writeln!(
             out,
-            "{} requests, {} retries ({} rate-limited); {}: {version} ({:.1}s)",
-            self.requests, self.retries, self.rate_limited, self.dataset, self.duration_secs
+            "{} requests ({} split), {} retries ({} rate-limited); {}: {version} ({:.1}s)",
+            self.requests, self.requests_split, self.retries, self.rate_limited, self.dataset, self.duration_secs
         );
+        if let (Some(missing), Some(file)) = (c.missing.filter(|m| *m > 0), &self.failed_file) {
+            let _ = writeln!(
+                out,
+                "{missing} chunks are missing from their documents, listed in {file}; the next run, or \
+                 `tars-index retry-failed {}`, sends them again",
+                self.dataset
+            );
+        }
         if let Some(i) = &self.index {
             let _ = writeln!(
                 out,

@@ -57,6 +57,14 @@ pub enum EmbedError {
     /// The server refused the request or the configuration; retrying cannot help.
     #[error("{}", describe_status(*status, message, request_id.as_deref()))]
     Rejected { status: u16, message: String, request_id: Option<String>, advice: Option<String> },
+    /// The server refused what the request carries (an input too long, too many tokens, an invalid input):
+    /// smaller requests may succeed, and a lone input that fails this way has failed for good.
+    #[error("{}", describe_status(*status, message, request_id.as_deref()))]
+    InputRejected { status: u16, message: String, request_id: Option<String> },
+    /// Every response failed the checks (wrong count, duplicate or missing indexes, wrong size, non-finite
+    /// values), which can be caused by one of the inputs.
+    #[error("gave up after {attempts} invalid responses: {last}")]
+    InvalidResponse { attempts: u32, last: String },
     /// The account is out of quota or credit.
     #[error("the API reports exhausted quota or credit (HTTP {status}): {message}")]
     Quota { status: u16, message: String },
@@ -74,7 +82,23 @@ pub enum EmbedError {
 impl EmbedError {
     /// Whether the whole run must stop (as opposed to this batch failing).
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, EmbedError::Exhausted { .. })
+        !matches!(
+            self,
+            EmbedError::Exhausted { .. } | EmbedError::InputRejected { .. } | EmbedError::InvalidResponse { .. }
+        )
+    }
+
+    /// Whether the inputs themselves may be the cause, so that a smaller request may succeed.
+    pub fn blames_inputs(&self) -> bool {
+        matches!(self, EmbedError::InputRejected { .. } | EmbedError::InvalidResponse { .. })
+    }
+
+    /// Requests this error took.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            EmbedError::Exhausted { attempts, .. } | EmbedError::InvalidResponse { attempts, .. } => *attempts,
+            _ => 1,
+        }
     }
 
     /// What the user should do about it, when we know.
@@ -84,7 +108,10 @@ impl EmbedError {
             EmbedError::Quota { .. } => {
                 Some("add credit or raise the spending limit of the account behind TARS_API_KEY, then run again")
             }
-            EmbedError::Model { .. } | EmbedError::Exhausted { .. } => None,
+            EmbedError::Model { .. }
+            | EmbedError::Exhausted { .. }
+            | EmbedError::InputRejected { .. }
+            | EmbedError::InvalidResponse { .. } => None,
             EmbedError::TooManyFailures { .. } => {
                 Some("the endpoint keeps failing: check its status and the errors above, then run again")
             }

@@ -290,8 +290,43 @@ pub struct OpenAiEmbedder {
 
 /// One attempt's failure, before the retry decision.
 enum Attempt {
-    Retry { reason: String, hint: Option<Duration>, rate_limited: bool },
+    Retry { reason: String, hint: Option<Duration>, cause: RetryCause },
     Fatal(EmbedError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryCause {
+    /// A 429 that is not about quota.
+    RateLimited,
+    /// A 200 whose body failed the checks.
+    InvalidResponse,
+    /// Anything else worth another attempt: 5xx, timeouts, dropped connections.
+    Transient,
+}
+
+/// Error codes and message fragments of a 400 that blames the request's inputs (tars-api.md §8: context length,
+/// tokens per request, invalid input); such a batch is split, not abandoned.
+const INPUT_ERROR_CODES: &[&str] = &["context_length_exceeded", "max_tokens_per_request", "string_above_max_length"];
+const INPUT_ERROR_TEXT: &[&str] = &[
+    "maximum context length",
+    "tokens per request",
+    "too many tokens",
+    "too long",
+    "reduce your prompt",
+    "'$.input' is invalid",
+];
+
+fn blames_inputs(status: StatusCode, error: &ApiError) -> bool {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return true;
+    }
+    if status != StatusCode::BAD_REQUEST && status != StatusCode::UNPROCESSABLE_ENTITY {
+        return false;
+    }
+    let coded =
+        [error.kind.as_deref(), error.code.as_deref()].into_iter().flatten().any(|c| INPUT_ERROR_CODES.contains(&c));
+    let message = error.message.to_ascii_lowercase();
+    coded || INPUT_ERROR_TEXT.iter().any(|t| message.contains(t))
 }
 
 impl OpenAiEmbedder {
@@ -375,14 +410,25 @@ impl OpenAiEmbedder {
             return Err(Attempt::Retry {
                 reason: format!("HTTP 400: {message}"),
                 hint: Some(Duration::ZERO),
-                rate_limited: false,
+                cause: RetryCause::Transient,
             });
+        }
+        if blames_inputs(status, &error) {
+            return Err(Attempt::Fatal(EmbedError::InputRejected {
+                status: status.as_u16(),
+                message,
+                request_id: request_id(&headers),
+            }));
         }
         match classify(status, error.kind.as_deref(), error.code.as_deref(), &headers) {
             Disposition::Retry => Err(Attempt::Retry {
                 hint: server_hint(&headers, &message),
                 reason: format!("HTTP {}: {message}", status.as_u16()),
-                rate_limited: status == StatusCode::TOO_MANY_REQUESTS,
+                cause: if status == StatusCode::TOO_MANY_REQUESTS {
+                    RetryCause::RateLimited
+                } else {
+                    RetryCause::Transient
+                },
             }),
             Disposition::Quota => Err(Attempt::Fatal(EmbedError::Quota { status: status.as_u16(), message })),
             Disposition::Reject => {
@@ -401,7 +447,7 @@ impl OpenAiEmbedder {
         let transient = |e: reqwest::Error| Attempt::Retry {
             reason: self.config.redact(&transport_message(&e)),
             hint: None,
-            rate_limited: false,
+            cause: RetryCause::Transient,
         };
         let response = self
             .client
@@ -422,7 +468,7 @@ impl OpenAiEmbedder {
         let malformed = |reason: String| Attempt::Retry {
             reason: format!("invalid response: {reason}"),
             hint: None,
-            rate_limited: false,
+            cause: RetryCause::InvalidResponse,
         };
         let response: EmbeddingResponse = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
         let usage = response.usage.as_ref().and_then(|u| u.prompt_tokens.or(u.total_tokens));
@@ -482,14 +528,18 @@ impl Embedder for OpenAiEmbedder {
                     return Ok(embeddings);
                 }
                 Err(Attempt::Fatal(error)) => return Err(error),
-                Err(Attempt::Retry { reason, hint, rate_limited }) => {
-                    if rate_limited {
+                Err(Attempt::Retry { reason, hint, cause }) => {
+                    if cause == RetryCause::RateLimited {
                         Stats::add(&self.stats.rate_limited, 1);
                         // Pauses every request, this one's retry included, and narrows the window.
                         self.limiter.rate_limited(hint);
                     }
                     if retry >= policy.max_retries {
-                        return Err(EmbedError::Exhausted { attempts: retry + 1, last: reason });
+                        let attempts = retry + 1;
+                        return Err(match cause {
+                            RetryCause::InvalidResponse => EmbedError::InvalidResponse { attempts, last: reason },
+                            _ => EmbedError::Exhausted { attempts, last: reason },
+                        });
                     }
                     let delay = policy.delay(retry, hint);
                     tracing::debug!(retry, ?delay, %reason, "retrying embedding request");

@@ -536,6 +536,7 @@ mod tests {
                     stat_trusted: false,
                     content_hash: String::new(),
                     rows: Vec::new(),
+                    missing: 0,
                 })
                 .rows
                 .push(row);
@@ -555,7 +556,7 @@ mod tests {
         let data = clustered(n as usize + 500, dims, 50, 11);
         let mut writer = DatasetWriter::begin(dir.path(), settings.clone(), None, false).expect("begin");
         writer.write(&chunks(0..n), &data[..n as usize * dims], dims).expect("write");
-        let v1 = writer.finish(&docs((0..n).map(|i| (i, u64::from(i)))), RunStatus::Complete).expect("finish");
+        let v1 = writer.finish(&docs((0..n).map(|i| (i, u64::from(i)))), &[], RunStatus::Complete).expect("finish");
         let meta = update(&Dataset { dir: dir.path().into(), manifest: v1.clone() }, IndexParams::default(), false)
             .expect("build");
         assert_eq!((meta.mode.as_str(), meta.points), ("built", u64::from(n)));
@@ -564,7 +565,7 @@ mod tests {
         let mut writer = DatasetWriter::begin(dir.path(), settings, Some(&v1), true).expect("begin");
         writer.write(&chunks(n..n + 500), &data[n as usize * dims..], dims).expect("write");
         let live = (600..n + 500).map(|i| (i, u64::from(i)));
-        let v2 = writer.finish(&docs(live), RunStatus::Complete).expect("finish");
+        let v2 = writer.finish(&docs(live), &[], RunStatus::Complete).expect("finish");
         let dataset = Dataset { dir: dir.path().into(), manifest: v2 };
         let meta = update(&dataset, IndexParams::default(), false).expect("extend");
         assert_eq!((meta.mode.as_str(), meta.inserted, meta.dead_points), ("extended", 500, 600), "{meta:?}");

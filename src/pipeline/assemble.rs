@@ -1,22 +1,25 @@
 //! The writing end of a run: turns what the planner decided and what the embedder returned into rows of the new
 //! version, and keeps the documents table in step.
 //!
-//! A document enters the new version only once all of its chunks are written; until then the published version of
-//! it (if any) stays. So whenever a run stops, the version it publishes holds every document either as it was or as
-//! it is now, never half of each.
+//! A document enters the new version only once each of its chunks is written or has failed for good; until then the
+//! published version of it (if any) stays. So whenever a run stops, the version it publishes holds every document
+//! either as it was or as it is now, never half of each. Chunks that failed for good are left out of their
+//! document, counted in its `missing`, and listed in the dead-letter file for the next run to send again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::isolate::ChunkFailure;
 use super::previous::VectorLoc;
 use crate::batch::Batch;
 use crate::chunk::Chunk;
 use crate::embed::Embeddings;
 use crate::stats::Stats;
 use crate::store::{
-    Dataset, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError, compact, needs_compaction,
+    Dataset, DatasetWriter, DocRecord, EmbeddingCache, FailedChunk, Manifest, RunStatus, StoreError, compact,
+    needs_compaction,
 };
 
 /// Reused vectors are read in groups of this many, so scattered rows cost one pass per file, not one per row.
@@ -33,14 +36,20 @@ pub enum WriterMsg {
     Reuse(Vec<(Chunk, VectorLoc)>),
     /// A successful embedding response.
     Embedded(Batch, Embeddings),
-    /// The source was read to the end, so documents not seen were deleted.
-    SourceDone,
+    /// Chunks that failed for good.
+    Failed(Vec<(Chunk, ChunkFailure)>),
+    /// A document whose missing chunks (`failed_indexes`, from the dead-letter file) are sent again; its other
+    /// rows stay as they are.
+    Patch { record: DocRecord, failed_indexes: Vec<u32> },
+    /// The planner has seen every input. With `all_documents`, documents not seen were deleted.
+    SourceDone { all_documents: bool },
 }
 
 struct Pending {
     record: DocRecord,
     remaining: usize,
     rows: Vec<(u32, u64)>,
+    failed: Vec<FailedChunk>,
 }
 
 pub struct Assembler {
@@ -52,7 +61,11 @@ pub struct Assembler {
     seen: HashSet<String>,
     pending: HashMap<Arc<str>, Pending>,
     reuse: Vec<(Chunk, VectorLoc)>,
+    /// Dead-letter entries by document: the published ones, replaced as documents complete.
+    failed: HashMap<String, Vec<FailedChunk>>,
     source_done: bool,
+    /// Documents not seen by the end were deleted (a run over the whole source, not `retry-failed`).
+    deletes: bool,
     /// Whether the documents table differs from the published one.
     changed: bool,
     stats: Arc<Stats>,
@@ -63,6 +76,8 @@ pub struct Assembled {
     pub writer: DatasetWriter,
     pub cache: EmbeddingCache,
     pub docs: HashMap<String, DocRecord>,
+    /// The dead-letter entries of the new version, by document and chunk.
+    pub failed: Vec<FailedChunk>,
     pub source_done: bool,
     /// Documents not complete (their chunks failed or the run stopped first).
     pub incomplete: usize,
@@ -76,6 +91,7 @@ impl Assembler {
         cache: EmbeddingCache,
         base: Option<Dataset>,
         docs: HashMap<String, DocRecord>,
+        failed: HashMap<String, Vec<FailedChunk>>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -86,7 +102,9 @@ impl Assembler {
             seen: HashSet::new(),
             pending: HashMap::new(),
             reuse: Vec::new(),
+            failed,
             source_done: false,
+            deletes: false,
             changed: false,
             stats,
         }
@@ -98,7 +116,7 @@ impl Assembler {
             self.handle(msg)?;
         }
         self.flush_reuse()?;
-        if self.source_done {
+        if self.deletes {
             let seen = &self.seen;
             let before = self.docs.len();
             let mut removed_rows = 0;
@@ -114,9 +132,14 @@ impl Assembler {
             self.changed |= before != self.docs.len();
         }
         self.changed |= self.writer.rows_written() > 0;
+        let docs = &self.docs;
+        self.failed.retain(|name, _| docs.get(name).is_some_and(|d| d.missing > 0));
+        let mut failed: Vec<FailedChunk> = self.failed.into_values().flatten().collect();
+        failed.sort_by(|a, b| (&a.doc, a.chunk_index).cmp(&(&b.doc, b.chunk_index)));
         Ok(Assembled {
             writer: self.writer,
             cache: self.cache,
+            failed,
             docs: self.docs,
             source_done: self.source_done,
             incomplete: self.pending.len(),
@@ -139,10 +162,31 @@ impl Assembler {
                 self.seen.insert(record.doc.clone());
                 self.changed = true;
                 if chunks == 0 {
-                    self.complete(record);
+                    self.complete(record, Vec::new());
                 } else {
                     let name: Arc<str> = Arc::from(record.doc.as_str());
-                    self.pending.insert(name, Pending { record, remaining: chunks, rows: Vec::with_capacity(chunks) });
+                    let rows = Vec::with_capacity(chunks);
+                    self.pending.insert(name, Pending { record, remaining: chunks, rows, failed: Vec::new() });
+                }
+            }
+            WriterMsg::Patch { record, failed_indexes } => {
+                self.seen.insert(record.doc.clone());
+                self.changed = true;
+                // The kept rows are the document's chunks other than the failed ones, in chunk order.
+                let total = record.rows.len() + failed_indexes.len();
+                let kept = (0..total as u32).filter(|i| failed_indexes.binary_search(i).is_err());
+                let rows: Vec<(u32, u64)> = kept.zip(record.rows.iter().copied()).collect();
+                let name: Arc<str> = Arc::from(record.doc.as_str());
+                let pending = Pending { record, remaining: failed_indexes.len(), rows, failed: Vec::new() };
+                self.pending.insert(name, pending);
+            }
+            WriterMsg::Failed(chunks) => {
+                for (chunk, failure) in chunks {
+                    let doc = Arc::clone(&chunk.doc);
+                    let Some(pending) = self.pending.get_mut(&doc) else { continue };
+                    let entry = FailedChunk::new(chunk, &pending.record.file, failure.error, failure.attempts);
+                    pending.failed.push(entry);
+                    self.chunk_done(&doc);
                 }
             }
             WriterMsg::Reuse(items) => {
@@ -157,7 +201,10 @@ impl Assembler {
                 self.cache.append(&hashes, &embeddings.vectors, embeddings.dimensions)?;
                 self.write_rows(&batch.chunks, &embeddings.vectors, embeddings.dimensions)?;
             }
-            WriterMsg::SourceDone => self.source_done = true,
+            WriterMsg::SourceDone { all_documents } => {
+                self.source_done = true;
+                self.deletes = all_documents;
+            }
         }
         Ok(())
     }
@@ -250,21 +297,37 @@ impl Assembler {
                 continue; // not planned: cannot happen, the planner plans every document before its chunks
             };
             pending.rows.push((chunk.chunk_index, first + i as u64));
-            pending.remaining -= 1;
-            if pending.remaining == 0
-                && let Some(mut done) = self.pending.remove(&chunk.doc)
-            {
-                done.rows.sort_unstable();
-                done.record.rows = done.rows.into_iter().map(|(_, row)| row).collect();
-                self.complete(done.record);
-            }
+            self.chunk_done(&chunk.doc);
         }
         Ok(())
     }
 
-    fn complete(&mut self, record: DocRecord) {
+    /// Counts one chunk of `doc` as settled (written or failed); the last one completes the document.
+    fn chunk_done(&mut self, doc: &Arc<str>) {
+        let Some(pending) = self.pending.get_mut(doc) else { return };
+        pending.remaining = pending.remaining.saturating_sub(1);
+        if pending.remaining == 0
+            && let Some(mut done) = self.pending.remove(doc)
+        {
+            done.rows.sort_unstable();
+            done.record.rows = done.rows.into_iter().map(|(_, row)| row).collect();
+            self.complete(done.record, done.failed);
+        }
+    }
+
+    fn complete(&mut self, mut record: DocRecord, mut failed: Vec<FailedChunk>) {
+        record.missing = failed.len() as u32;
+        let kept: HashSet<u64> = record.rows.iter().copied().collect();
+        if failed.is_empty() {
+            self.failed.remove(&record.doc);
+        } else {
+            failed.sort_by_key(|f| f.chunk_index);
+            self.failed.insert(record.doc.clone(), failed);
+        }
         if let Some(old) = self.docs.insert(record.doc.clone(), record) {
-            Stats::add(&self.stats.chunks_removed, old.rows.len() as u64);
+            // Rows a patched document keeps are not removed.
+            let removed = old.rows.iter().filter(|r| !kept.contains(r)).count();
+            Stats::add(&self.stats.chunks_removed, removed as u64);
         }
     }
 }
@@ -275,12 +338,12 @@ pub fn count_dry_run(mut inbox: mpsc::Receiver<WriterMsg>, previous: &[String], 
     let mut source_done = false;
     while let Some(msg) = inbox.blocking_recv() {
         match msg {
-            WriterMsg::Keep(record) | WriterMsg::Plan { record, .. } => {
+            WriterMsg::Keep(record) | WriterMsg::Plan { record, .. } | WriterMsg::Patch { record, .. } => {
                 seen.insert(record.doc);
             }
             WriterMsg::Reuse(items) => Stats::add(&stats.chunks_reused, items.len() as u64),
-            WriterMsg::Embedded(..) => {}
-            WriterMsg::SourceDone => source_done = true,
+            WriterMsg::Embedded(..) | WriterMsg::Failed(_) => {}
+            WriterMsg::SourceDone { all_documents } => source_done = all_documents,
         }
     }
     if source_done {
@@ -309,7 +372,7 @@ pub fn publish(
         return Ok(Some(current.clone()));
     }
     let dir = assembled.writer.dir().to_path_buf();
-    let mut manifest = assembled.writer.finish(&assembled.docs, status)?;
+    let mut manifest = assembled.writer.finish(&assembled.docs, &assembled.failed, status)?;
     if complete {
         assembled.cache.clear()?;
         if needs_compaction(&manifest) {

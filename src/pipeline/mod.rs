@@ -13,6 +13,7 @@
 //! abandoned, upstream threads see their channel close and return, and the writer closes what it has.
 
 mod assemble;
+mod isolate;
 mod previous;
 
 use std::collections::HashSet;
@@ -26,10 +27,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use assemble::WriterMsg;
+pub use isolate::{BatchOutcome, ChunkFailure, embed_isolating};
 pub use previous::{Previous, VectorLoc, text_key};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
-use crate::chunk::{ChunkSettings, Chunker, TokenChunker, TokenCounter};
+use crate::chunk::{Chunk, ChunkSettings, Chunker, TokenChunker, TokenCounter};
 use crate::embed::{EmbedError, Embedder, Embeddings};
 use crate::source::{Document, FileSource, Source, SourceItem, SourceOptions, file_key};
 use crate::stats::{Stats, Summary};
@@ -60,6 +62,8 @@ pub struct EmbedJob {
     pub max_tokens: Option<u64>,
     /// Stop the run once more than this many chunks have failed (`--max-failures`): it is clearly broken.
     pub max_failures: Option<u64>,
+    /// Send only the chunks of the dead-letter file, reading no source (`retry-failed`).
+    pub retry_failed: bool,
 }
 
 /// How a run ended.
@@ -113,7 +117,7 @@ pub async fn run_embed<E: Embedder>(
     };
     let settings = Manifest::new(embedder.model().to_owned(), job.requested_dimensions, chunking);
     // Fail on bad inputs and a damaged dataset before any work.
-    let source = FileSource::new(job.source.clone())?;
+    let source = if job.retry_failed { None } else { Some(FileSource::new(job.source.clone())?) };
     let load = {
         let (out, settings, fresh, dry_run) = (job.out.clone(), settings.clone(), job.fresh, job.dry_run);
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -137,6 +141,7 @@ pub async fn run_embed<E: Embedder>(
     let appends = previous.appends();
     let base = previous.dataset.take();
     let base_docs = if appends { previous.docs.clone() } else { Default::default() };
+    let base_failed = if appends { previous.failed.clone() } else { Default::default() };
     let previous = Arc::new(previous);
 
     let concurrency = job.concurrency.max(1);
@@ -147,14 +152,17 @@ pub async fn run_embed<E: Embedder>(
 
     let source_task = tokio::task::spawn_blocking({
         let (stats, stop, previous) = (Arc::clone(&stats), Arc::clone(&stop), Arc::clone(&previous));
-        let source = if appends {
-            source.with_unchanged_filter(Box::new(move |file, stat| {
-                previous.file_unchanged(file, stat.size, stat.mtime_ns)
-            }))
-        } else {
-            source
-        };
-        move || read_source(source, &doc_tx, &stats, &stop)
+        move || match source {
+            Some(source) if appends => {
+                let filter = Arc::clone(&previous);
+                let source = source.with_unchanged_filter(Box::new(move |file, stat| {
+                    filter.file_unchanged(file, stat.size, stat.mtime_ns)
+                }));
+                read_source(source, &doc_tx, &stats, &stop);
+            }
+            Some(source) => read_source(source, &doc_tx, &stats, &stop),
+            None => list_failed(&previous, &doc_tx),
+        }
     });
     let plan_task = tokio::task::spawn_blocking({
         let planner = Planner {
@@ -170,7 +178,8 @@ pub async fn run_embed<E: Embedder>(
     let writer_task = tokio::task::spawn_blocking({
         let stats = Arc::clone(&stats);
         let previous_names: Vec<String> = if appends { base_docs.keys().cloned().collect() } else { Vec::new() };
-        let assembler = writer.map(|w| assemble::Assembler::new(w, cache, base, base_docs, Arc::clone(&stats)));
+        let assembler =
+            writer.map(|w| assemble::Assembler::new(w, cache, base, base_docs, base_failed, Arc::clone(&stats)));
         move || match assembler {
             Some(assembler) => assembler.run(writer_rx).map(Some),
             None => {
@@ -202,12 +211,10 @@ pub async fn run_embed<E: Embedder>(
             async move {
                 if dry_run {
                     // Counted below as if sent: what a real run would spend.
-                    return (batch, Ok(Embeddings { dimensions: 0, vectors: Vec::new(), usage_tokens: None }));
+                    let nothing = Embeddings { dimensions: 0, vectors: Vec::new(), usage_tokens: None };
+                    return BatchOutcome { embedded: vec![(batch, nothing)], ..BatchOutcome::default() };
                 }
-                let texts: Vec<&str> = batch.chunks.iter().map(|c| c.text.as_str()).collect();
-                let result = embedder.embed(&texts).await;
-                drop(texts);
-                (batch, result)
+                embed_isolating(&*embedder, batch).await
             }
         })
         .buffer_unordered(concurrency);
@@ -223,35 +230,44 @@ pub async fn run_embed<E: Embedder>(
                 break;
             }
         };
-        let Some((batch, result)) = next else { break };
-        match result {
-            Ok(embeddings) => {
-                Stats::add(&stats.chunks_embedded, batch.chunks.len() as u64);
-                Stats::add(&stats.tokens_embedded, batch.tokens as u64);
-                Stats::add(&stats.usage_tokens, embeddings.usage_tokens.unwrap_or(0));
-                if dry_run {
-                    Stats::add(&stats.requests, 1);
-                    continue;
-                }
-                if writer_tx.send(WriterMsg::Embedded(batch, embeddings)).await.is_err() {
-                    break; // the writer failed; its error is reported below
-                }
+        let Some(outcome) = next else { break };
+        Stats::add(&stats.batches_split, outcome.splits);
+        let mut writer_gone = false;
+        for (batch, embeddings) in outcome.embedded {
+            Stats::add(&stats.chunks_embedded, batch.chunks.len() as u64);
+            Stats::add(&stats.tokens_embedded, batch.tokens as u64);
+            Stats::add(&stats.usage_tokens, embeddings.usage_tokens.unwrap_or(0));
+            if dry_run {
+                Stats::add(&stats.requests, 1);
+            } else if writer_tx.send(WriterMsg::Embedded(batch, embeddings)).await.is_err() {
+                writer_gone = true; // the writer failed; its error is reported below
             }
-            Err(error) if error.is_fatal() => {
-                Stats::add(&stats.chunks_failed, batch.chunks.len() as u64);
-                fatal = Some(error);
+        }
+        if !outcome.failed.is_empty() {
+            Stats::add(&stats.chunks_failed, outcome.failed.len() as u64);
+            let last = outcome.failed.last().map(|(_, f)| f.error.clone()).unwrap_or_default();
+            for (chunk, failure) in &outcome.failed {
+                tracing::warn!(
+                    "{} chunk {}: not embedded after {} attempts: {}",
+                    chunk.doc,
+                    chunk.chunk_index,
+                    failure.attempts,
+                    failure.error
+                );
+            }
+            writer_gone |= writer_tx.send(WriterMsg::Failed(outcome.failed)).await.is_err();
+            let failed = Stats::get(&stats.chunks_failed);
+            if let Some(max) = job.max_failures.filter(|max| failed > *max) {
+                fatal = Some(EmbedError::TooManyFailures { failed, max, last });
                 break;
             }
-            Err(error) => {
-                Stats::add(&stats.chunks_failed, batch.chunks.len() as u64);
-                let first = batch.chunks.first().map(|c| c.doc.to_string()).unwrap_or_default();
-                tracing::warn!(chunks = batch.chunks.len(), first_doc = %first, "embedding request failed: {error}");
-                let failed = Stats::get(&stats.chunks_failed);
-                if let Some(max) = job.max_failures.filter(|max| failed > *max) {
-                    fatal = Some(EmbedError::TooManyFailures { failed, max, last: error.to_string() });
-                    break;
-                }
-            }
+        }
+        if let Some(error) = outcome.fatal {
+            fatal = Some(error);
+            break;
+        }
+        if writer_gone {
+            break;
         }
     }
     // Closing the stream abandons requests in flight and lets the upstream threads stop.
@@ -302,8 +318,12 @@ enum Input {
     Doc(Document),
     /// A file not read because it is unchanged.
     Unchanged(String),
-    /// The source was read to the end.
-    End,
+    /// A document of the dataset whose failed chunks are to be sent again (`retry-failed`).
+    Retry(String),
+    /// Every input was listed: with `all_documents`, the whole source (so documents not seen were deleted).
+    End {
+        all_documents: bool,
+    },
 }
 
 fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, stop: &AtomicBool) {
@@ -337,7 +357,19 @@ fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, s
             return; // the run is stopping
         }
     }
-    let _ = docs.blocking_send(Input::End);
+    let _ = docs.blocking_send(Input::End { all_documents: true });
+}
+
+/// The source of `retry-failed`: the documents of the dead-letter file, in name order.
+fn list_failed(previous: &Previous, docs: &mpsc::Sender<Input>) {
+    let mut names: Vec<&String> = previous.failed.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        if docs.blocking_send(Input::Retry(name.clone())).is_err() {
+            return;
+        }
+    }
+    let _ = docs.blocking_send(Input::End { all_documents: false });
 }
 
 /// Decides, document by document, what to keep, what to reuse and what to embed, and packs the latter into
@@ -367,14 +399,23 @@ impl Planner {
             let sent = match input {
                 Input::Unchanged(file) => self.keep_file(&file, &mut seen, writer),
                 Input::Doc(doc) => self.plan(doc, &mut seen, &mut batcher, batches, writer),
-                Input::End => {
+                Input::Retry(name) => match self.previous.docs.get(&name) {
+                    Some(record) if seen.insert(name.clone()) => {
+                        self.patch(record.clone(), &mut batcher, batches, writer).unwrap_or_else(|| {
+                            tracing::warn!("{name}: the dead-letter file does not account for its missing chunks");
+                            true
+                        })
+                    }
+                    _ => true,
+                },
+                Input::End { all_documents } => {
                     if let Some(batch) = batcher.finish()
                         && batches.blocking_send(batch).is_err()
                     {
                         return;
                     }
                     self.stats.source_done.store(true, Ordering::Relaxed);
-                    let _ = writer.blocking_send(WriterMsg::SourceDone);
+                    let _ = writer.blocking_send(WriterMsg::SourceDone { all_documents });
                     return;
                 }
             };
@@ -422,15 +463,25 @@ impl Planner {
             stat_trusted: doc.stat.is_some() && stat.mtime_ns < self.run_start_ns - MTIME_GRACE_NS,
             content_hash,
             rows: Vec::new(),
+            missing: 0,
         };
         let old = self.previous.docs.get(&doc.doc);
         if let Some(old) = old
             && !self.previous.rechunk
             && old.content_hash == record.content_hash
         {
-            Stats::add(&self.stats.docs_unchanged, 1);
             record.rows = old.rows.clone();
-            return writer.blocking_send(WriterMsg::Keep(record)).is_ok();
+            record.missing = old.missing;
+            if old.missing == 0 {
+                Stats::add(&self.stats.docs_unchanged, 1);
+                return writer.blocking_send(WriterMsg::Keep(record)).is_ok();
+            }
+            // Same text, chunks missing: send just those, if the dead-letter file has them.
+            if let Some(sent) = self.patch(record.clone(), batcher, batches, writer) {
+                return sent;
+            }
+            record.rows.clear();
+            record.missing = 0;
         }
         Stats::add(if old.is_some() { &self.stats.docs_changed } else { &self.stats.docs_new }, 1);
         let chunks = self.chunker.chunk(&doc);
@@ -438,6 +489,38 @@ impl Planner {
         if writer.blocking_send(WriterMsg::Plan { record, chunks: chunks.len() }).is_err() {
             return false;
         }
+        self.send_chunks(chunks, batcher, batches, writer)
+    }
+
+    /// Plans sending the missing chunks of `record` again from the dead-letter file; its other rows stay. `None`
+    /// when the file does not account for them all. Returns false when the run is stopping.
+    fn patch(
+        &self,
+        record: DocRecord,
+        batcher: &mut Batcher,
+        batches: &mpsc::Sender<Batch>,
+        writer: &mpsc::Sender<WriterMsg>,
+    ) -> Option<bool> {
+        let (entries, failed_indexes) = self.previous.missing_chunks(&record)?;
+        Stats::add(&self.stats.docs_retried, 1);
+        Stats::add(&self.stats.chunks, entries.len() as u64);
+        let doc: Arc<str> = Arc::from(record.doc.as_str());
+        let chunks: Vec<Chunk> = entries.iter().map(|e| e.to_chunk(&doc)).collect();
+        if writer.blocking_send(WriterMsg::Patch { record, failed_indexes }).is_err() {
+            return Some(false);
+        }
+        Some(self.send_chunks(chunks, batcher, batches, writer))
+    }
+
+    /// Queues chunks whose text has a vector for reuse and batches the others. Returns false when the run is
+    /// stopping.
+    fn send_chunks(
+        &self,
+        chunks: Vec<Chunk>,
+        batcher: &mut Batcher,
+        batches: &mpsc::Sender<Batch>,
+        writer: &mpsc::Sender<WriterMsg>,
+    ) -> bool {
         let mut reused = Vec::new();
         for chunk in chunks {
             match text_key(&chunk.hash).and_then(|k| self.previous.vectors.get(&k)) {

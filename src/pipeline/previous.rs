@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::store::{CacheLoc, Dataset, DocRecord, EmbeddingCache, Manifest, StoreError};
+use crate::store::{CacheLoc, Dataset, DocRecord, EmbeddingCache, FailedChunk, Manifest, StoreError};
 
 /// Where an already-embedded text's vector can be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +36,8 @@ pub struct Previous {
     pub vectors: HashMap<TextKey, VectorLoc>,
     /// The chunking settings changed: every document is chunked again (vectors of identical texts are reused).
     pub rechunk: bool,
+    /// The dead-letter entries of the published version, by document.
+    pub failed: HashMap<String, Vec<FailedChunk>>,
 }
 
 impl Previous {
@@ -99,8 +101,26 @@ impl Previous {
                 }
             })?;
         }
+        for entry in dataset.failed_chunks()? {
+            previous.failed.entry(entry.doc.clone()).or_default().push(entry);
+        }
         previous.dataset = Some(dataset);
         Ok(previous)
+    }
+
+    /// The chunks `record` is missing, from the dead-letter file, when they account for all of them (so the
+    /// document can be completed without reading its source again), with their chunk indexes.
+    pub fn missing_chunks(&self, record: &DocRecord) -> Option<(&[FailedChunk], Vec<u32>)> {
+        let entries = self.failed.get(&record.doc)?;
+        let total = record.rows.len() as u64 + u64::from(record.missing);
+        let mut indexes: Vec<u32> = entries.iter().map(|e| e.chunk_index).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let consistent = record.missing > 0
+            && indexes.len() == entries.len()
+            && entries.len() == record.missing as usize
+            && indexes.last().is_some_and(|&i| u64::from(i) < total);
+        consistent.then_some((entries.as_slice(), indexes))
     }
 
     /// Whether the new version builds on the published one.
@@ -114,8 +134,11 @@ impl Previous {
             return false;
         }
         let Some(names) = self.by_file.get(file) else { return false };
-        names
-            .iter()
-            .all(|name| self.docs.get(name).is_some_and(|d| d.stat_trusted && d.size == size && d.mtime_ns == mtime_ns))
+        // A document missing chunks is read again, to send them.
+        names.iter().all(|name| {
+            self.docs
+                .get(name)
+                .is_some_and(|d| d.stat_trusted && d.size == size && d.mtime_ns == mtime_ns && d.missing == 0)
+        })
     }
 }

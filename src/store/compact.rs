@@ -52,7 +52,8 @@ pub fn compact(dataset: &Dataset) -> Result<Manifest, StoreError> {
             })?;
         }
     }
-    writer.finish(&docs, current.status.clone())
+    let failed = dataset.failed_chunks()?;
+    writer.finish(&docs, &failed, current.status.clone())
 }
 
 #[cfg(test)]
@@ -85,6 +86,7 @@ mod tests {
             stat_trusted: true,
             content_hash: format!("c{i}"),
             rows: vec![row],
+            missing: 0,
         }
     }
 
@@ -100,7 +102,7 @@ mod tests {
         // Only documents 2, 5 and 9 are live.
         let docs: HashMap<String, DocRecord> =
             [2u32, 5, 9].iter().map(|&i| (format!("doc-{i}"), record(i, u64::from(i)))).collect();
-        let v1 = writer.finish(&docs, RunStatus::Complete).expect("finish");
+        let v1 = writer.finish(&docs, &[], RunStatus::Complete).expect("finish");
         assert!(needs_compaction(&v1), "{v1:?}");
 
         let v2 = compact(&Dataset { dir: dir.path().into(), manifest: v1.clone() }).expect("compact");

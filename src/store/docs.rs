@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type, UInt64Type};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -38,8 +38,11 @@ pub struct DocRecord {
     pub stat_trusted: bool,
     /// blake3 of the document's text, hex.
     pub content_hash: String,
-    /// Row ids of its chunks, in chunk order.
+    /// Row ids of its chunks, in chunk order, without the missing ones.
     pub rows: Vec<u64>,
+    /// Chunks that failed for good and are listed in the dead-letter file; the document has
+    /// `rows.len() + missing` chunks.
+    pub missing: u32,
 }
 
 fn schema() -> SchemaRef {
@@ -51,6 +54,7 @@ fn schema() -> SchemaRef {
         Field::new("stat_trusted", DataType::Boolean, false),
         Field::new("content_hash", DataType::Utf8, false),
         Field::new("rows", DataType::List(Arc::new(Field::new("item", DataType::UInt64, false))), false),
+        Field::new("missing", DataType::UInt32, false),
     ]))
 }
 
@@ -97,6 +101,7 @@ fn docs_batch(records: &[&DocRecord]) -> Result<RecordBatch, arrow::error::Arrow
         Arc::new(BooleanArray::from(records.iter().map(|r| r.stat_trusted).collect::<Vec<_>>())),
         strings(|r| &r.content_hash),
         Arc::new(list),
+        Arc::new(UInt32Array::from_iter_values(records.iter().map(|r| r.missing))),
     ];
     RecordBatch::try_new(schema(), columns)
 }
@@ -113,9 +118,14 @@ pub fn read_docs(dir: &Path, relative: &str, mut f: impl FnMut(DocRecord)) -> Re
         .map_err(StoreError::parquet(&path))?;
     for batch in reader {
         let batch = batch.map_err(StoreError::arrow(&path))?;
-        if batch.schema().fields() != schema().fields() {
-            return Err(corrupt(format!("unexpected columns: {:?}", batch.schema().fields())));
+        // Tables written before `missing` existed have the first seven columns only.
+        let expected = schema();
+        let fields = batch.schema().fields().clone();
+        if fields.len() < 7 || fields.len() > expected.fields().len() || fields[..] != expected.fields()[..fields.len()]
+        {
+            return Err(corrupt(format!("unexpected columns: {fields:?}")));
         }
+        let missing = batch.columns().get(7).map(|c| c.as_primitive::<UInt32Type>());
         let doc = batch.column(0).as_string::<i32>();
         let file = batch.column(1).as_string::<i32>();
         let size = batch.column(2).as_primitive::<UInt64Type>();
@@ -134,6 +144,7 @@ pub fn read_docs(dir: &Path, relative: &str, mut f: impl FnMut(DocRecord)) -> Re
                 stat_trusted: trusted.value(i),
                 content_hash: hash.value(i).to_owned(),
                 rows: ids.values().to_vec(),
+                missing: missing.map_or(0, |m| m.value(i)),
             });
         }
         debug_assert!(rows.null_count() == 0);
@@ -159,6 +170,7 @@ mod tests {
                 stat_trusted: i % 3 == 0,
                 content_hash: format!("{i:064x}"),
                 rows,
+                missing: (i % 5) as u32,
             };
             docs.insert(record.doc.clone(), record);
         }

@@ -48,6 +48,13 @@ pub struct Manifest {
     /// The documents table (`docs/docs-<generation>.parquet`): each document's source, content hash and rows.
     #[serde(default)]
     pub docs_file: Option<String>,
+    /// The dead-letter file (`failed/failed-<generation>.jsonl`): chunks that failed for good, missing from their
+    /// documents until a later run embeds them.
+    #[serde(default)]
+    pub failed_file: Option<String>,
+    /// Chunks listed in `failed_file`.
+    #[serde(default)]
+    pub failed_chunks: u64,
     pub status: RunStatus,
     pub created_unix: u64,
     #[serde(default)]
@@ -104,6 +111,8 @@ impl Manifest {
             live_rows: 0,
             next_row_id: 0,
             docs_file: None,
+            failed_file: None,
+            failed_chunks: 0,
             status: RunStatus::Complete,
             created_unix: unix_now(),
             updated_unix: unix_now(),

@@ -15,6 +15,7 @@
 mod cache;
 mod compact;
 mod docs;
+mod failed;
 mod lock;
 mod manifest;
 mod reader;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 pub use cache::{CACHE_DIR, CacheLoc, EmbeddingCache};
 pub use compact::{COMPACT_DEAD_SHARE, compact, needs_compaction};
 pub use docs::{DOCS_DIR, DocRecord};
+pub use failed::{FAILED_DIR, FailedChunk};
 pub use lock::{DatasetLock, LOCK_FILE, LockHolder};
 pub use manifest::{
     ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, unix_now, write_json_atomic,
@@ -126,6 +128,7 @@ mod tests {
                     stat_trusted: true,
                     content_hash: "h".into(),
                     rows: Vec::new(),
+                    missing: 0,
                 })
                 .rows
                 .push(*row);
@@ -145,7 +148,7 @@ mod tests {
             let first = writer.write(part, &vectors(part), dims).expect("write");
             placed.extend(part.iter().enumerate().map(|(i, c)| (c.doc.to_string(), first + i as u64)));
         }
-        let v1 = writer.finish(&docs_for(&placed), RunStatus::Complete).expect("finish");
+        let v1 = writer.finish(&docs_for(&placed), &[], RunStatus::Complete).expect("finish");
         assert_eq!((v1.rows, v1.live_rows, v1.generation), (10, 10, 1));
         assert_eq!(v1.files.iter().map(|f| (f.first_row, f.rows)).collect::<Vec<_>>(), [(0, 6), (6, 4)]);
         assert!(!dir.path().join("data/part-000001-00000.parquet.tmp").exists());
@@ -182,7 +185,7 @@ mod tests {
         assert_eq!(first, 10);
         let mut live = vec![("doc-3".to_owned(), 9)];
         live.extend(extra.iter().enumerate().map(|(i, c)| (c.doc.to_string(), first + i as u64)));
-        let v2 = writer.finish(&docs_for(&live), RunStatus::Complete).expect("finish");
+        let v2 = writer.finish(&docs_for(&live), &[], RunStatus::Complete).expect("finish");
         assert_eq!((v2.generation, v2.lineage.as_str(), v2.live_rows, v2.rows), (2, v1.lineage.as_str(), 3, 6));
         assert_eq!(v2.files.iter().map(|f| (f.first_row, f.rows)).collect::<Vec<_>>(), [(6, 4), (10, 2)]);
         assert!(!dir.path().join(&v1.files[0].path).exists(), "the dropped file is deleted");
@@ -202,7 +205,11 @@ mod tests {
         let chunks: Vec<Chunk> = (0..3).map(chunk).collect();
         writer.write(&chunks, &vectors(&chunks), 3).expect("write");
         let v1 = writer
-            .finish(&docs_for(&[("doc-0".into(), 0), ("doc-0".into(), 1), ("doc-0".into(), 2)]), RunStatus::Complete)
+            .finish(
+                &docs_for(&[("doc-0".into(), 0), ("doc-0".into(), 1), ("doc-0".into(), 2)]),
+                &[],
+                RunStatus::Complete,
+            )
             .expect("finish");
 
         let mut writer = DatasetWriter::begin(dir.path(), manifest(), Some(&v1), false).expect("begin");
@@ -212,7 +219,7 @@ mod tests {
         assert_eq!(Dataset::open(dir.path()).expect("open").fetch(&[2]).expect("old rows readable").len(), 1);
 
         let writer = DatasetWriter::begin(dir.path(), manifest(), Some(&v1), false).expect("begin");
-        let v2 = writer.finish(&HashMap::new(), RunStatus::Complete).expect("finish");
+        let v2 = writer.finish(&HashMap::new(), &[], RunStatus::Complete).expect("finish");
         assert_ne!(v2.lineage, v1.lineage, "a run from scratch starts a new lineage");
         assert_eq!((v2.rows, v2.generation), (0, 2));
         let left: Vec<_> = std::fs::read_dir(dir.path().join(DATA_DIR)).expect("ls").collect();
@@ -224,7 +231,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         DatasetWriter::begin(dir.path(), manifest(), None, false)
             .expect("begin")
-            .finish(&HashMap::new(), RunStatus::Complete)
+            .finish(&HashMap::new(), &[], RunStatus::Complete)
             .expect("finish");
         std::fs::write(dir.path().join(MANIFEST_FILE), "{ not json").expect("write");
         let err = Dataset::open(dir.path()).expect_err("bad manifest");

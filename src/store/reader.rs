@@ -12,6 +12,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection
 use std::sync::Arc;
 
 use super::docs::{DocRecord, read_docs};
+use super::failed::{FailedChunk, read_failed};
 use super::schema;
 use super::{Manifest, StoreError};
 use crate::chunk::Chunk;
@@ -245,6 +246,15 @@ impl Dataset {
             Some(relative) => read_docs(&self.dir, relative, f),
             None => Ok(()),
         }
+    }
+
+    /// The dead-letter entries of this version (chunks missing from their documents), in file order.
+    pub fn failed_chunks(&self) -> Result<Vec<FailedChunk>, StoreError> {
+        let mut entries = Vec::new();
+        if let Some(relative) = &self.manifest.failed_file {
+            read_failed(&self.dir, relative, |e| entries.push(e))?;
+        }
+        Ok(entries)
     }
 
     /// Sorted ids of the live rows; `None` when every row is live.

@@ -13,6 +13,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::docs::{DOCS_DIR, DocRecord, write_docs};
+use super::failed::{FAILED_DIR, FailedChunk, write_failed};
 use super::manifest::{sync_dir, unix_now};
 use super::schema::{self, dataset_schema};
 use super::{DataFile, Manifest, RunStatus, StoreError};
@@ -158,9 +159,15 @@ impl DatasetWriter {
         Ok(first_row)
     }
 
-    /// Publishes the new version: closes the last file, writes the documents table and then the manifest (the
-    /// atomic switch), and removes the files the new version no longer uses.
-    pub fn finish(mut self, docs: &HashMap<String, DocRecord>, status: RunStatus) -> Result<Manifest, StoreError> {
+    /// Publishes the new version: closes the last file, writes the documents table and the dead-letter file
+    /// (`failed`, the chunks the documents' `missing` counts stand for) and then the manifest (the atomic switch),
+    /// and removes the files the new version no longer uses.
+    pub fn finish(
+        mut self,
+        docs: &HashMap<String, DocRecord>,
+        failed: &[FailedChunk],
+        status: RunStatus,
+    ) -> Result<Manifest, StoreError> {
         self.close_file()?;
         let mut live: Vec<u64> = docs.values().flat_map(|d| d.rows.iter().copied()).collect();
         live.sort_unstable();
@@ -173,6 +180,13 @@ impl DatasetWriter {
         let m = &mut self.manifest;
         let docs_file = format!("{DOCS_DIR}/docs-{:06}.parquet", m.generation);
         write_docs(&self.dir, &docs_file, docs)?;
+        m.failed_file = None;
+        if !failed.is_empty() {
+            let failed_file = format!("{FAILED_DIR}/failed-{:06}.jsonl", m.generation);
+            write_failed(&self.dir, &failed_file, failed)?;
+            m.failed_file = Some(failed_file);
+        }
+        m.failed_chunks = failed.len() as u64;
         m.rows = files.iter().map(|f| f.rows).sum();
         m.files = files;
         m.live_rows = live.len() as u64;
@@ -234,15 +248,16 @@ impl DatasetWriter {
     }
 }
 
-/// Deletes what is in `data/` and `docs/` but not in `manifest` (all of it for `None`): temp files and files of
+/// Deletes what is in `data/`, `docs/` and `failed/` but not in `manifest` (all of it for `None`): temp files and files of
 /// runs that were killed or superseded. Only ever called by the lock holder.
 fn remove_unreferenced(dir: &Path, manifest: Option<&Manifest>) -> Result<(), StoreError> {
     let mut keep: HashSet<String> = HashSet::new();
     if let Some(m) = manifest {
         keep.extend(m.files.iter().map(|f| f.path.clone()));
         keep.extend(m.docs_file.clone());
+        keep.extend(m.failed_file.clone());
     }
-    for sub in [DATA_DIR, DOCS_DIR] {
+    for sub in [DATA_DIR, DOCS_DIR, FAILED_DIR] {
         let path = dir.join(sub);
         let entries = match std::fs::read_dir(&path) {
             Ok(entries) => entries,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +60,25 @@ pub enum Fault {
     NaN,
     /// Wait this long before answering normally (to trip client timeouts).
     Hang(Duration),
+    /// 200 whose body breaks off mid-stream: the connection drops under the client.
+    Reset,
+    /// 200 with the first vector one value short.
+    ShortVector,
+    /// 200 with index 0 twice and index 1 missing.
+    DuplicateIndex,
+    /// 401, as after a key is revoked mid-run.
+    Unauthorized,
+    /// Answer normally (to place faults later in a script).
+    Ok,
+}
+
+/// What the mock does with every request holding an input that contains a marker, whatever the script says.
+#[derive(Debug, Clone)]
+pub enum Poison {
+    /// 400 context-length error for the whole request, as OpenAI sends for an input over the limit.
+    TooLong(String),
+    /// The marked inputs' vectors hold a NaN.
+    NaN(String),
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +105,7 @@ pub struct MockState {
     pub faults: Mutex<VecDeque<Fault>>,
     /// Applied to every request once the script is empty.
     pub always: Mutex<Option<Fault>>,
+    pub poison: Mutex<Option<Poison>>,
     pub observed: Mutex<Observed>,
 }
 
@@ -122,6 +142,10 @@ impl MockServer {
 
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().expect("lock") = delay;
+    }
+
+    pub fn set_poison(&self, poison: Option<Poison>) {
+        *self.state.poison.lock().expect("lock") = poison;
     }
 
     pub fn set_always(&self, fault: Option<Fault>) {
@@ -246,6 +270,17 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
         );
     }
 
+    let poison = state.poison.lock().expect("lock").clone();
+    if let Some(Poison::TooLong(marker)) = &poison
+        && inputs.iter().any(|t| t.contains(marker.as_str()))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "This model's maximum context length is 8192 tokens, however you requested 8610 tokens (8610 in your prompt; 0 for the completion). Please reduce your prompt; or completion length.",
+            "invalid_request_error",
+            None,
+        );
+    }
     let fault = state.faults.lock().expect("lock").pop_front().or_else(|| state.always.lock().expect("lock").clone());
     let delay = *state.delay.lock().expect("lock");
     if !delay.is_zero() {
@@ -253,8 +288,40 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
     }
     let dims = dims_asked.map_or(DEFAULT_DIMS, |d| d as usize);
     let mut vectors: Vec<Vec<f32>> = inputs.iter().map(|t| mock_embedding(t, dims)).collect();
+    if let Some(Poison::NaN(marker)) = &poison {
+        for (text, vector) in inputs.iter().zip(&mut vectors) {
+            if text.contains(marker.as_str()) {
+                vector[0] = f32::NAN;
+            }
+        }
+    }
+    let mut duplicate_index = false;
     match fault {
-        None => {}
+        None | Some(Fault::Ok) => {}
+        Some(Fault::Reset) => {
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(b"{\"object\": \"list\", \"data\": [")),
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset")),
+            ];
+            return (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                Body::from_stream(futures::stream::iter(parts)),
+            )
+                .into_response();
+        }
+        Some(Fault::ShortVector) => {
+            vectors[0].pop();
+        }
+        Some(Fault::DuplicateIndex) => duplicate_index = inputs.len() > 1,
+        Some(Fault::Unauthorized) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Incorrect API key provided",
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            );
+        }
         Some(Fault::RateLimited { retry_after_ms }) => {
             let mut response = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -313,7 +380,8 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
             } else {
                 json!(v)
             };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+            let index = if duplicate_index && i == 1 { 0 } else { i };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .rev() // out of order on purpose: clients must sort by index
         .collect();
