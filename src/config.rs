@@ -134,6 +134,8 @@ pub struct RequestsSection {
     pub max_failures: Option<Spanned<u64>>,
     pub rpm: Option<Spanned<u32>>,
     pub tpm: Option<Spanned<u64>>,
+    pub fallback_base: Option<Spanned<String>>,
+    pub fallback_model: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Requests split in two to isolate an input the server refused.
     pub batches_split: AtomicU64,
+    /// Requests sent to the fallback endpoint.
+    pub fallback_requests: AtomicU64,
     pub requests_in_flight: AtomicU64,
     pub retries: AtomicU64,
     /// 429 rate-limit responses (not quota).
@@ -75,6 +77,7 @@ impl Stats {
             usage_tokens: g(&self.usage_tokens),
             requests: g(&self.requests),
             batches_split: g(&self.batches_split),
+            fallback_requests: g(&self.fallback_requests),
             retries: g(&self.retries),
             rate_limited: g(&self.rate_limited),
             rows_written: g(&self.rows_written),
@@ -109,6 +112,7 @@ pub struct Summary {
     pub usage_tokens: u64,
     pub requests: u64,
     pub batches_split: u64,
+    pub fallback_requests: u64,
     pub retries: u64,
     pub rate_limited: u64,
     pub rows_written: u64,

@@ -246,3 +246,42 @@ fn retry_failed_with_nothing_to_retry_sends_nothing() {
     assert_eq!(result.code, 2, "{}", result.all_output());
     assert!(result.stderr.contains("not a tars-index dataset"), "{}", result.stderr);
 }
+
+#[test]
+fn a_failing_endpoint_hands_over_to_its_fallback() {
+    let (input, out, clean) = with_clean_build();
+    let primary = MockServer::start();
+    primary.set_always(Some(Fault::Status(503)));
+    let fallback = MockServer::start();
+    let dataset = out.path().join("ds");
+    let flags = ["--max-retries", "0", "--concurrency", "1", "--fallback-base", &fallback.base()];
+    let result = embed(&primary, input.path(), &dataset, &flags);
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let r = report(&result);
+    let batches = fallback.answered() as u64;
+    assert!(batches >= 4, "{batches}");
+    assert_eq!(r["fallback_requests"], batches, "{r}");
+    assert_eq!(primary.requests(), 3, "after 3 failures in a row the primary rests");
+    assert_eq!(fallback.observed().models[0], "text-embedding-3-small", "same model, prefix stripped");
+    assert_eq!(live_content(&dataset), live_content(&clean));
+}
+
+#[test]
+fn a_fallback_in_another_vector_space_is_refused_before_any_request() {
+    let input = documents();
+    let out = tempfile::tempdir().expect("tempdir");
+    let primary = MockServer::start();
+    let other = MockServer::start();
+    let flags = ["--fallback-base", &other.base(), "--fallback-model", "tars/text-embedding-3-large"];
+    let result = embed(&primary, input.path(), &out.path().join("a"), &flags);
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(
+        result.stderr.contains("--fallback-model") && result.stderr.contains("different space"),
+        "{}",
+        result.stderr
+    );
+    let result = embed(&primary, input.path(), &out.path().join("b"), &["--fallback-base", &primary.base()]);
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("primary endpoint itself"), "{}", result.stderr);
+    assert_eq!(primary.requests() + other.requests(), 0);
+}

@@ -116,6 +116,14 @@ pub struct RequestFlags {
     /// Tokens per minute to stay under, counted with cl100k_base before sending (else learned from headers).
     #[arg(long, value_name = "N")]
     pub tpm: Option<u64>,
+    /// Another OpenAI-compatible base URL serving the same model, for requests the primary gave up on (key from
+    /// TARS_FALLBACK_API_KEY, else TARS_API_KEY).
+    #[arg(long, value_name = "URL")]
+    pub fallback_base: Option<String>,
+    /// The model's name at the fallback endpoint, when it differs only by its provider prefix (such as
+    /// `openai/text-embedding-3-small`); any other model is refused, since its vectors are not comparable.
+    #[arg(long, value_name = "MODEL")]
+    pub fallback_model: Option<String>,
     /// Wait up to SECS for another run writing the same dataset to finish, instead of failing at once.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub wait_lock: u64,

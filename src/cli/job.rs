@@ -8,8 +8,8 @@ use super::args::{JobFlags, RequestFlags};
 use crate::batch::{BatchLimits, BatchLimitsError, MAX_BATCH_TOKENS};
 use crate::chunk::{ChunkSettings, ChunkSettingsError};
 use crate::config::{Origin, Pipeline, Setting};
-use crate::embed::RateLimits;
 use crate::embed::price::usd_per_million_tokens;
+use crate::embed::{FallbackError, RateLimits, check_fallback};
 use crate::index::{IndexParamError, IndexParams};
 use crate::source::SourceOptions;
 use crate::store::Manifest;
@@ -44,6 +44,8 @@ pub struct JobSpec {
     pub price: Option<Setting<f64>>,
     /// `retry-failed`: send the dead-letter file's chunks, read no input.
     pub retry_failed: bool,
+    pub fallback_base: Option<Setting<String>>,
+    pub fallback_model: Option<Setting<String>>,
 }
 
 /// The flag's value if given, else the file's (`value` at `key`), else none.
@@ -228,7 +230,39 @@ impl JobSpec {
             json: flags.requests.json,
             wait_lock: Duration::from_secs(flags.requests.wait_lock),
             retry_failed: false,
+            fallback_base: pick(
+                flags.requests.fallback_base,
+                "--fallback-base",
+                p,
+                requests.and_then(|r| r.fallback_base.as_ref()),
+                "requests.fallback_base",
+            ),
+            fallback_model: pick(
+                flags.requests.fallback_model,
+                "--fallback-model",
+                p,
+                requests.and_then(|r| r.fallback_model.as_ref()),
+                "requests.fallback_model",
+            ),
         }
+    }
+
+    /// The fallback endpoint's base URL and model name, checked to give vectors in the same space as the primary's
+    /// at `primary_base`; `None` without a fallback.
+    pub fn fallback(&self, primary_base: &str) -> anyhow::Result<Option<(String, String)>> {
+        if self.fallback_base.is_none() && self.fallback_model.is_none() {
+            return Ok(None);
+        }
+        let (model, base) = (self.fallback_model.as_ref(), self.fallback_base.as_ref());
+        check_fallback(&self.model.value, primary_base, model.map(|m| m.value.as_str()), base.map(|b| b.value.as_str()))
+            .map(Some)
+            .map_err(|e| {
+                let origin = match &e {
+                    FallbackError::BadBase(_) | FallbackError::SameEndpoint => base.or(model),
+                    FallbackError::Local | FallbackError::DifferentModel { .. } => model.or(base),
+                };
+                origin.map_or_else(|| anyhow::Error::new(e.clone()), |o| o.error(&e))
+            })
     }
 
     /// Settings for `retry-failed DATASET [flags]`: the dataset's model, size and chunking, so the chunks sent

@@ -29,8 +29,8 @@ use std::path::Path;
 use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter, count_tokens};
 use crate::config::{Origin, Pipeline, Setting};
 use crate::embed::{
-    ApiConfig, DryRunEmbedder, EmbedError, Embedder, LOCAL_PREFIX, LocalEmbedder, LocalModel, OpenAiEmbedder,
-    RateLimits, resolve_local_model, wire_model,
+    ApiConfig, DEFAULT_API_BASE, DryRunEmbedder, EmbedError, Embedder, FallbackEmbedder, LOCAL_PREFIX, LocalEmbedder,
+    LocalModel, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
 };
 use crate::index::{self, IndexParams, SearchIndex};
 use crate::pipeline::{EmbedJob, run_embed};
@@ -154,6 +154,8 @@ fn check_dimensions(model: &Setting<String>, dimensions: Option<&Setting<u32>>) 
 /// The embedder a model name asks for.
 enum Provider {
     Api(Box<OpenAiEmbedder>),
+    /// An endpoint's model with a second endpoint for it (`--fallback-base`).
+    Fallback(Box<FallbackEmbedder<OpenAiEmbedder, OpenAiEmbedder>>),
     Local(LocalEmbedder),
     /// `--dry-run` with an endpoint's model: no key, no requests.
     DryRun(DryRunEmbedder),
@@ -188,10 +190,29 @@ async fn provider(
     Ok(Provider::Api(Box::new(OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?)))
 }
 
+/// Adds the fallback endpoint the job names, once it is known to serve the same vector space.
+fn with_fallback(spec: &JobSpec, provider: Provider, stats: &Arc<Stats>) -> Result<Provider, Failure> {
+    match provider {
+        Provider::Api(primary) => match spec.fallback(&primary.config().base).map_err(Failure::usage)? {
+            Some((base, model)) => {
+                let config = primary.config().for_fallback(&base, &model).map_err(Failure::usage)?;
+                let fallback = OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?;
+                Ok(Provider::Fallback(Box::new(FallbackEmbedder::new(*primary, fallback, Arc::clone(stats)))))
+            }
+            None => Ok(Provider::Api(primary)),
+        },
+        other => {
+            // Refuses a fallback for a local model; a dry run sends nothing, so only the model is checked.
+            spec.fallback(DEFAULT_API_BASE).map_err(Failure::usage)?;
+            Ok(other)
+        }
+    }
+}
+
 /// The chunk limit and tokenizer of a provider, and its default concurrency.
 fn model_shape(provider: &Provider, model: &str) -> (usize, TokenCounter, u16) {
     match provider {
-        Provider::Api(_) | Provider::DryRun(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
+        Provider::Api(_) | Provider::Fallback(_) | Provider::DryRun(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
         Provider::Local(embedder) => (
             embedder.local_model().max_input_tokens(),
             TokenCounter::HuggingFace {
@@ -237,6 +258,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         };
         provider(&spec.model, spec.dimensions.as_ref(), requests, &stats).await?
     };
+    let provider = with_fallback(&spec, provider, &stats)?;
     let (limit, counter, default_concurrency) = model_shape(&provider, &spec.model.value);
     let (chunking, batching) = spec.chunking(limit).map_err(Failure::usage)?;
     let index_params = spec.index_params().map_err(Failure::usage)?;
@@ -263,6 +285,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let shutdown = stop_signal();
     let outcome = match provider {
         Provider::Api(embedder) => run_embed(job, Arc::new(*embedder), stats, shutdown).await,
+        Provider::Fallback(embedder) => run_embed(job, Arc::new(*embedder), stats, shutdown).await,
         Provider::Local(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
         Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
     };
@@ -458,6 +481,7 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
             }
             embedder.embed(&query).await.map_err(Failure::api)?
         }
+        Provider::Fallback(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
         Provider::DryRun(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
     };
     let hits = index.search(embedding.vector(0), usize::from(args.k), usize::from(args.ef)).map_err(Failure::run)?;

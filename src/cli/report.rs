@@ -33,6 +33,8 @@ pub struct RunReport {
     pub requests: u64,
     /// Requests split in two to isolate an input the server refused.
     pub requests_split: u64,
+    /// Requests sent to the fallback endpoint (`--fallback-base`).
+    pub fallback_requests: u64,
     pub retries: u64,
     /// 429 rate-limit responses (each paused new requests and narrowed the concurrency window).
     pub rate_limited: u64,
@@ -131,6 +133,7 @@ impl RunReport {
             },
             requests: s.requests,
             requests_split: s.batches_split,
+            fallback_requests: s.fallback_requests,
             retries: s.retries,
             rate_limited: s.rate_limited,
             tokens: s.tokens,
@@ -233,6 +236,9 @@ impl RunReport {
             "{} requests ({} split), {} retries ({} rate-limited); {}: {version} ({:.1}s)",
             self.requests, self.requests_split, self.retries, self.rate_limited, self.dataset, self.duration_secs
         );
+        if self.fallback_requests > 0 {
+            let _ = writeln!(out, "{} requests went to the fallback endpoint", self.fallback_requests);
+        }
         if let (Some(missing), Some(file)) = (c.missing.filter(|m| *m > 0), &self.failed_file) {
             let _ = writeln!(
                 out,

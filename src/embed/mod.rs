@@ -4,6 +4,7 @@
 //! compatible endpoint), with the retry policy of [`retry`].
 
 mod bert;
+mod fallback;
 mod limiter;
 mod local;
 mod openai;
@@ -12,6 +13,7 @@ pub mod retry;
 
 use std::future::Future;
 
+pub use fallback::{FallbackEmbedder, FallbackError, check_fallback};
 pub use limiter::{Limiter, RateLimits};
 pub use local::{
     DEFAULT_LOCAL_MODEL, LOCAL_PREFIX, LocalEmbedder, LocalModel, LocalModelError, model_cache_dir, resolve_local_model,

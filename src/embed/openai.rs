@@ -93,6 +93,19 @@ impl ApiConfig {
         })
     }
 
+    /// The same settings for a fallback endpoint: its base URL and model name, and its key from
+    /// `TARS_FALLBACK_API_KEY` when set, else this one's.
+    pub fn for_fallback(&self, base: &str, model: &str) -> Result<Self, ApiConfigError> {
+        let key = std::env::var("TARS_FALLBACK_API_KEY").ok().filter(|k| !k.trim().is_empty());
+        let mut config = Self::new(base, key.as_deref().unwrap_or(&self.key.0), model, self.dimensions)?;
+        config.connect_timeout = self.connect_timeout;
+        config.request_timeout = self.request_timeout;
+        config.retry = self.retry;
+        config.limits = self.limits;
+        config.max_concurrency = self.max_concurrency;
+        Ok(config)
+    }
+
     fn embeddings_url(&self) -> String {
         // A base that already names the endpoint is used as is (LiteLLM does the same for chat).
         if self.base.ends_with("/embeddings") { self.base.clone() } else { format!("{}/embeddings", self.base) }
