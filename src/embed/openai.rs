@@ -145,11 +145,43 @@ struct EmbeddingItem {
 }
 
 /// Accept both shapes whatever was asked for: a gateway may ignore `encoding_format`.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum EmbeddingValue {
     Float(Vec<f32>),
     Base64(String),
+}
+
+/// By hand rather than `#[serde(untagged)]`, which buffers every vector and, for a base64 string, first formats it
+/// into the error of the failed float attempt.
+impl<'de> Deserialize<'de> for EmbeddingValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EmbeddingValue;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of floats or a base64 string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(EmbeddingValue::Base64(v.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(EmbeddingValue::Base64(v))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(1536));
+                while let Some(v) = seq.next_element::<f32>()? {
+                    values.push(v);
+                }
+                Ok(EmbeddingValue::Float(values))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,5 @@
-//! The durable embedding cache (`cache/`): every embedding response is saved here, as its own small Parquet file
-//! made visible by an atomic rename, before its rows go to the data files. The data files of a run only become
+//! The durable embedding cache (`cache/`): every embedding response is saved here, appended to the run's log and
+//! fsynced, before its rows go to the data files. The data files of a run only become
 //! visible when the run publishes its manifest, so without the cache a run killed half-way (SIGKILL, power loss,
 //! OOM) would lose everything it paid for. The next run reads the cache and re-sends nothing it holds.
 //!
@@ -7,39 +7,51 @@
 //! never used. The cache is emptied after a run that completes, since then every vector it held is in the data.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use arrow::array::{AsArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float32Type, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use std::sync::Mutex;
 
 use super::StoreError;
 use super::manifest::sync_dir;
-use super::schema::embedding_type;
 
 pub const CACHE_DIR: &str = "cache";
-const META_SPACE: &str = "tars_index.vector_space";
+/// Opens every log file; the vector space follows it.
+const MAGIC: &[u8; 16] = b"tars-index-cch1\n";
+const LOG_EXTENSION: &str = "log";
+/// Bytes before each record's payload: its length (u32 LE) and the first 8 bytes of its blake3.
+const RECORD_HEADER: usize = 12;
 
-/// Where a cached vector is: segment number (position in [`EmbeddingCache::segments`]) and row.
+/// Where a cached vector is: segment number (position in [`EmbeddingCache::segments`]) and row within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheLoc {
     pub segment: u32,
     pub row: u32,
 }
 
+/// One response in a segment: its first row, where its payload starts, and its size.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    first_row: u32,
+    rows: u32,
+    offset: u64,
+    len: u32,
+}
+
+/// The cache: one append-only log per run. Each response is one record (length, checksum, hashes, vectors),
+/// appended and fsynced before its rows go anywhere else; a record torn by a crash fails its checksum and ends the
+/// readable part of its log. Appending to one file costs one `fdatasync` per response, where a file per response
+/// cost a create, a rename and two syncs.
 pub struct EmbeddingCache {
     dir: PathBuf,
     space: String,
-    /// Segments found when the cache was opened (new ones are written, never read back, by this run).
+    /// Logs found when the cache was opened (this run appends to its own, never read back by it).
     segments: Vec<PathBuf>,
-    /// Names this run's segments apart from any earlier run's (a pid alone repeats after a reboot).
+    /// Record positions by segment, filled by [`EmbeddingCache::scan`] or on first read.
+    index: Mutex<HashMap<u32, Vec<Record>>>,
+    /// Names this run's log apart from any earlier run's (a pid alone repeats after a reboot).
     run_id: u128,
-    written: u64,
+    log: Option<File>,
 }
 
 impl EmbeddingCache {
@@ -61,55 +73,49 @@ impl EmbeddingCache {
         }
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => Some(entries),
-            Err(e) if read_only && e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if read_only && e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(StoreError::Io { path: dir, source: e }),
         };
         for entry in entries.into_iter().flatten() {
             let path = entry.map_err(StoreError::io(&dir))?.path();
             match path.extension().and_then(|e| e.to_str()) {
-                Some("parquet") => segments.push(path),
+                Some(LOG_EXTENSION) => segments.push(path),
+                // Segments of tars-index before 0.1's log format: not read, removed with the rest after a
+                // complete run.
+                Some("parquet") => tracing::debug!("embedding cache: ignoring {} (older format)", path.display()),
                 Some("tmp") if !read_only => std::fs::remove_file(&path).map_err(StoreError::io(&path))?,
                 _ => {}
             }
         }
         segments.sort();
         let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Ok(Self { dir, space: space.to_owned(), segments, run_id, written: 0 })
+        Ok(Self { dir, space: space.to_owned(), segments, index: Mutex::new(HashMap::new()), run_id, log: None })
     }
 
     pub fn segments(&self) -> usize {
         self.segments.len()
     }
 
-    /// Calls `f(hash, location)` for every vector of this space in the cache. A segment that cannot be read (a
-    /// damaged disk, another version's format) is skipped with a warning: the cache only saves money, it is never
-    /// needed for correctness.
+    /// Calls `f(hash, location)` for every vector of this space in the cache. A log that cannot be read (a damaged
+    /// disk, another version's format) is skipped with a warning, and a torn last record ends its log: the cache
+    /// only saves money, it is never needed for correctness.
     pub fn scan(&self, mut f: impl FnMut(&str, CacheLoc)) {
         for (segment, path) in self.segments.iter().enumerate() {
-            let result = (|| -> Result<(), StoreError> {
-                let file = File::open(path).map_err(StoreError::io(path))?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(StoreError::parquet(path))?;
-                let space = builder.schema().metadata().get(META_SPACE).cloned();
-                if space.as_deref() != Some(self.space.as_str()) {
-                    return Ok(());
+            let segment = segment as u32;
+            let mut records = Vec::new();
+            let result = read_log(path, &self.space, |record, payload| {
+                let (hashes, _, _) = parse_payload(payload).ok_or("malformed record")?;
+                for (i, hash) in hashes.into_iter().enumerate() {
+                    f(hash, CacheLoc { segment, row: record.first_row + i as u32 });
                 }
-                let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0]);
-                let mut row = 0u32;
-                for batch in builder.with_projection(mask).build().map_err(StoreError::parquet(path))? {
-                    let batch = batch.map_err(StoreError::arrow(path))?;
-                    let hashes = batch.column(0).as_string_opt::<i32>().ok_or_else(|| StoreError::Corrupt {
-                        path: path.clone(),
-                        message: "hash column is not a string".into(),
-                    })?;
-                    for hash in hashes.iter().flatten() {
-                        f(hash, CacheLoc { segment: segment as u32, row });
-                        row += 1;
-                    }
-                }
+                records.push(record);
                 Ok(())
-            })();
+            });
             if let Err(error) = result {
-                tracing::warn!("embedding cache: ignoring {}: {error}", path.display());
+                tracing::warn!("embedding cache: ignoring the rest of {}: {error}", path.display());
+            }
+            if let Ok(mut index) = self.index.lock() {
+                index.insert(segment, records);
             }
         }
     }
@@ -120,82 +126,168 @@ impl EmbeddingCache {
             path: self.dir.clone(),
             message: format!("no cache segment {segment}"),
         })?;
-        let file = File::open(path).map_err(StoreError::io(path))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(StoreError::parquet(path))?;
-        let total = builder.metadata().file_metadata().num_rows() as usize;
-        let selection = RowSelection::from_consecutive_ranges(rows.iter().map(|&r| r as usize..r as usize + 1), total);
-        let reader = builder.with_row_selection(selection).build().map_err(StoreError::parquet(path))?;
+        let corrupt = |message: &str| StoreError::Corrupt { path: path.clone(), message: message.to_owned() };
+        let records = self.records(segment, path)?;
+        let mut file = File::open(path).map_err(StoreError::io(path))?;
         let mut out = Vec::with_capacity(rows.len());
-        for batch in reader {
-            let batch = batch.map_err(StoreError::arrow(path))?;
-            let corrupt = |m: &str| StoreError::Corrupt { path: path.clone(), message: m.to_owned() };
-            let hashes = batch.column(0).as_string_opt::<i32>().ok_or_else(|| corrupt("hash is not a string"))?;
-            let list = batch.column(1).as_fixed_size_list_opt().ok_or_else(|| corrupt("embedding is not a list"))?;
-            for i in 0..batch.num_rows() {
-                let values = list.value(i);
-                let values = values.as_primitive_opt::<Float32Type>().ok_or_else(|| corrupt("not float32"))?;
-                out.push((hashes.value(i).to_owned(), values.values().to_vec()));
+        let mut at = 0;
+        while at < rows.len() {
+            let i = records.partition_point(|r| r.first_row + r.rows <= rows[at]);
+            let record = records.get(i).filter(|r| r.first_row <= rows[at]).ok_or_else(|| corrupt("row not cached"))?;
+            let payload = read_record(&mut file, record).map_err(StoreError::io(path))?;
+            let (hashes, dims, vectors) = parse_payload(&payload).ok_or_else(|| corrupt("malformed record"))?;
+            while let Some(&row) = rows.get(at).filter(|&&r| r < record.first_row + record.rows) {
+                let k = (row - record.first_row) as usize;
+                out.push((hashes[k].to_owned(), vectors[k * dims..(k + 1) * dims].to_vec()));
+                at += 1;
             }
-        }
-        if out.len() != rows.len() {
-            return Err(StoreError::Corrupt {
-                path: path.clone(),
-                message: "rows missing from a cache segment".into(),
-            });
         }
         Ok(out)
     }
 
-    /// Saves one response durably: temp file, fsync, rename, fsync of the directory.
+    fn records(&self, segment: u32, path: &Path) -> Result<Vec<Record>, StoreError> {
+        let mut index = self
+            .index
+            .lock()
+            .map_err(|_| StoreError::Corrupt { path: self.dir.clone(), message: "cache index lock poisoned".into() })?;
+        if let Some(records) = index.get(&segment) {
+            return Ok(records.clone());
+        }
+        let mut records = Vec::new();
+        read_log(path, &self.space, |record, _| {
+            records.push(record);
+            Ok(())
+        })
+        .map_err(|message| StoreError::Corrupt { path: path.to_path_buf(), message })?;
+        index.insert(segment, records.clone());
+        Ok(records)
+    }
+
+    /// Saves one response durably: appended to this run's log and fsynced before returning.
     pub fn append(&mut self, hashes: &[&str], vectors: &[f32], dimensions: usize) -> Result<(), StoreError> {
         if hashes.is_empty() {
             return Ok(());
         }
-        let name = format!("seg-{:x}-{}-{:08}.parquet", self.run_id, std::process::id(), self.written);
-        self.written += 1;
-        let path = self.dir.join(name);
-        let tmp = path.with_extension("parquet.tmp");
-        let metadata = HashMap::from([(META_SPACE.to_owned(), self.space.clone())]);
-        let schema = Arc::new(
-            Schema::new(vec![
-                Field::new("hash", DataType::Utf8, false),
-                Field::new("embedding", embedding_type(dimensions), false),
-            ])
-            .with_metadata(metadata),
-        );
-        let item = Arc::new(Field::new("item", DataType::Float32, false));
-        let values = Float32Array::from(vectors[..hashes.len() * dimensions].to_vec());
-        let list = FixedSizeListArray::try_new(item, dimensions as i32, Arc::new(values), None)
-            .map_err(StoreError::arrow(&tmp))?;
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(StringArray::from_iter_values(hashes.iter().copied())), Arc::new(list)],
-        )
-        .map_err(StoreError::arrow(&tmp))?;
-        let props = WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![KeyValue::new(META_SPACE.to_owned(), self.space.clone())]))
-            .build();
-        let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(StoreError::parquet(&tmp))?;
-        writer.write(&batch).map_err(StoreError::parquet(&tmp))?;
-        let file = writer.into_inner().map_err(StoreError::parquet(&tmp))?;
-        file.sync_data().map_err(StoreError::io(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
-        sync_dir(&self.dir);
+        let path = self.dir.join(format!("seg-{:x}-{}.{LOG_EXTENSION}", self.run_id, std::process::id()));
+        let too_long = || StoreError::Corrupt { path: path.clone(), message: "response too large to cache".into() };
+        let mut payload = Vec::with_capacity(8 + hashes.len() * 66 + hashes.len() * dimensions * 4);
+        payload.extend_from_slice(&u32::try_from(hashes.len()).map_err(|_| too_long())?.to_le_bytes());
+        payload.extend_from_slice(&u32::try_from(dimensions).map_err(|_| too_long())?.to_le_bytes());
+        for hash in hashes {
+            payload.push(u8::try_from(hash.len()).map_err(|_| too_long())?);
+            payload.extend_from_slice(hash.as_bytes());
+        }
+        for value in &vectors[..hashes.len() * dimensions] {
+            payload.extend_from_slice(&value.to_le_bytes());
+        }
+        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
+        record.extend_from_slice(&u32::try_from(payload.len()).map_err(|_| too_long())?.to_le_bytes());
+        record.extend_from_slice(&blake3::hash(&payload).as_bytes()[..8]);
+        record.extend_from_slice(&payload);
+        let log = match self.log.take() {
+            Some(log) => log,
+            None => self.create_log(&path)?,
+        };
+        let log = self.log.insert(log);
+        log.write_all(&record).map_err(StoreError::io(&path))?;
+        log.sync_data().map_err(StoreError::io(&path))?;
         Ok(())
+    }
+
+    /// Creates this run's log with its header, durably (the file and its directory entry).
+    fn create_log(&self, path: &Path) -> Result<File, StoreError> {
+        let mut log = OpenOptions::new().create_new(true).append(true).open(path).map_err(StoreError::io(path))?;
+        let mut header = Vec::with_capacity(MAGIC.len() + 4 + self.space.len());
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(self.space.len() as u32).to_le_bytes());
+        header.extend_from_slice(self.space.as_bytes());
+        log.write_all(&header).map_err(StoreError::io(path))?;
+        log.sync_all().map_err(StoreError::io(path))?;
+        sync_dir(&self.dir);
+        Ok(log)
     }
 
     /// Removes every segment (after a complete run, whose data holds all of them).
     pub fn clear(&self) -> Result<(), StoreError> {
         for entry in std::fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
             let path = entry.map_err(StoreError::io(&self.dir))?.path();
-            if path.extension().is_some_and(|e| e == "parquet" || e == "tmp") {
+            if path.extension().is_some_and(|e| e == LOG_EXTENSION || e == "parquet" || e == "tmp") {
                 std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
             }
         }
         Ok(())
     }
+}
+
+/// Reads a log of `space` record by record, checking each; stops quietly at a torn last record. A log of another
+/// space holds nothing for this run.
+fn read_log(
+    path: &Path,
+    space: &str,
+    mut f: impl FnMut(Record, &[u8]) -> Result<(), &'static str>,
+) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut magic = [0u8; 16];
+    reader.read_exact(&mut magic).map_err(|_| "no header".to_owned())?;
+    if &magic != MAGIC {
+        return Err("not a tars-index cache log".into());
+    }
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).map_err(|_| "no header".to_owned())?;
+    let mut stored_space = vec![0u8; u32::from_le_bytes(len) as usize];
+    reader.read_exact(&mut stored_space).map_err(|_| "no header".to_owned())?;
+    if stored_space != space.as_bytes() {
+        return Ok(());
+    }
+    let mut offset = (MAGIC.len() + 4 + stored_space.len()) as u64;
+    let mut first_row = 0u32;
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; RECORD_HEADER];
+        match reader.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()), // the end, or a torn header
+            Err(e) => return Err(e.to_string()),
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        payload.resize(len as usize, 0);
+        if reader.read_exact(&mut payload).is_err() || blake3::hash(&payload).as_bytes()[..8] != header[4..] {
+            tracing::debug!("embedding cache: {} ends with a torn record", path.display());
+            return Ok(());
+        }
+        let rows = payload.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let record = Record { first_row, rows, offset: offset + RECORD_HEADER as u64, len };
+        f(record, &payload)?;
+        first_row += rows;
+        offset += (RECORD_HEADER + payload.len()) as u64;
+    }
+}
+
+fn read_record(file: &mut File, record: &Record) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(record.offset))?;
+    let mut payload = vec![0u8; record.len as usize];
+    file.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+/// A record's hashes, vector size and vectors; `None` when it does not add up.
+fn parse_payload(payload: &[u8]) -> Option<(Vec<&str>, usize, Vec<f32>)> {
+    let u32_at = |at: usize| payload.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let (rows, dims) = (u32_at(0)? as usize, u32_at(4)? as usize);
+    let mut at = 8;
+    let mut hashes = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let len = *payload.get(at)? as usize;
+        hashes.push(std::str::from_utf8(payload.get(at + 1..at + 1 + len)?).ok()?);
+        at += 1 + len;
+    }
+    let floats = payload.get(at..)?;
+    if floats.len() != rows.checked_mul(dims)?.checked_mul(4)? {
+        return None;
+    }
+    let vectors = floats.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Some((hashes, dims, vectors))
 }
 
 #[cfg(test)]
@@ -211,6 +303,15 @@ mod tests {
         let mut other = EmbeddingCache::open(dir.path(), "other|none").expect("open");
         other.append(&["z"], &[9.0, 9.0], 2).expect("append");
         std::fs::write(dir.path().join("cache/seg-1-x.parquet.tmp"), b"torn").expect("write");
+        // A crash in the middle of an append leaves a torn record at the end of the log: it ends the readable part.
+        drop((cache, other));
+        for entry in std::fs::read_dir(dir.path().join("cache")).expect("cache dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let mut log = std::fs::OpenOptions::new().append(true).open(&path).expect("open log");
+                log.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9]).expect("append torn record");
+            }
+        }
 
         let cache = EmbeddingCache::open(dir.path(), "m|none").expect("reopen");
         assert!(!dir.path().join("cache/seg-1-x.parquet.tmp").exists());
@@ -223,6 +324,12 @@ mod tests {
         let c = found["c"];
         assert_eq!(cache.read(b.segment, &[b.row]).expect("read"), [("b".to_owned(), vec![3.0, 4.0])]);
         assert_eq!(cache.read(c.segment, &[c.row]).expect("read"), [("c".to_owned(), vec![5.0, 6.0])]);
+        // Rows of two records in one read.
+        let a = found["a"];
+        assert_eq!(
+            cache.read(a.segment, &[a.row, b.row, c.row]).expect("read"),
+            [("a".to_owned(), vec![1.0, 2.0]), ("b".to_owned(), vec![3.0, 4.0]), ("c".to_owned(), vec![5.0, 6.0])]
+        );
         cache.clear().expect("clear");
         assert_eq!(EmbeddingCache::open(dir.path(), "m|none").expect("open").segments(), 0);
     }

@@ -106,7 +106,67 @@ pub struct MockState {
     /// Applied to every request once the script is empty.
     pub always: Mutex<Option<Fault>>,
     pub poison: Mutex<Option<Poison>>,
+    /// A tokens-per-minute limit enforced over a sliding 60 s window, as a provider does.
+    pub tpm: Mutex<Option<TpmWindow>>,
+    /// 429s sent because of `tpm`.
+    pub tpm_refused: AtomicUsize,
     pub observed: Mutex<Observed>,
+}
+
+/// Tokens accepted in the last minute.
+#[derive(Debug)]
+pub struct TpmWindow {
+    pub limit: u64,
+    /// Whether responses carry x-ratelimit-*-tokens headers.
+    pub headers: bool,
+    accepted: VecDeque<(std::time::Instant, u64)>,
+    used: u64,
+}
+
+impl TpmWindow {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn expire(&mut self, now: std::time::Instant) {
+        while let Some(&(at, tokens)) = self.accepted.front() {
+            if now.duration_since(at) < Self::WINDOW {
+                break;
+            }
+            self.accepted.pop_front();
+            self.used -= tokens;
+        }
+    }
+
+    /// Accepts `tokens` if the window has room; else the wait until it would.
+    fn take(&mut self, tokens: u64) -> Result<(), Duration> {
+        let now = std::time::Instant::now();
+        self.expire(now);
+        if self.used + tokens <= self.limit {
+            self.accepted.push_back((now, tokens));
+            self.used += tokens;
+            return Ok(());
+        }
+        let mut freed = self.limit.saturating_sub(self.used);
+        for &(at, t) in &self.accepted {
+            freed += t;
+            if freed >= tokens {
+                return Err((at + Self::WINDOW).saturating_duration_since(now));
+            }
+        }
+        Err(Self::WINDOW)
+    }
+
+    /// `x-ratelimit-*-tokens` headers as OpenAI sends them (reset as a Go duration).
+    fn headers(&mut self) -> Vec<(&'static str, String)> {
+        self.expire(std::time::Instant::now());
+        let reset = self.accepted.front().map_or(Duration::ZERO, |(at, _)| {
+            (*at + Self::WINDOW).saturating_duration_since(std::time::Instant::now())
+        });
+        vec![
+            ("x-ratelimit-limit-tokens", self.limit.to_string()),
+            ("x-ratelimit-remaining-tokens", self.limit.saturating_sub(self.used).to_string()),
+            ("x-ratelimit-reset-tokens", format!("{}ms", reset.as_millis())),
+        ]
+    }
 }
 
 pub struct MockServer {
@@ -142,6 +202,15 @@ impl MockServer {
 
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().expect("lock") = delay;
+    }
+
+    /// Enforces `limit` tokens per minute from now on, with or without rate-limit headers.
+    pub fn set_tpm(&self, limit: u64, headers: bool) {
+        *self.state.tpm.lock().expect("lock") = Some(TpmWindow { limit, headers, accepted: VecDeque::new(), used: 0 });
+    }
+
+    pub fn tpm_refused(&self) -> usize {
+        self.state.tpm_refused.load(Ordering::SeqCst)
     }
 
     pub fn set_poison(&self, poison: Option<Poison>) {
@@ -210,6 +279,7 @@ fn authorized(headers: &HeaderMap) -> bool {
 }
 
 async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrival = tokio::time::Instant::now();
     state.requests.fetch_add(1, Ordering::SeqCst);
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -281,11 +351,32 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
             None,
         );
     }
-    let fault = state.faults.lock().expect("lock").pop_front().or_else(|| state.always.lock().expect("lock").clone());
-    let delay = *state.delay.lock().expect("lock");
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    let mut rate_headers = Vec::new();
+    if let Some(window) = state.tpm.lock().expect("lock").as_mut() {
+        let requested: u64 = tokens.iter().map(|t| *t as u64).sum();
+        let verdict = window.take(requested);
+        if window.headers {
+            rate_headers = window.headers();
+        }
+        if let Err(wait) = verdict {
+            state.tpm_refused.fetch_add(1, Ordering::SeqCst);
+            let message = format!(
+                "Rate limit reached for text-embedding-3-small on tokens per min (TPM): Limit {}, Used {}, Requested {requested}. Please try again in {}ms.",
+                window.limit,
+                window.used,
+                wait.as_millis()
+            );
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, &message, "tokens", Some("rate_limit_exceeded"));
+            for (name, value) in rate_headers {
+                response.headers_mut().insert(name, HeaderValue::from_str(&value).expect("header value"));
+            }
+            return response;
+        }
     }
+    let fault = state.faults.lock().expect("lock").pop_front().or_else(|| state.always.lock().expect("lock").clone());
+    // The response leaves `delay` after the request arrived, its own work included, as from a server with that
+    // latency.
+    let deadline = arrival + *state.delay.lock().expect("lock");
     let dims = dims_asked.map_or(DEFAULT_DIMS, |d| d as usize);
     let mut vectors: Vec<Vec<f32>> = inputs.iter().map(|t| mock_embedding(t, dims)).collect();
     if let Some(Poison::NaN(marker)) = &poison {
@@ -387,6 +478,11 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
         .collect();
     let total: usize = tokens.iter().sum();
     state.answered.fetch_add(1, Ordering::SeqCst);
-    axum::Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": total, "total_tokens": total}}))
-        .into_response()
+    let mut response = axum::Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": total, "total_tokens": total}}))
+        .into_response();
+    for (name, value) in rate_headers {
+        response.headers_mut().insert(name, HeaderValue::from_str(&value).expect("header value"));
+    }
+    tokio::time::sleep_until(deadline).await;
+    response
 }

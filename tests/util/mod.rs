@@ -180,21 +180,31 @@ pub fn live_content(dataset: &Path) -> Vec<RowContent> {
         .collect()
 }
 
-/// Text hashes held by the dataset's embedding cache.
+/// Text hashes held by the dataset's embedding cache (its logs, read here by their documented layout: a header,
+/// then records of length, 8-byte checksum, and a payload of rows, dimensions, length-prefixed hashes, vectors).
 pub fn cached_hashes(dataset: &Path) -> std::collections::HashSet<String> {
     let mut out = std::collections::HashSet::new();
     let Ok(entries) = std::fs::read_dir(dataset.join("cache")) else { return out };
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize;
     for entry in entries {
         let path = entry.expect("entry").path();
-        if path.extension().is_none_or(|e| e != "parquet") {
+        if path.extension().is_none_or(|e| e != "log") {
             continue;
         }
-        let file = std::fs::File::open(&path).expect("segment");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
-        for batch in reader {
-            let batch = batch.expect("batch");
-            let hashes = batch.column_by_name("hash").expect("hash").as_string::<i32>().clone();
-            out.extend(hashes.iter().flatten().map(str::to_owned));
+        let bytes = std::fs::read(&path).expect("cache log");
+        assert_eq!(&bytes[..16], b"tars-index-cch1\n", "{}", path.display());
+        let mut at = 20 + u32_at(&bytes, 16);
+        while at + 12 <= bytes.len() {
+            let len = u32_at(&bytes, at);
+            let Some(payload) = bytes.get(at + 12..at + 12 + len) else { break }; // a torn last record
+            let rows = u32_at(payload, 0);
+            let mut h = 8;
+            for _ in 0..rows {
+                let n = payload[h] as usize;
+                out.insert(String::from_utf8(payload[h + 1..h + 1 + n].to_vec()).expect("utf-8 hash"));
+                h += 1 + n;
+            }
+            at += 12 + len;
         }
     }
     out
