@@ -81,3 +81,28 @@ fn max_failures_stops_a_clearly_broken_run() {
     assert!(result.stderr.contains("--max-failures 3"), "{}", result.stderr);
     assert_eq!(mock.requests(), 4, "the fourth failure stops the run, not the sixteenth");
 }
+
+#[test]
+fn rate_limits_are_back_pressure_not_failures_and_their_figures_are_learned() {
+    let mock = MockServer::start();
+    // Twelve 429s in a row, without headers, more than --max-retries allows for other errors; the message states the
+    // limit, which the client then keeps to.
+    mock.script((0..12).map(|_| Fault::RateLimitedMessage));
+    let input = documents();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let result = run(cli(Some(&mock.base())).arg("embed").arg(input.path()).arg("--out").arg(&dataset).args([
+        "--json",
+        "--batch-inputs",
+        "4",
+        "--concurrency",
+        "1",
+        "--max-retries",
+        "2",
+    ]));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let report = json_lines(&result.stdout).pop().expect("report");
+    assert_eq!(report["rate_limited"], 12, "{report}");
+    assert_eq!(report["chunks"]["failed"], 0, "{report}");
+    assert_eq!(live_rows(&dataset).len(), 16);
+}

@@ -104,7 +104,8 @@ pub struct RequestFlags {
     /// Seconds before a request is abandoned and retried [default: 120].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Retries of a failing request before its chunks count as failed [default: 6].
+    /// Retries of a failing request before its chunks count as failed [default: 6]. Rate-limit 429s have their
+    /// own budget of 30.
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
     /// Stop the run once more than N chunks have failed (retries exhausted): the endpoint is clearly broken.

@@ -191,6 +191,26 @@ impl Limiter {
         }
     }
 
+    /// Learns a limit from a 429's message when no header stated it, as OpenAI words it: "Rate limit reached for
+    /// … on tokens per min (TPM): Limit 600000, Used …". The bucket starts empty: the server just said it is.
+    pub fn learn_from_message(&self, message: &str) {
+        let Ok(mut guard) = self.state.lock() else { return };
+        let s = &mut *guard;
+        let now = Instant::now();
+        for (unit, configured) in [("(TPM): Limit ", s.configured_tokens), ("(RPM): Limit ", s.configured_requests)] {
+            let Some(at) = message.find(unit) else { continue };
+            let digits: String =
+                message[at + unit.len()..].chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+            let Some(limit) = digits.replace(',', "").parse::<f64>().ok().filter(|l| *l > 0.0) else { continue };
+            let bucket = if unit.contains("TPM") { &mut s.tokens } else { &mut s.requests };
+            if bucket.is_none() && !configured {
+                let mut learned = Bucket::per_minute(limit, now);
+                learned.available = 0.0;
+                *bucket = Some(learned);
+            }
+        }
+    }
+
     /// Learns the provider's limits from `x-ratelimit-*` headers: a bucket of the stated size, and what it says
     /// remains until the stated reset. Missing or odd headers change nothing.
     pub fn learn(&self, headers: &HeaderMap) {
@@ -308,5 +328,28 @@ mod tests {
         let start = Instant::now();
         drop(limiter.acquire(0).await);
         assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_message_teaches_the_limit_when_no_header_does() {
+        let limiter = Limiter::new(RateLimits::default(), 4);
+        limiter.learn_from_message("HTTP 429: Rate limit reached for text-embedding-3-small on requests per min.");
+        assert!(!limiter.counts_tokens(), "no figure, nothing learned");
+        limiter.learn_from_message(
+            "HTTP 429: Rate limit reached for text-embedding-3-small in organization org-x on tokens per min (TPM): \
+             Limit 6,000, Used 5,900, Requested 200. Please try again in 2s.",
+        );
+        assert!(limiter.counts_tokens());
+        // 6000 per minute = 100 per second, from an empty bucket.
+        let start = Instant::now();
+        drop(limiter.acquire(300).await);
+        let waited = start.elapsed().as_secs_f64();
+        assert!((2.9..3.2).contains(&waited), "waited {waited} s");
+
+        let configured = Limiter::new(RateLimits { requests_per_minute: None, tokens_per_minute: Some(60_000) }, 4);
+        configured.learn_from_message("on tokens per min (TPM): Limit 6000, Used 6000, Requested 1.");
+        let start = Instant::now();
+        drop(configured.acquire(300).await);
+        assert!(start.elapsed() < Duration::from_millis(10), "--tpm wins over a message");
     }
 }

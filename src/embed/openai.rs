@@ -560,11 +560,14 @@ impl OpenAiEmbedder {
 impl Embedder for OpenAiEmbedder {
     async fn embed(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
         let policy = self.config.retry;
-        // cl100k tokens, counted only when a token budget is known (counting costs about as much as sending).
-        let tokens = if self.limiter.counts_tokens() { inputs.iter().map(|t| count_tokens(t) as u64).sum() } else { 0 };
-        let mut retry = 0;
+        // cl100k tokens, counted only once a token budget is known (counting costs about as much as sending).
+        let mut tokens = None;
+        let (mut retry, mut rate_limit_retries) = (0, 0);
         loop {
-            let permit = self.limiter.acquire(tokens).await;
+            if tokens.is_none() && self.limiter.counts_tokens() {
+                tokens = Some(inputs.iter().map(|t| count_tokens(t) as u64).sum());
+            }
+            let permit = self.limiter.acquire(tokens.unwrap_or(0)).await;
             let result = self.attempt(inputs).await;
             drop(permit);
             match result {
@@ -574,23 +577,31 @@ impl Embedder for OpenAiEmbedder {
                 }
                 Err(Attempt::Fatal(error)) => return Err(error),
                 Err(Attempt::Retry { reason, hint, cause }) => {
-                    if cause == RetryCause::RateLimited {
+                    let attempts = retry + rate_limit_retries + 1;
+                    let step = if cause == RetryCause::RateLimited {
                         Stats::add(&self.stats.rate_limited, 1);
                         // Pauses every request, this one's retry included, and narrows the window.
                         self.limiter.rate_limited(hint);
-                    }
-                    if retry >= policy.max_retries {
-                        let attempts = retry + 1;
-                        return Err(match cause {
-                            RetryCause::InvalidResponse => EmbedError::InvalidResponse { attempts, last: reason },
-                            _ => EmbedError::Exhausted { attempts, last: reason },
-                        });
-                    }
-                    let delay = policy.delay(retry, hint);
-                    tracing::debug!(retry, ?delay, %reason, "retrying embedding request");
+                        self.limiter.learn_from_message(&reason);
+                        if rate_limit_retries >= policy.max_rate_limit_retries {
+                            return Err(EmbedError::Exhausted { attempts, last: reason });
+                        }
+                        rate_limit_retries += 1;
+                        rate_limit_retries - 1
+                    } else {
+                        if retry >= policy.max_retries {
+                            return Err(match cause {
+                                RetryCause::InvalidResponse => EmbedError::InvalidResponse { attempts, last: reason },
+                                _ => EmbedError::Exhausted { attempts, last: reason },
+                            });
+                        }
+                        retry += 1;
+                        retry - 1
+                    };
+                    let delay = policy.delay(step, hint);
+                    tracing::debug!(attempts, ?delay, %reason, "retrying embedding request");
                     Stats::add(&self.stats.retries, 1);
                     tokio::time::sleep(delay).await;
-                    retry += 1;
                 }
             }
         }

@@ -13,6 +13,9 @@ use reqwest::header::HeaderMap;
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: u32,
+    /// Retries after 429 rate-limit answers, counted apart: in a bulk run they are back-pressure, not failure, and
+    /// every one of them is paced by the limiter; they only stop a request that the server keeps refusing.
+    pub max_rate_limit_retries: u32,
     pub initial_delay: Duration,
     pub max_delay: Duration,
     /// A server's retry-after hint is honoured up to this long.
@@ -23,6 +26,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_retries: 6,
+            max_rate_limit_retries: 30,
             initial_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             max_hint: Duration::from_secs(300),

@@ -428,7 +428,7 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
         Some(Fault::RateLimitedMessage) => {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "Rate limit reached for text-embedding-3-small on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20ms. Visit https://platform.openai.com/account/rate-limits to learn more.",
+                "Rate limit reached for text-embedding-3-small on requests per min (RPM): Limit 3000, Used 3000, Requested 1. Please try again in 20ms. Visit https://platform.openai.com/account/rate-limits to learn more.",
                 "requests",
                 Some("rate_limit_exceeded"),
             );
