@@ -5,7 +5,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use util::mock::{DEFAULT_DIMS, Fault, MockServer, mock_embedding};
-use util::{cli, corpus, json_lines, live_rows, run};
+use util::{Run, cli, corpus, json_lines, live_rows, run};
 
 fn documents() -> tempfile::TempDir {
     let files: Vec<(String, String)> = (0..16)
@@ -15,24 +15,25 @@ fn documents() -> tempfile::TempDir {
     corpus(&refs)
 }
 
+/// `embed` of `documents()` into `dataset` with `--json` and `flags`; the run and its report (checked to exit 0).
+fn embed_ok(mock: &MockServer, dataset: &std::path::Path, flags: &[&str]) -> (Run, serde_json::Value) {
+    let input = documents();
+    let result =
+        run(cli(Some(&mock.base())).arg("embed").arg(input.path()).arg("--out").arg(dataset).arg("--json").args(flags));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let report = json_lines(&result.stdout).pop().expect("report");
+    assert_eq!(report["chunks"]["failed"], 0, "{report}");
+    (result, report)
+}
+
 #[test]
 fn a_429_storm_is_ridden_out_without_losing_or_duplicating_a_chunk() {
     let mock = MockServer::start();
     mock.script((0..10).map(|_| Fault::RateLimited { retry_after_ms: Some(30) }));
-    let input = documents();
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
-    let result = run(cli(Some(&mock.base())).arg("embed").arg(input.path()).arg("--out").arg(&dataset).args([
-        "--json",
-        "--batch-inputs",
-        "1",
-        "--concurrency",
-        "8",
-    ]));
-    assert_eq!(result.code, 0, "{}", result.all_output());
-    let report = json_lines(&result.stdout).pop().expect("report");
+    let (_, report) = embed_ok(&mock, &dataset, &["--batch-inputs", "1", "--concurrency", "8"]);
     assert_eq!(report["rate_limited"], 10, "{report}");
-    assert_eq!(report["chunks"]["failed"], 0, "{report}");
     assert_eq!(mock.requests(), 16 + 10, "every 429 cost one retry, no more");
     let rows = live_rows(&dataset);
     assert_eq!(rows.len(), 16);
@@ -88,21 +89,9 @@ fn rate_limits_are_back_pressure_not_failures_and_their_figures_are_learned() {
     // Twelve 429s in a row, without headers, more than --max-retries allows for other errors; the message states the
     // limit, which the client then keeps to.
     mock.script((0..12).map(|_| Fault::RateLimitedMessage));
-    let input = documents();
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
-    let result = run(cli(Some(&mock.base())).arg("embed").arg(input.path()).arg("--out").arg(&dataset).args([
-        "--json",
-        "--batch-inputs",
-        "4",
-        "--concurrency",
-        "1",
-        "--max-retries",
-        "2",
-    ]));
-    assert_eq!(result.code, 0, "{}", result.all_output());
-    let report = json_lines(&result.stdout).pop().expect("report");
+    let (_, report) = embed_ok(&mock, &dataset, &["--batch-inputs", "4", "--concurrency", "1", "--max-retries", "2"]);
     assert_eq!(report["rate_limited"], 12, "{report}");
-    assert_eq!(report["chunks"]["failed"], 0, "{report}");
     assert_eq!(live_rows(&dataset).len(), 16);
 }
