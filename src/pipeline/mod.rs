@@ -246,9 +246,16 @@ pub async fn run_embed<E: Embedder>(
         if !outcome.failed.is_empty() {
             Stats::add(&stats.chunks_failed, outcome.failed.len() as u64);
             let last = outcome.failed.last().map(|(_, f)| f.error.clone()).unwrap_or_default();
-            for (chunk, failure) in &outcome.failed {
+            // One line per request that failed whole, one per chunk isolated by splitting.
+            let mut failures = outcome.failed.iter().peekable();
+            while let Some((chunk, failure)) = failures.next() {
+                let mut more = 0;
+                while failures.next_if(|(_, f)| f == failure).is_some() {
+                    more += 1;
+                }
+                let others = if more > 0 { format!(" and {more} more chunks") } else { String::new() };
                 tracing::warn!(
-                    "{} chunk {}: not embedded after {} attempts: {}",
+                    "{} chunk {}{others}: not embedded after {} attempts: {}",
                     chunk.doc,
                     chunk.chunk_index,
                     failure.attempts,
