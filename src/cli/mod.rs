@@ -68,7 +68,7 @@ impl Failure {
     /// run failures (1).
     fn api(error: EmbedError) -> Self {
         let code = match error {
-            EmbedError::Rejected { .. } => exit::USAGE,
+            EmbedError::Rejected { .. } | EmbedError::Misconfigured { .. } => exit::USAGE,
             _ => exit::FAILURES,
         };
         let advice = error.advice().map(str::to_owned);

@@ -98,15 +98,13 @@ impl<P: Embedder, F: Embedder> FallbackEmbedder<P, F> {
         match self.dimensions.compare_exchange(0, embeddings.dimensions, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => Ok(()),
             Err(known) if known == embeddings.dimensions => Ok(()),
-            Err(known) => Err(EmbedError::Rejected {
-                status: 200,
+            Err(known) => Err(EmbedError::Misconfigured {
                 message: format!(
                     "the fallback endpoint returned {}-dimension vectors, the primary {known}: it does not serve the \
                      same model",
                     embeddings.dimensions
                 ),
-                request_id: None,
-                advice: Some("point --fallback-base at an endpoint that serves the same model".to_owned()),
+                advice: "point --fallback-base at an endpoint that serves the same model".to_owned(),
             }),
         }
     }

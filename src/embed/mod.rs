@@ -67,6 +67,9 @@ pub enum EmbedError {
     /// values), which can be caused by one of the inputs.
     #[error("gave up after {attempts} invalid responses: {last}")]
     InvalidResponse { attempts: u32, last: String },
+    /// The endpoints are set up wrongly for this run (a fallback that answers with vectors of another size).
+    #[error("{message}")]
+    Misconfigured { message: String, advice: String },
     /// The account is out of quota or credit.
     #[error("the API reports exhausted quota or credit (HTTP {status}): {message}")]
     Quota { status: u16, message: String },
@@ -107,6 +110,7 @@ impl EmbedError {
     pub fn advice(&self) -> Option<&str> {
         match self {
             EmbedError::Rejected { advice, .. } => advice.as_deref(),
+            EmbedError::Misconfigured { advice, .. } => Some(advice),
             EmbedError::Quota { .. } => {
                 Some("add credit or raise the spending limit of the account behind TARS_API_KEY, then run again")
             }

@@ -317,18 +317,19 @@ impl Assembler {
 
     fn complete(&mut self, mut record: DocRecord, mut failed: Vec<FailedChunk>) {
         record.missing = failed.len() as u32;
-        let kept: HashSet<u64> = record.rows.iter().copied().collect();
+        if let Some(old) = self.docs.get(&record.doc) {
+            // Rows a patched document keeps are not removed.
+            let kept: HashSet<u64> = record.rows.iter().copied().collect();
+            let removed = old.rows.iter().filter(|r| !kept.contains(r)).count();
+            Stats::add(&self.stats.chunks_removed, removed as u64);
+        }
         if failed.is_empty() {
             self.failed.remove(&record.doc);
         } else {
             failed.sort_by_key(|f| f.chunk_index);
             self.failed.insert(record.doc.clone(), failed);
         }
-        if let Some(old) = self.docs.insert(record.doc.clone(), record) {
-            // Rows a patched document keeps are not removed.
-            let removed = old.rows.iter().filter(|r| !kept.contains(r)).count();
-            Stats::add(&self.stats.chunks_removed, removed as u64);
-        }
+        self.docs.insert(record.doc.clone(), record);
     }
 }
 

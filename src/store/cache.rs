@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::StoreError;
 use super::manifest::sync_dir;
@@ -48,7 +48,7 @@ pub struct EmbeddingCache {
     /// Logs found when the cache was opened (this run appends to its own, never read back by it).
     segments: Vec<PathBuf>,
     /// Record positions by segment, filled by [`EmbeddingCache::scan`] or on first read.
-    index: Mutex<HashMap<u32, Vec<Record>>>,
+    index: Mutex<HashMap<u32, Arc<[Record]>>>,
     /// Names this run's log apart from any earlier run's (a pid alone repeats after a reboot).
     run_id: u128,
     log: Option<File>,
@@ -80,8 +80,7 @@ impl EmbeddingCache {
             let path = entry.map_err(StoreError::io(&dir))?.path();
             match path.extension().and_then(|e| e.to_str()) {
                 Some(LOG_EXTENSION) => segments.push(path),
-                // Segments of tars-index before 0.1's log format: not read, removed with the rest after a
-                // complete run.
+                // Segments in the earlier Parquet format: not read, removed with the rest after a complete run.
                 Some("parquet") => tracing::debug!("embedding cache: ignoring {} (older format)", path.display()),
                 Some("tmp") if !read_only => std::fs::remove_file(&path).map_err(StoreError::io(&path))?,
                 _ => {}
@@ -115,7 +114,7 @@ impl EmbeddingCache {
                 tracing::warn!("embedding cache: ignoring the rest of {}: {error}", path.display());
             }
             if let Ok(mut index) = self.index.lock() {
-                index.insert(segment, records);
+                index.insert(segment, records.into());
             }
         }
     }
@@ -145,13 +144,13 @@ impl EmbeddingCache {
         Ok(out)
     }
 
-    fn records(&self, segment: u32, path: &Path) -> Result<Vec<Record>, StoreError> {
+    fn records(&self, segment: u32, path: &Path) -> Result<Arc<[Record]>, StoreError> {
         let mut index = self
             .index
             .lock()
             .map_err(|_| StoreError::Corrupt { path: self.dir.clone(), message: "cache index lock poisoned".into() })?;
         if let Some(records) = index.get(&segment) {
-            return Ok(records.clone());
+            return Ok(Arc::clone(records));
         }
         let mut records = Vec::new();
         read_log(path, &self.space, |record, _| {
@@ -159,7 +158,8 @@ impl EmbeddingCache {
             Ok(())
         })
         .map_err(|message| StoreError::Corrupt { path: path.to_path_buf(), message })?;
-        index.insert(segment, records.clone());
+        let records: Arc<[Record]> = records.into();
+        index.insert(segment, Arc::clone(&records));
         Ok(records)
     }
 

@@ -156,7 +156,7 @@ impl TpmWindow {
     }
 
     /// `x-ratelimit-*-tokens` headers as OpenAI sends them (reset as a Go duration).
-    fn headers(&mut self) -> Vec<(&'static str, String)> {
+    fn rate_headers(&mut self) -> Vec<(&'static str, String)> {
         self.expire(std::time::Instant::now());
         let reset = self.accepted.front().map_or(Duration::ZERO, |(at, _)| {
             (*at + Self::WINDOW).saturating_duration_since(std::time::Instant::now())
@@ -356,7 +356,7 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
         let requested: u64 = tokens.iter().map(|t| *t as u64).sum();
         let verdict = window.take(requested);
         if window.headers {
-            rate_headers = window.headers();
+            rate_headers = window.rate_headers();
         }
         if let Err(wait) = verdict {
             state.tpm_refused.fetch_add(1, Ordering::SeqCst);
