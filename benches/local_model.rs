@@ -1,4 +1,4 @@
-//! The embedded local model (all-MiniLM-L6-v2 on candle, CPU): embeddings per second for short (~20-token) and
+//! The embedded local model (all-MiniLM-L6-v2 in the own encoder, CPU): embeddings per second for short (~20-token) and
 //! full-window (~250-token) inputs. scripts/bench_sentence_transformers.py times the same texts with
 //! sentence-transformers for the comparison in BENCHMARKS.md. Needs the model (scripts/fetch-model.sh).
 

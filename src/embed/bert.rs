@@ -1,68 +1,174 @@
-//! A BERT encoder for CPU inference, adapted from candle-transformers' `models::bert` (MIT/Apache-2.0) for speed.
+//! A BERT encoder for CPU inference, written for speed after candle-transformers' `models::bert` (MIT/Apache-2.0).
 //!
-//! Profiling candle-transformers' model on the full-window benchmark put only 44% of the time in matrix products;
-//! the rest went to scalar `erf` in GELU, a softmax built from separate exp/sum/div passes, per-batch matmuls over
-//! (T × H) slices, and the thread-pool barriers of many small element-wise ops. Here:
-//! - query, key and value are one fused projection, and every linear layer is one 2-D product over all tokens;
-//! - softmax is candle-nn's single-pass last-dimension kernel;
-//! - GELU uses a rational approximation of erf (Eigen's, |error| < 1e-6, checked in the tests) that the compiler
-//!   vectorises, split over the cores.
+//! candle's tensor ops spent 40% of the full-window benchmark outside matrix products: copies for every transpose,
+//! zero-filled outputs, a separate pass per element-wise op, SSE2-only code for the custom kernels, and 96 small
+//! attention products per layer each split over the cores with its own barrier. Here activations are plain
+//! row-major buffers and the products are faer's, so:
+//! - no padding: the texts of a pass are stacked row after row, and attention runs per text over its own tokens;
+//! - query, key and value are one fused projection, read in place through strided views (no transposes);
+//! - biases and residuals are written into the output first and the product is accumulated onto them;
+//! - attention runs one (text, head) pair per task, each product on one core, scores staying in cache;
+//! - GELU (with bias), softmax and layer norm are single passes compiled for the CPU found at run time (pulp).
 //!
 //! Same weights, same arithmetic up to float rounding: the reference test holds it to sentence-transformers.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_core::{Result, bail};
+use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-/// A linear layer stored as (in, out) so that `x · W` is one contiguous product.
+/// Rows per task in element-wise passes: enough work to amortise scheduling, enough tasks to balance the cores.
+const ROWS_PER_TASK: usize = 16;
+
+/// A linear layer stored as (in, out), row-major, so that `x · W` reads it in place.
 struct Dense {
-    weight_t: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
 }
 
 impl Dense {
     fn load(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Self> {
-        let weight = vb.get((outputs, inputs), "weight")?;
-        Ok(Self { weight_t: weight.t()?.contiguous()?, bias: vb.get(outputs, "bias")? })
+        let weight = vb.get((outputs, inputs), "weight")?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Self { weight, bias: vb.get(outputs, "bias")?.to_vec1()?, inputs, outputs })
     }
 
-    /// Query, key and value weights side by side: (in, 3 × out).
-    fn fused(parts: &[Dense]) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|d| &d.weight_t).collect();
-        let biases: Vec<&Tensor> = parts.iter().map(|d| &d.bias).collect();
-        Ok(Self { weight_t: Tensor::cat(&weights, 1)?.contiguous()?, bias: Tensor::cat(&biases, 0)? })
+    /// Layers with the same inputs side by side: (in, Σ out), one product instead of several.
+    fn fused(parts: &[Dense]) -> Self {
+        let inputs = parts.first().map_or(0, |p| p.inputs);
+        let outputs = parts.iter().map(|p| p.outputs).sum();
+        let mut weight = Vec::with_capacity(inputs * outputs);
+        for row in 0..inputs {
+            for p in parts {
+                weight.extend_from_slice(&p.weight[row * p.outputs..(row + 1) * p.outputs]);
+            }
+        }
+        let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
+        Self { weight, bias, inputs, outputs }
     }
 
-    /// `x`: (rows, in) → (rows, out).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    fn weight(&self) -> MatRef<'_, f32> {
+        MatRef::from_row_major_slice(&self.weight, self.inputs, self.outputs)
     }
+
+    /// `out = x · W + bias (+ residual)`: the bias and residual are written first and the product is accumulated
+    /// onto them, which saves a pass over the output.
+    fn forward_into(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
+        let rows = x.len() / self.inputs;
+        let width = self.outputs;
+        out.par_chunks_mut(width * ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+            for (i, row) in chunk.chunks_mut(width).enumerate() {
+                row.copy_from_slice(&self.bias);
+                if let Some(residual) = residual {
+                    let r = (task * ROWS_PER_TASK + i) * width;
+                    row.iter_mut().zip(&residual[r..r + width]).for_each(|(o, x)| *o += x);
+                }
+            }
+        });
+        self.product_into(x, rows, out, Accum::Add);
+    }
+
+    /// `out (=|+=) x · W`, over all cores.
+    fn product_into(&self, x: &[f32], rows: usize, out: &mut [f32], accum: Accum) {
+        faer::linalg::matmul::matmul(
+            MatMut::from_row_major_slice_mut(out, rows, self.outputs),
+            accum,
+            MatRef::from_row_major_slice(x, rows, self.inputs),
+            self.weight(),
+            1.0,
+            Par::rayon(0),
+        );
+    }
+}
+
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vb.get(size, "weight")?.to_vec1()?, bias: vb.get(size, "bias")?.to_vec1()?, eps: eps as f32 })
+    }
+
+    /// Layer norm of every row of `x` in place.
+    fn apply(&self, arch: pulp::Arch, x: &mut [f32]) {
+        let width = self.weight.len();
+        x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| arch.dispatch(NormRows { norm: self, rows }));
+    }
+}
+
+/// The kernels below are `pulp::WithSimd` operations so that their loops are compiled for the instruction set found
+/// at run time (AVX2 and FMA on current x86-64): `Arch::dispatch` calls `with_simd` from a function with those
+/// target features, and everything it calls is `#[inline(always)]` so that it is compiled there too. (A closure
+/// passed to `dispatch` is not reliably inlined, and then runs as baseline SSE2 code.)
+struct NormRows<'a> {
+    norm: &'a Norm,
+    rows: &'a mut [f32],
+}
+
+impl pulp::WithSimd for NormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Norm { weight, bias, eps } = self.norm;
+        for x in self.rows.chunks_mut(weight.len()) {
+            let n = x.len() as f32;
+            let mean = lane_sum(x) / n;
+            let mut squares = [0f32; LANES];
+            for chunk in x.chunks(LANES) {
+                for (s, v) in squares.iter_mut().zip(chunk) {
+                    *s += (v - mean) * (v - mean);
+                }
+            }
+            let inv = 1.0 / (squares.iter().sum::<f32>() / n + eps).sqrt();
+            for ((v, w), b) in x.iter_mut().zip(weight).zip(bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        }
+    }
+}
+
+/// Lanes of the element-wise kernels' partial sums, so that the compiler keeps them in vector registers.
+const LANES: usize = 8;
+
+#[inline(always)]
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut sums = [0f32; LANES];
+    for chunk in x.chunks(LANES) {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    sums.iter().sum()
 }
 
 struct Layer {
     qkv: Dense,
     attention_out: Dense,
-    attention_norm: LayerNorm,
+    attention_norm: Norm,
     intermediate: Dense,
     output: Dense,
-    output_norm: LayerNorm,
+    output_norm: Norm,
 }
 
 pub struct Bert {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
-    embeddings_norm: LayerNorm,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    /// Row 0 only: single-segment inputs.
+    token_type: Vec<f32>,
+    embeddings_norm: Norm,
     layers: Vec<Layer>,
     heads: usize,
     head_size: usize,
     hidden: usize,
+    intermediate: usize,
+    positions: usize,
     act: HiddenAct,
-}
-
-fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(vb.get(size, "weight")?, vb.get(size, "bias")?, eps))
 }
 
 impl Bert {
@@ -70,14 +176,13 @@ impl Bert {
         // Some checkpoints nest the weights under "bert." (or the model type).
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        if config.num_attention_heads == 0 || h % config.num_attention_heads != 0 {
+            bail!("hidden_size {h} is not a multiple of num_attention_heads {}", config.num_attention_heads);
+        }
         let e = vb.pp("embeddings");
-        let embedding = |name: &str, rows: usize| -> Result<Embedding> {
-            Ok(Embedding::new(e.pp(name).get((rows, h), "weight")?, h))
+        let table = |name: &str, rows: usize| -> Result<Vec<f32>> {
+            e.pp(name).get((rows, h), "weight")?.flatten_all()?.to_vec1()
         };
-        let word = embedding("word_embeddings", config.vocab_size)?;
-        let position = embedding("position_embeddings", config.max_position_embeddings)?;
-        let token_type = embedding("token_type_embeddings", config.type_vocab_size)?;
-        let embeddings_norm = layer_norm(e.pp("LayerNorm"), h, eps)?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let l = vb.pp(format!("encoder.layer.{i}"));
@@ -88,62 +193,186 @@ impl Bert {
                     .map(|n| Dense::load(&s.pp(n), h, h))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Layer {
-                    qkv: Dense::fused(&parts)?,
+                    qkv: Dense::fused(&parts),
                     attention_out: Dense::load(&a.pp("output.dense"), h, h)?,
-                    attention_norm: layer_norm(a.pp("output.LayerNorm"), h, eps)?,
+                    attention_norm: Norm::load(a.pp("output.LayerNorm"), h, eps)?,
                     intermediate: Dense::load(&l.pp("intermediate.dense"), h, config.intermediate_size)?,
                     output: Dense::load(&l.pp("output.dense"), config.intermediate_size, h)?,
-                    output_norm: layer_norm(l.pp("output.LayerNorm"), h, eps)?,
+                    output_norm: Norm::load(l.pp("output.LayerNorm"), h, eps)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            word,
-            position,
-            token_type,
-            embeddings_norm,
+            word: table("word_embeddings", config.vocab_size)?,
+            position: table("position_embeddings", config.max_position_embeddings)?,
+            token_type: table("token_type_embeddings", config.type_vocab_size)?,
+            embeddings_norm: Norm::load(e.pp("LayerNorm"), h, eps)?,
             layers,
             heads: config.num_attention_heads,
             head_size: h / config.num_attention_heads,
             hidden: h,
+            intermediate: config.intermediate_size,
+            positions: config.max_position_embeddings,
             act: config.hidden_act,
         })
     }
 
-    /// Hidden states (batch, tokens, hidden) for token ids and a 0/1 attention mask, both (batch, tokens).
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (batch, tokens) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, tokens as u32, ids.device())?;
-        let x = self
-            .word
-            .forward(ids)?
-            .broadcast_add(&self.token_type.forward(&ids.zeros_like()?)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
-        let mut x = self.embeddings_norm.forward(&x)?.reshape((batch * tokens, self.hidden))?;
-        let keys = mask.to_dtype(DType::F32)?.contiguous()?;
-        let softmax = MaskedSoftmax { scale: 1.0 / (self.head_size as f32).sqrt() };
-        for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?.reshape((batch, tokens, 3, self.heads, self.head_size))?;
-            let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
-            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-            let probs = q.matmul(&k.t()?)?.apply_op2_no_bwd(&keys, &softmax)?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((batch * tokens, self.hidden))?;
-            let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + &x)?)?;
-            let inner = layer.intermediate.forward(&attended)?;
-            let inner = match self.act {
-                HiddenAct::Gelu => inner.apply_op1_no_bwd(&FastGelu)?,
-                HiddenAct::GeluApproximate => inner.gelu()?,
-                HiddenAct::Relu => inner.relu()?,
-            };
-            x = layer.output_norm.forward(&(layer.output.forward(&inner)? + &attended)?)?;
+    /// Hidden states of every token of every text, stacked text after text: (Σ lengths, hidden), row-major. Each
+    /// text attends only to its own tokens, so texts of any lengths share a pass without padding.
+    pub fn forward(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
+        let (h, vocab) = (self.hidden, self.word.len() / self.hidden);
+        let mut spans = Vec::with_capacity(texts.len());
+        let mut rows = 0;
+        for ids in texts {
+            if ids.len() > self.positions {
+                bail!("{} tokens, more than the model's {} positions", ids.len(), self.positions);
+            }
+            if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                bail!("token id {id} is outside the vocabulary of {vocab}");
+            }
+            spans.push(Span { start: rows, len: ids.len() });
+            rows += ids.len();
         }
-        x.reshape((batch, tokens, self.hidden))
+        let arch = pulp::Arch::new();
+        let mut x = vec![0f32; rows * h];
+        let tokens = texts.iter().flat_map(|ids| ids.iter().enumerate());
+        for (row, (position, &id)) in x.chunks_mut(h).zip(tokens) {
+            let word = &self.word[id as usize * h..][..h];
+            let position = &self.position[position * h..][..h];
+            for (((v, w), p), t) in row.iter_mut().zip(word).zip(position).zip(&self.token_type[..h]) {
+                *v = w + p + t;
+            }
+        }
+        self.embeddings_norm.apply(arch, &mut x);
+
+        let mut qkv = vec![0f32; rows * 3 * h];
+        let mut context = vec![0f32; rows * h];
+        let mut attended = vec![0f32; rows * h];
+        let mut inner = vec![0f32; rows * self.intermediate];
+        for layer in &self.layers {
+            layer.qkv.forward_into(&x, &mut qkv, None);
+            self.attend(arch, &qkv, &spans, &mut context);
+            layer.attention_out.forward_into(&context, &mut attended, Some(&x));
+            layer.attention_norm.apply(arch, &mut attended);
+            layer.intermediate.product_into(&attended, rows, &mut inner, Accum::Replace);
+            activate(arch, self.act, &layer.intermediate.bias, &mut inner);
+            layer.output.forward_into(&inner, &mut x, Some(&attended));
+            layer.output_norm.apply(arch, &mut x);
+        }
+        Ok(x)
     }
+
+    /// Multi-head self-attention of each text over its own tokens, into `context` (rows, hidden). One task per
+    /// (text, head): its scores (at most positions²) stay in the core's cache, and its output is a disjoint block.
+    fn attend(&self, arch: pulp::Arch, qkv: &[f32], spans: &[Span], context: &mut [f32]) {
+        let (h, d) = (self.hidden, self.head_size);
+        let rows = qkv.len() / (3 * h);
+        let qkv = MatRef::from_row_major_slice(qkv, rows, 3 * h);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut blocks = Vec::with_capacity(spans.len() * self.heads);
+        let mut rest = MatMut::from_row_major_slice_mut(context, rows, h);
+        for span in spans {
+            let (mut text, tail) = rest.split_at_row_mut(span.len);
+            rest = tail;
+            for head in 0..self.heads {
+                let (block, others) = text.split_at_col_mut(d);
+                text = others;
+                blocks.push((span, head, block));
+            }
+        }
+        blocks.into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, (span, head, out)| {
+            let (start, len) = (span.start, span.len);
+            let q = qkv.submatrix(start, head * d, len, d);
+            let k = qkv.submatrix(start, h + head * d, len, d);
+            let v = qkv.submatrix(start, 2 * h + head * d, len, d);
+            scores.resize(len * len, 0.0);
+            let scores = &mut scores[..len * len];
+            let product = MatMut::from_row_major_slice_mut(scores, len, len);
+            faer::linalg::matmul::matmul(product, Accum::Replace, q, k.transpose(), scale, Par::Seq);
+            arch.dispatch(SoftmaxRows { rows: scores, width: len });
+            let probs = MatRef::from_row_major_slice(scores, len, len);
+            faer::linalg::matmul::matmul(out, Accum::Replace, probs, v, 1.0, Par::Seq);
+        });
+    }
+}
+
+/// A text's rows in the stacked activations.
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+/// `x = act(x + bias)` over the rows of `x`, in place.
+fn activate(arch: pulp::Arch, act: HiddenAct, bias: &[f32], x: &mut [f32]) {
+    x.par_chunks_mut(bias.len() * ROWS_PER_TASK).for_each(|rows| arch.dispatch(Activate { act, bias, rows }));
+}
+
+struct Activate<'a> {
+    act: HiddenAct,
+    bias: &'a [f32],
+    rows: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Activate<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        for row in self.rows.chunks_mut(self.bias.len()) {
+            match self.act {
+                HiddenAct::Gelu => {
+                    for (v, b) in row.iter_mut().zip(self.bias) {
+                        *v = gelu_erf(*v + b);
+                    }
+                }
+                HiddenAct::GeluApproximate => {
+                    for (v, b) in row.iter_mut().zip(self.bias) {
+                        *v = gelu_tanh(*v + b);
+                    }
+                }
+                HiddenAct::Relu => {
+                    for (v, b) in row.iter_mut().zip(self.bias) {
+                        *v = (*v + b).max(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Softmax of each row in place.
+struct SoftmaxRows<'a> {
+    rows: &'a mut [f32],
+    width: usize,
+}
+
+impl pulp::WithSimd for SoftmaxRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        for row in self.rows.chunks_mut(self.width) {
+            softmax_row(row);
+        }
+    }
+}
+
+/// GELU with erf: what BERT's "gelu" means.
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU's tanh approximation ("gelu_new"), with tanh(y) = 1 − 2 / (e^{2y} + 1).
+#[inline(always)]
+fn gelu_tanh(x: f32) -> f32 {
+    let y = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+    0.5 * x * (2.0 - 2.0 / (exp_fast(2.0 * y) + 1.0))
 }
 
 /// Eigen's rational approximation of erf for f32 (inputs clamped to [-4, 4], beyond which erf is ±1 in f32).
 /// Plain multiply-adds, not `mul_add`: without a target-wide FMA feature that becomes a libm call per operation.
-#[inline]
+#[inline(always)]
 pub fn erf_fast(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
@@ -162,7 +391,7 @@ pub fn erf_fast(x: f32) -> f32 {
 
 /// `exp` for softmax: Cephes' polynomial after range reduction, |relative error| < 2e-7 (checked in the tests),
 /// written so that it vectorises on baseline x86-64 (rounding by the 1.5 × 2^23 trick, no libm calls).
-#[inline]
+#[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23
     let x = x.clamp(-87.0, 88.0);
@@ -180,83 +409,22 @@ pub fn exp_fast(x: f32) -> f32 {
     y * f32::from_bits(((exponent + 127) << 23) as u32)
 }
 
-/// softmax(scale × scores) over the last dimension, with padded keys (mask 0) given zero weight: one pass per row
-/// instead of separate scale, mask, max, exp, sum and divide passes. Scores are (batch, heads, queries, keys), the
-/// mask (batch, keys).
-struct MaskedSoftmax {
-    scale: f32,
-}
-
-impl candle_core::CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "masked-softmax"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(scores), Some((start, end)), CpuStorage::F32(mask), Some((m_start, m_end))) =
-            (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets())
-        else {
-            candle_core::bail!("masked-softmax takes contiguous f32 tensors");
-        };
-        let (batch, heads, queries, keys) = l1.shape().dims4()?;
-        let mask = &mask[m_start..m_end];
-        if mask.len() != batch * keys {
-            candle_core::bail!("masked-softmax: mask has {} values for {batch} × {keys}", mask.len());
-        }
-        let scores = &scores[start..end];
-        let rows_per_item = heads * queries;
-        let scale = self.scale;
-        let mut out = vec![0f32; scores.len()];
-        out.par_chunks_mut(keys).zip(scores.par_chunks(keys)).enumerate().for_each(|(row, (o, xs))| {
-            let m = &mask[(row / rows_per_item) * keys..][..keys];
-            softmax_row(o, xs, m, scale);
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// One row of [`MaskedSoftmax`], branch-free and in eight lanes so that the compiler vectorises every loop.
-fn softmax_row(out: &mut [f32], scores: &[f32], mask: &[f32], scale: f32) {
-    const LANES: usize = 8;
+/// Softmax of one row of scores in place, branch-free and in [`LANES`] lanes so that every loop vectorises.
+#[inline(always)]
+fn softmax_row(x: &mut [f32]) {
     let mut lanes = [f32::MIN; LANES];
-    for (x, m) in scores.chunks(LANES).zip(mask.chunks(LANES)) {
-        for i in 0..x.len() {
-            lanes[i] = lanes[i].max(if m[i] > 0.0 { x[i] } else { f32::MIN });
+    for chunk in x.chunks(LANES) {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(*v);
         }
     }
     let max = lanes.iter().copied().fold(f32::MIN, f32::max);
-    for ((o, x), m) in out.iter_mut().zip(scores).zip(mask) {
-        *o = exp_fast((x - max) * scale) * m;
+    for v in x.iter_mut() {
+        *v = exp_fast(*v - max);
     }
-    let mut sums = [0f32; LANES];
-    for chunk in out.chunks(LANES) {
-        for (s, v) in sums.iter_mut().zip(chunk) {
-            *s += v;
-        }
-    }
-    let sum: f32 = sums.iter().sum();
-    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-    out.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// GELU with erf (what BERT's "gelu" means), computed with [`erf_fast`] over all cores.
-struct FastGelu;
-
-impl CustomOp1 for FastGelu {
-    fn name(&self) -> &'static str {
-        "fast-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("fast-gelu-erf takes a contiguous f32 tensor");
-        };
-        let out: Vec<f32> = data[start..end]
-            .par_iter()
-            .with_min_len(16 * 1024)
-            .map(|&x| 0.5 * x * (1.0 + erf_fast(x * std::f32::consts::FRAC_1_SQRT_2)))
-            .collect();
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    let inv = 1.0 / lane_sum(x);
+    for v in x.iter_mut() {
+        *v *= inv;
     }
 }
 
@@ -276,19 +444,41 @@ mod tests {
     }
 
     #[test]
-    fn masked_softmax_matches_the_plain_one_and_ignores_padding() {
-        let scores = Tensor::new(&[[[[1.0f32, 2.0, 3.0, 50.0], [0.5, -1.0, 0.0, -50.0]]]], &candle_core::Device::Cpu)
-            .expect("scores");
-        let mask = Tensor::new(&[[1.0f32, 1.0, 1.0, 0.0]], &candle_core::Device::Cpu).expect("mask");
-        let probs = scores.apply_op2_no_bwd(&mask, &MaskedSoftmax { scale: 0.5 }).expect("softmax");
-        let rows: Vec<Vec<f32>> = probs.squeeze(0).and_then(|t| t.squeeze(0)).and_then(|t| t.to_vec2()).expect("rows");
-        for (row, xs) in rows.iter().zip([[1.0f32, 2.0, 3.0], [0.5, -1.0, 0.0]]) {
-            let e: Vec<f64> = xs.iter().map(|x| (f64::from(*x) * 0.5).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            for (got, want) in row.iter().zip(e.iter().map(|v| v / sum)) {
-                assert!((f64::from(*got) - want).abs() < 1e-6, "{row:?}");
+    fn softmax_matches_the_plain_one() {
+        // Eleven values: one full vector of lanes and a remainder; a wide spread to exercise the max shift.
+        let xs = [1.0f32, 2.0, 3.0, 50.0, 0.5, -1.0, 0.0, -50.0, 7.25, 49.0, -3.0];
+        let mut row = xs;
+        softmax_row(&mut row);
+        let e: Vec<f64> = xs.iter().map(|x| f64::from(*x).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (got, want) in row.iter().zip(e.iter().map(|v| v / sum)) {
+            assert!((f64::from(*got) - want).abs() < 1e-6, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_matches_the_formula() {
+        for i in -800..=800 {
+            let x = i as f32 / 100.0;
+            let y = f64::from(x);
+            let exact = 0.5 * y * (1.0 + (0.797_884_560_802_865_4 * (y + 0.044_715 * y * y * y)).tanh());
+            assert!((f64::from(gelu_tanh(x)) - exact).abs() < 1e-5, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_the_plain_one() {
+        let norm = Norm { weight: (0..12).map(|i| 0.5 + i as f32 / 10.0).collect(), bias: vec![0.25; 12], eps: 1e-12 };
+        let xs: Vec<f32> = (0..24).map(|i| ((i * 7) % 11) as f32 - 3.0).collect();
+        let mut rows = xs.clone();
+        norm.apply(pulp::Arch::new(), &mut rows);
+        for (got, x) in rows.chunks(12).zip(xs.chunks(12)) {
+            let mean = x.iter().map(|v| f64::from(*v)).sum::<f64>() / 12.0;
+            let var = x.iter().map(|v| (f64::from(*v) - mean).powi(2)).sum::<f64>() / 12.0;
+            for (i, (g, v)) in got.iter().zip(x).enumerate() {
+                let want = (f64::from(*v) - mean) / (var + 1e-12).sqrt() * f64::from(norm.weight[i]) + 0.25;
+                assert!((f64::from(*g) - want).abs() < 1e-5, "{got:?}");
             }
-            assert_eq!(row[3], 0.0, "a padded key gets no weight");
         }
     }
 

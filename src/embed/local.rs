@@ -1,14 +1,15 @@
-//! The embedded local model: a BERT-family sentence-transformers model run in-process on CPU with candle.
+//! The embedded local model: a BERT-family sentence-transformers model run in-process on CPU (weights read with
+//! candle, inference by the encoder in `bert.rs`).
 //!
 //! `local/all-minilm-l6-v2` is sentence-transformers/all-MiniLM-L6-v2 (384 dimensions, mean pooling, L2-normalised),
 //! installed by `scripts/fetch-model.sh`; `local/<DIR>` loads any BERT-family sentence-transformers folder. Inference
-//! runs on the blocking pool (candle spreads each batch over the cores), in length-sorted sub-batches so that short
-//! texts are not padded to the length of long ones.
+//! runs on the blocking pool, in passes of about 2,048 tokens spread over the cores by the encoder (`bert.rs`),
+//! which stacks texts of any lengths without padding.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 
@@ -23,20 +24,22 @@ use crate::stats::Stats;
 pub const DEFAULT_LOCAL_MODEL: &str = "all-minilm-l6-v2";
 /// Prefix of local model names on the command line.
 pub const LOCAL_PREFIX: &str = "local/";
-/// Padded tokens per forward pass: large enough for efficient matrix products, small enough to bound the
-/// activation buffers. 2048 measured best among 832–8192 (BENCHMARKS.md); `TARS_INDEX_TOKENS_PER_PASS` overrides it.
+/// Tokens per forward pass: large enough for efficient matrix products, small enough to bound the activation
+/// buffers (about 15 KiB per token for MiniLM). `TARS_INDEX_TOKENS_PER_PASS` overrides it.
 const TOKENS_PER_PASS: usize = 2048;
 
-/// Splits indexes sorted by ascending length into groups whose padded size (texts × longest) stays within `budget`.
+/// Splits indexes, in order, into groups of at most `budget` tokens (a longer text goes alone).
 fn passes(order: &[usize], lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
+    let mut tokens = 0;
     for &i in order {
-        // Sorted ascending, so this text is the longest of the group so far.
-        if !current.is_empty() && (current.len() + 1) * lengths[i] > budget {
+        if !current.is_empty() && tokens + lengths[i] > budget {
             groups.push(std::mem::take(&mut current));
+            tokens = 0;
         }
         current.push(i);
+        tokens += lengths[i];
     }
     if !current.is_empty() {
         groups.push(current);
@@ -182,7 +185,7 @@ impl LocalModel {
 
     /// Embeds `texts` in order (blocking; call from a blocking thread).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>, LocalModelError> {
-        // Tokenised once, here: the length check, the sort and the forward pass all use these ids.
+        // Tokenised once, here: the length check and the forward pass both use these ids.
         let ids: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| self.counter.encode_fast(*t, true).map(|e| e.get_ids().to_vec()))
@@ -192,8 +195,8 @@ impl LocalModel {
         if let Some((index, &tokens)) = lengths.iter().enumerate().find(|(_, l)| **l > self.window) {
             return Err(LocalModelError::TooLong { index, tokens, window: self.window });
         }
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| lengths[i]);
+        // No need to sort by length: the encoder does not pad.
+        let order: Vec<usize> = (0..texts.len()).collect();
         let mut out = vec![0f32; texts.len() * self.dims];
         let budget =
             std::env::var("TARS_INDEX_TOKENS_PER_PASS").ok().and_then(|v| v.parse().ok()).unwrap_or(TOKENS_PER_PASS);
@@ -208,38 +211,35 @@ impl LocalModel {
         Ok(out)
     }
 
-    /// One forward pass over token ids (with [CLS]/[SEP]), padded here to the longest; padding is masked out of
-    /// attention and pooling, so its id does not matter.
+    /// One forward pass over token ids (with [CLS]/[SEP]); the encoder stacks the texts without padding.
     fn forward(&self, batch: &[&[u32]]) -> Result<Vec<f32>, LocalModelError> {
-        let fail = |e: &dyn std::fmt::Display| LocalModelError::Inference(e.to_string());
-        let width = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
-        let mut flat_ids = vec![0u32; batch.len() * width];
-        let mut flat_mask = vec![0u32; batch.len() * width];
-        for (row, ids) in batch.iter().enumerate() {
-            flat_ids[row * width..row * width + ids.len()].copy_from_slice(ids);
-            flat_mask[row * width..row * width + ids.len()].fill(1);
+        let hidden = self.model.forward(batch).map_err(|e| LocalModelError::Inference(e.to_string()))?;
+        let d = self.dims;
+        let mut out = Vec::with_capacity(batch.len() * d);
+        let mut start = 0;
+        for ids in batch {
+            let rows = &hidden[start * d..(start + ids.len()) * d];
+            start += ids.len();
+            let first = out.len();
+            match self.pooling {
+                Pooling::Cls => out.extend_from_slice(&rows[..d]),
+                Pooling::Mean => {
+                    out.resize(first + d, 0.0);
+                    for row in rows.chunks(d) {
+                        out[first..].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+                    }
+                    let n = ids.len().max(1) as f32;
+                    out[first..].iter_mut().for_each(|o| *o /= n);
+                }
+            }
+            if self.normalize {
+                let norm = out[first..].iter().map(|v| v * v).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    out[first..].iter_mut().for_each(|o| *o /= norm);
+                }
+            }
         }
-        let shape = (batch.len(), width);
-        let ids = Tensor::from_vec(flat_ids, shape, &Device::Cpu).map_err(|e| fail(&e))?;
-        let mask = Tensor::from_vec(flat_mask, shape, &Device::Cpu).map_err(|e| fail(&e))?;
-        let hidden = self.model.forward(&ids, &mask).map_err(|e| fail(&e))?;
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1).and_then(|t| t.squeeze(1)),
-            Pooling::Mean => (|| {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                hidden.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)
-            })(),
-        }
-        .map_err(|e| fail(&e))?;
-        let pooled = if self.normalize {
-            pooled.broadcast_div(
-                &pooled.sqr().and_then(|s| s.sum_keepdim(1)).and_then(|s| s.sqrt()).map_err(|e| fail(&e))?,
-            )
-        } else {
-            Ok(pooled)
-        }
-        .map_err(|e| fail(&e))?;
-        pooled.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| fail(&e))
+        Ok(out)
     }
 }
 
@@ -390,6 +390,16 @@ mod tests {
     }
 
     #[test]
+    fn ids_the_model_cannot_take_are_errors_not_panics() {
+        let beyond_vocabulary = [101u32, 30_522, 102];
+        let err = model().forward(&[&beyond_vocabulary]).err().expect("id outside the vocabulary");
+        assert!(err.to_string().contains("token id 30522 is outside the vocabulary of 30522"), "{err}");
+        let beyond_positions = vec![1000u32; 513];
+        let err = model().forward(&[&[101, 102], &beyond_positions]).err().expect("too many positions");
+        assert!(err.to_string().contains("513 tokens, more than the model's 512 positions"), "{err}");
+    }
+
+    #[test]
     fn missing_or_corrupt_folders_are_clear_errors() {
         let err = LocalModel::load(Path::new("/no/such/model")).err().expect("missing");
         assert!(matches!(err, LocalModelError::Missing { .. }) && err.to_string().contains("fetch-model.sh"), "{err}");
@@ -423,18 +433,17 @@ mod tests {
     }
 
     #[test]
-    fn passes_stay_within_the_padded_token_budget() {
+    fn passes_stay_within_the_token_budget() {
         let lengths = [5, 100, 3, 40, 40, 300, 7];
-        let mut order: Vec<usize> = (0..lengths.len()).collect();
-        order.sort_by_key(|&i| lengths[i]);
+        let order: Vec<usize> = (0..lengths.len()).collect();
         let groups = passes(&order, &lengths, 100);
         let flat: Vec<usize> = groups.iter().flatten().copied().collect();
-        assert_eq!(flat, order, "every text once, in length order");
+        assert_eq!(flat, order, "every text once, in order");
         for g in &groups {
-            let longest = g.iter().map(|&i| lengths[i]).max().expect("non-empty");
-            assert!(g.len() == 1 || g.len() * longest <= 100, "{g:?}");
+            assert!(g.len() == 1 || g.iter().map(|&i| lengths[i]).sum::<usize>() <= 100, "{g:?}");
         }
-        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2, 1, 1]);
+        // 5 | 100 | 3 + 40 + 40 | 300 (alone: longer than the budget) | 7
+        assert_eq!(groups, [vec![0], vec![1], vec![2, 3, 4], vec![5], vec![6]]);
     }
 
     #[test]
