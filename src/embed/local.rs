@@ -392,10 +392,10 @@ mod tests {
     #[test]
     fn ids_the_model_cannot_take_are_errors_not_panics() {
         let beyond_vocabulary = [101u32, 30_522, 102];
-        let err = model().forward(&[&beyond_vocabulary]).err().expect("id outside the vocabulary");
+        let err = model().forward(&[&beyond_vocabulary]).expect_err("id outside the vocabulary");
         assert!(err.to_string().contains("token id 30522 is outside the vocabulary of 30522"), "{err}");
         let beyond_positions = vec![1000u32; 513];
-        let err = model().forward(&[&[101, 102], &beyond_positions]).err().expect("too many positions");
+        let err = model().forward(&[&[101, 102], &beyond_positions]).expect_err("too many positions");
         assert!(err.to_string().contains("513 tokens, more than the model's 512 positions"), "{err}");
     }
 
