@@ -1,5 +1,5 @@
 """Writes tests/fixtures/minilm_reference.json: all-MiniLM-L6-v2 vectors computed by sentence-transformers itself,
-the reference the in-process candle model is tested against (cosine >= 0.999 per sentence).
+the reference the in-process model is tested against (cosine >= 0.999 per sentence).
 
 Run once, offline, after scripts/fetch-model.sh, in a Python environment with sentence-transformers:
     HF_HUB_OFFLINE=1 python scripts/reference_vectors.py [MODEL_DIR]

@@ -5,8 +5,8 @@ use clap::Parser;
 use tars_index::cli::{self, Cli, LogWriter};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: candle allocates and frees large buffers on every layer; with glibc malloc much of inference time was
-/// spent in the kernel (BENCHMARKS.md: +40% embeddings/s on full-window inputs).
+/// mimalloc: the local model allocates and frees large activation buffers; with glibc malloc much of inference time
+/// was spent in the kernel (BENCHMARKS.md: +40% embeddings/s, measured with the earlier candle-tensor encoder).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
