@@ -6,6 +6,7 @@
 //! runs on the blocking pool, in passes of about 2,048 tokens spread over the cores by the encoder (`bert.rs`),
 //! which stacks texts of any lengths without padding.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,23 +29,22 @@ pub const LOCAL_PREFIX: &str = "local/";
 /// buffers (about 15 KiB per token for MiniLM). `TARS_INDEX_TOKENS_PER_PASS` overrides it.
 const TOKENS_PER_PASS: usize = 2048;
 
-/// Splits indexes, in order, into groups of at most `budget` tokens (a longer text goes alone).
-fn passes(order: &[usize], lengths: &[usize], budget: usize) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut tokens = 0;
-    for &i in order {
-        if !current.is_empty() && tokens + lengths[i] > budget {
-            groups.push(std::mem::take(&mut current));
-            tokens = 0;
+/// Splits texts, in order, into runs of at most `budget` tokens (a longer text goes alone). The encoder does not pad,
+/// so there is nothing to gain from sorting by length.
+fn passes(lengths: &[usize], budget: usize) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        if i > start && tokens + len > budget {
+            runs.push(start..i);
+            (start, tokens) = (i, 0);
         }
-        current.push(i);
-        tokens += lengths[i];
+        tokens += len;
     }
-    if !current.is_empty() {
-        groups.push(current);
+    if start < lengths.len() {
+        runs.push(start..lengths.len());
     }
-    groups
+    runs
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,18 +195,16 @@ impl LocalModel {
         if let Some((index, &tokens)) = lengths.iter().enumerate().find(|(_, l)| **l > self.window) {
             return Err(LocalModelError::TooLong { index, tokens, window: self.window });
         }
-        // No need to sort by length: the encoder does not pad.
-        let order: Vec<usize> = (0..texts.len()).collect();
-        let mut out = vec![0f32; texts.len() * self.dims];
+        // Only possible with a tokenizer that adds no [CLS]/[SEP]; there would be nothing to pool.
+        if let Some(index) = lengths.iter().position(|&l| l == 0) {
+            return Err(LocalModelError::Inference(format!("input {index} has no tokens")));
+        }
         let budget =
             std::env::var("TARS_INDEX_TOKENS_PER_PASS").ok().and_then(|v| v.parse().ok()).unwrap_or(TOKENS_PER_PASS);
-        for group in passes(&order, &lengths, budget) {
-            let batch: Vec<&[u32]> = group.iter().map(|&i| ids[i].as_slice()).collect();
-            let vectors = self.forward(&batch)?;
-            for (row, &i) in group.iter().enumerate() {
-                out[i * self.dims..(i + 1) * self.dims]
-                    .copy_from_slice(&vectors[row * self.dims..(row + 1) * self.dims]);
-            }
+        let mut out = Vec::with_capacity(texts.len() * self.dims);
+        for run in passes(&lengths, budget) {
+            let batch: Vec<&[u32]> = ids[run].iter().map(Vec::as_slice).collect();
+            out.extend(self.forward(&batch)?);
         }
         Ok(out)
     }
@@ -435,15 +433,15 @@ mod tests {
     #[test]
     fn passes_stay_within_the_token_budget() {
         let lengths = [5, 100, 3, 40, 40, 300, 7];
-        let order: Vec<usize> = (0..lengths.len()).collect();
-        let groups = passes(&order, &lengths, 100);
-        let flat: Vec<usize> = groups.iter().flatten().copied().collect();
-        assert_eq!(flat, order, "every text once, in order");
-        for g in &groups {
-            assert!(g.len() == 1 || g.iter().map(|&i| lengths[i]).sum::<usize>() <= 100, "{g:?}");
+        let runs = passes(&lengths, 100);
+        let flat: Vec<usize> = runs.iter().cloned().flatten().collect();
+        assert_eq!(flat, (0..lengths.len()).collect::<Vec<_>>(), "every text once, in order");
+        for run in &runs {
+            assert!(run.len() == 1 || lengths[run.clone()].iter().sum::<usize>() <= 100, "{run:?}");
         }
         // 5 | 100 | 3 + 40 + 40 | 300 (alone: longer than the budget) | 7
-        assert_eq!(groups, [vec![0], vec![1], vec![2, 3, 4], vec![5], vec![6]]);
+        assert_eq!(runs, [0..1, 1..2, 2..5, 5..6, 6..7]);
+        assert!(passes(&[], 100).is_empty());
     }
 
     #[test]
