@@ -56,17 +56,18 @@ impl Dense {
     /// `out = x · W + bias (+ residual)`: the bias and residual are written first and the product is accumulated
     /// onto them, which saves a pass over the output.
     fn forward_into(&self, x: &[f32], out: &mut [f32], residual: Option<&[f32]>) {
-        let rows = x.len() / self.inputs;
-        let width = self.outputs;
-        out.par_chunks_mut(width * ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-            for (i, row) in chunk.chunks_mut(width).enumerate() {
-                row.copy_from_slice(&self.bias);
-                if let Some(residual) = residual {
-                    let r = (task * ROWS_PER_TASK + i) * width;
-                    row.iter_mut().zip(&residual[r..r + width]).for_each(|(o, x)| *o += x);
+        let (rows, width) = (x.len() / self.inputs, self.outputs);
+        let tasks = out.par_chunks_mut(width * ROWS_PER_TASK);
+        match residual {
+            Some(residual) => tasks.zip(residual.par_chunks(width * ROWS_PER_TASK)).for_each(|(out, residual)| {
+                for (out, residual) in out.chunks_mut(width).zip(residual.chunks(width)) {
+                    for ((o, b), r) in out.iter_mut().zip(&self.bias).zip(residual) {
+                        *o = b + r;
+                    }
                 }
-            }
-        });
+            }),
+            None => tasks.for_each(|out| out.chunks_mut(width).for_each(|row| row.copy_from_slice(&self.bias))),
+        }
         self.product_into(x, rows, out, Accum::Add);
     }
 
@@ -166,8 +167,6 @@ pub struct Bert {
     heads: usize,
     head_size: usize,
     hidden: usize,
-    intermediate: usize,
-    positions: usize,
     act: HiddenAct,
 }
 
@@ -211,8 +210,6 @@ impl Bert {
             heads: config.num_attention_heads,
             head_size: h / config.num_attention_heads,
             hidden: h,
-            intermediate: config.intermediate_size,
-            positions: config.max_position_embeddings,
             act: config.hidden_act,
         })
     }
@@ -220,12 +217,13 @@ impl Bert {
     /// Hidden states of every token of every text, stacked text after text: (Σ lengths, hidden), row-major. Each
     /// text attends only to its own tokens, so texts of any lengths share a pass without padding.
     pub fn forward(&self, texts: &[&[u32]]) -> Result<Vec<f32>> {
-        let (h, vocab) = (self.hidden, self.word.len() / self.hidden);
+        let h = self.hidden;
+        let (vocab, positions) = (self.word.len() / h, self.position.len() / h);
         let mut spans = Vec::with_capacity(texts.len());
         let mut rows = 0;
         for ids in texts {
-            if ids.len() > self.positions {
-                bail!("{} tokens, more than the model's {} positions", ids.len(), self.positions);
+            if ids.len() > positions {
+                bail!("{} tokens, more than the model's {positions} positions", ids.len());
             }
             if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
                 bail!("token id {id} is outside the vocabulary of {vocab}");
@@ -248,7 +246,8 @@ impl Bert {
         let mut qkv = vec![0f32; rows * 3 * h];
         let mut context = vec![0f32; rows * h];
         let mut attended = vec![0f32; rows * h];
-        let mut inner = vec![0f32; rows * self.intermediate];
+        let inner_width = self.layers.first().map_or(0, |l| l.intermediate.outputs);
+        let mut inner = vec![0f32; rows * inner_width];
         for layer in &self.layers {
             layer.qkv.forward_into(&x, &mut qkv, None);
             self.attend(arch, &qkv, &spans, &mut context);
