@@ -1,12 +1,10 @@
 //! End-to-end tests: the real binary, real HTTP to a mock OpenAI-compatible server on 127.0.0.1.
 
-mod util;
-
 use std::path::Path;
 use std::time::Duration;
 
-use util::mock::{DEFAULT_DIMS, Fault, MockServer, mock_embedding};
-use util::{cli, corpus, json_lines, manifest, read_rows, run};
+use crate::util::mock::{DEFAULT_DIMS, Fault, MockServer, mock_embedding};
+use crate::util::{cli, corpus, json_lines, manifest, read_rows, run};
 
 const ASTRONOMY: &str = "Telescopes gather light from distant galaxies. A nebula is a cloud of gas and dust \
 where stars are born. Astronomers measure the redshift of galaxies to learn how fast they recede.";
@@ -35,7 +33,7 @@ fn embed_args(mock: &MockServer, input: &Path, out: &Path) -> std::process::Comm
     cmd
 }
 
-fn summary(run: &util::Run) -> serde_json::Value {
+fn summary(run: &crate::util::Run) -> serde_json::Value {
     json_lines(&run.stdout).pop().unwrap_or_else(|| panic!("no JSON summary on stdout:\n{}", run.all_output()))
 }
 
@@ -424,7 +422,7 @@ fn dataset_reads_in_pyarrow_duckdb_and_polars() {
     let updated = run(&mut embed_args(&mock, input.path(), &dataset));
     assert_eq!(updated.code, 0, "{}", updated.all_output());
     let rows = read_rows(&dataset);
-    let live = util::live_rows(&dataset);
+    let live = crate::util::live_rows(&dataset);
     assert!(live.len() < rows.len());
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop.py");
@@ -492,7 +490,7 @@ fn sigterm_stops_the_run_and_keeps_what_was_embedded() {
     }
     let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(killed.success());
-    let result: util::Run = child.wait_with_output().expect("wait").into();
+    let result: crate::util::Run = child.wait_with_output().expect("wait").into();
     assert_eq!(result.code, 130, "{}", result.all_output());
     assert!(result.stderr.contains("interrupted"), "{}", result.stderr);
     let m = manifest(&dataset);

@@ -1,13 +1,11 @@
 //! Cost control through the CLI against the mock server: dry runs, token and cost budgets.
 
-mod util;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use util::mock::MockServer;
-use util::{cli, corpus, json_lines, live_rows, manifest, run};
+use crate::util::mock::MockServer;
+use crate::util::{cli, corpus, json_lines, live_rows, manifest, run};
 
 /// The twelve documents written to a new temp dir.
 fn write_corpus() -> tempfile::TempDir {
@@ -35,7 +33,7 @@ fn embed(base: Option<&str>, input: &Path, dataset: &Path) -> Command {
     cmd
 }
 
-fn last_json(run: &util::Run) -> serde_json::Value {
+fn last_json(run: &crate::util::Run) -> serde_json::Value {
     json_lines(&run.stdout).pop().unwrap_or_else(|| panic!("no JSON on stdout:\n{}", run.all_output()))
 }
 

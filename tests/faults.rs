@@ -2,14 +2,12 @@
 //! completes (or stops cleanly), the dataset holds exactly the chunks that succeeded with their correct vectors, and
 //! every chunk given up on is in the dead-letter file, from which the next run or `retry-failed` completes it.
 
-mod util;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::mock::{DEFAULT_DIMS, Fault, MockServer, Poison, mock_embedding};
-use util::{Run, cli, corpus, json_lines, live_content, live_rows, manifest, run};
+use crate::util::mock::{DEFAULT_DIMS, Fault, MockServer, Poison, mock_embedding};
+use crate::util::{Run, cli, corpus, json_lines, live_content, live_rows, manifest, run};
 
 /// 12 documents; `poisoned` holds one sentence with the marker among others, so that it chunks into several chunks
 /// of which one carries the marker.

@@ -1,15 +1,13 @@
 //! Scheduled re-indexing: incremental runs, crash safety, the dataset lock and pipeline files, through the CLI
 //! against the mock server.
 
-mod util;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use util::mock::MockServer;
-use util::{cached_hashes, cli, corpus, json_lines, live_content, live_rows, manifest, run, text_hash};
+use crate::util::mock::MockServer;
+use crate::util::{cached_hashes, cli, corpus, json_lines, live_content, live_rows, manifest, run, text_hash};
 
 /// A paragraph with words no other paragraph has, so every chunk text is distinct and searchable.
 fn paragraph(doc: &str, n: usize) -> String {
@@ -65,7 +63,7 @@ fn embed(mock: &MockServer, input: &Path, dataset: &Path) -> Command {
     cmd
 }
 
-fn report(run: &util::Run) -> serde_json::Value {
+fn report(run: &crate::util::Run) -> serde_json::Value {
     json_lines(&run.stdout).pop().unwrap_or_else(|| panic!("no JSON report on stdout:\n{}", run.all_output()))
 }
 
@@ -330,7 +328,7 @@ fn a_second_run_on_the_same_dataset_is_refused_or_waits() {
     );
 
     let waited = run(embed(&mock, input.path(), &dataset).args(["--wait-lock", "120"]));
-    let first = util::Run::from(first.wait_with_output().expect("first run"));
+    let first = crate::util::Run::from(first.wait_with_output().expect("first run"));
     assert_eq!(first.code, 0, "{}", first.all_output());
     assert_eq!(waited.code, 0, "{}", waited.all_output());
     assert_eq!(report(&waited)["chunks"]["embedded"], 0, "the waiting run found the work done: {}", waited.stdout);

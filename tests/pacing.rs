@@ -1,11 +1,9 @@
 //! Pacing through the CLI against the mock server: 429 storms and a tokens-per-minute limit.
 
-mod util;
-
 use std::time::{Duration, Instant};
 
-use util::mock::{DEFAULT_DIMS, Fault, MockServer, mock_embedding};
-use util::{Run, cli, corpus, json_lines, live_rows, run};
+use crate::util::mock::{DEFAULT_DIMS, Fault, MockServer, mock_embedding};
+use crate::util::{Run, cli, corpus, json_lines, live_rows, run};
 
 fn documents() -> tempfile::TempDir {
     let files: Vec<(String, String)> = (0..16)

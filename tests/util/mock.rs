@@ -205,10 +205,12 @@ impl MockServer {
     }
 
     /// Enforces `limit` tokens per minute from now on, with or without rate-limit headers.
+    #[allow(dead_code)] // benches/throughput.rs
     pub fn set_tpm(&self, limit: u64, headers: bool) {
         *self.state.tpm.lock().expect("lock") = Some(TpmWindow { limit, headers, accepted: VecDeque::new(), used: 0 });
     }
 
+    #[allow(dead_code)] // benches/throughput.rs
     pub fn tpm_refused(&self) -> usize {
         self.state.tpm_refused.load(Ordering::SeqCst)
     }

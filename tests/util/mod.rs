@@ -1,7 +1,5 @@
 //! Helpers shared by the integration tests: the mock server, running the CLI, reading datasets back.
 
-#![allow(dead_code)]
-
 pub mod mock;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,10 @@
+//! The integration tests, compiled into one binary (as ripgrep does): the real CLI against real HTTP servers on
+//! 127.0.0.1, with the helpers in `util`.
+
+mod util;
+
+mod cli;
+mod cost;
+mod faults;
+mod incremental;
+mod pacing;
