@@ -79,6 +79,7 @@ fn embed(base: &str, input: &Path, concurrency: usize, batch: usize, limits: Rat
             max_tokens: None,
             max_failures: None,
             retry_failed: false,
+            max_delete: Default::default(),
         };
         let started = Instant::now();
         let outcome = run_embed(job, embedder, stats, std::future::pending()).await.expect("run");

@@ -107,6 +107,9 @@ pub struct InputSection {
     pub exclude: Vec<String>,
     pub text_field: Option<String>,
     pub id_field: Option<String>,
+    /// Follow symbolic links to directories.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +146,27 @@ pub struct RequestsSection {
 pub struct OutputSection {
     /// The dataset directory, relative to the pipeline file's directory.
     pub dataset: Spanned<String>,
+    /// Most documents one run may delete: a count (`100`) or a share (`"10%"`).
+    pub max_delete: Option<Spanned<MaxDelete>>,
+    /// No limit on deletions.
+    pub allow_mass_delete: Option<Spanned<bool>>,
+}
+
+/// `max_delete = 100` or `max_delete = "10%"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MaxDelete {
+    Count(u64),
+    Text(String),
+}
+
+impl MaxDelete {
+    pub fn text(&self) -> String {
+        match self {
+            MaxDelete::Count(n) => n.to_string(),
+            MaxDelete::Text(t) => t.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,6 +3,7 @@
 //! Stages never print: they bump these counters, and the CLI reads them for the progress line and the final
 //! summary. Relaxed atomics are enough because every figure is an independent monotonic count.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,8 +21,19 @@ pub struct Stats {
     /// Documents whose missing chunks (from the dead-letter file) were sent again.
     pub docs_retried: AtomicU64,
     pub documents_lossy_utf8: AtomicU64,
+    /// Entries not read (binary, too large, links to directories, broken links, special files).
     pub files_skipped: AtomicU64,
     pub records_skipped: AtomicU64,
+    /// Files and directories that could not be read.
+    pub read_errors: AtomicU64,
+    /// Documents that kept their previous version because their file could not be read.
+    pub docs_unreadable: AtomicU64,
+    /// Entries left out by `--include`/`--exclude`.
+    pub entries_excluded: AtomicU64,
+    /// Hidden entries inside directory inputs (a hidden directory counts once).
+    pub entries_hidden: AtomicU64,
+    /// The entries behind `files_skipped` and `read_errors`, by path.
+    pub named: Mutex<NamedEntries>,
     pub chunks: AtomicU64,
     pub chunks_embedded: AtomicU64,
     /// Chunks written with a vector embedded before (by an earlier version or an interrupted run).
@@ -45,7 +57,43 @@ pub struct Stats {
     pub source_done: std::sync::atomic::AtomicBool,
 }
 
+/// Entries named in the report: the first [`NAMED_ENTRIES`] of each kind (the counters have them all).
+pub const NAMED_ENTRIES: usize = 1000;
+
+/// An entry of the input and what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NamedEntries {
+    pub not_read: Vec<Entry>,
+    pub read_errors: Vec<Entry>,
+}
+
 impl Stats {
+    /// Records an entry that was not read.
+    pub fn not_read(&self, path: String, reason: String) {
+        Self::add(&self.files_skipped, 1);
+        if let Ok(mut named) = self.named.lock()
+            && named.not_read.len() < NAMED_ENTRIES
+        {
+            named.not_read.push(Entry { path, reason });
+        }
+    }
+
+    /// Records a file or directory that could not be read.
+    pub fn read_error(&self, path: String, reason: String) {
+        Self::add(&self.read_errors, 1);
+        if let Ok(mut named) = self.named.lock()
+            && named.read_errors.len() < NAMED_ENTRIES
+        {
+            named.read_errors.push(Entry { path, reason });
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -68,6 +116,11 @@ impl Stats {
             documents_lossy_utf8: g(&self.documents_lossy_utf8),
             files_skipped: g(&self.files_skipped),
             records_skipped: g(&self.records_skipped),
+            read_errors: g(&self.read_errors),
+            docs_unreadable: g(&self.docs_unreadable),
+            entries_excluded: g(&self.entries_excluded),
+            entries_hidden: g(&self.entries_hidden),
+            named: self.named.lock().map(|n| n.clone()).unwrap_or_default(),
             chunks: g(&self.chunks),
             chunks_embedded: g(&self.chunks_embedded),
             chunks_reused: g(&self.chunks_reused),
@@ -101,6 +154,11 @@ pub struct Summary {
     pub documents_lossy_utf8: u64,
     pub files_skipped: u64,
     pub records_skipped: u64,
+    pub read_errors: u64,
+    pub docs_unreadable: u64,
+    pub entries_excluded: u64,
+    pub entries_hidden: u64,
+    pub named: NamedEntries,
     pub chunks: u64,
     pub chunks_embedded: u64,
     pub chunks_reused: u64,

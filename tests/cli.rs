@@ -361,7 +361,7 @@ fn damaged_or_stale_index_is_refused_without_crashing() {
     assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
     assert_eq!(run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta")).code, 0);
     let extra = corpus(&[("new.txt", "something else entirely")]);
-    assert_eq!(run(embed_args(&mock, extra.path(), &dataset).arg("--overwrite")).code, 0);
+    assert_eq!(run(embed_args(&mock, extra.path(), &dataset).args(["--overwrite", "--allow-mass-delete"])).code, 0);
     let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
     assert_eq!(result.code, 2, "{}", result.all_output());
 }

@@ -454,7 +454,7 @@ fn deleting_most_documents_compacts_the_dataset() {
     for name in ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"] {
         std::fs::remove_file(input.path().join(format!("{name}.txt"))).expect("remove");
     }
-    let update = run(&mut embed(&mock, input.path(), &dataset));
+    let update = run(embed(&mock, input.path(), &dataset).arg("--allow-mass-delete"));
     assert_eq!(update.code, 0, "{}", update.all_output());
     let m = manifest(&dataset);
     assert_eq!(m["rows"], m["live_rows"], "dead rows are gone from the files: {m}");

@@ -8,3 +8,4 @@ mod cost;
 mod faults;
 mod incremental;
 mod pacing;
+mod safety;

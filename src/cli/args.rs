@@ -80,10 +80,20 @@ pub struct JobFlags {
     /// JSONL field holding the document id [default: <file>:<line>].
     #[arg(long, value_name = "FIELD")]
     pub id_field: Option<String>,
+    /// Follow symbolic links to directories, detecting loops (links to files are always read).
+    #[arg(short = 'L', long)]
+    pub follow: bool,
     /// Reuse nothing from an existing dataset: embed everything again. The old version stays readable until the
     /// new one is complete.
     #[arg(long)]
     pub overwrite: bool,
+    /// Most of the dataset's documents one run may delete, as a count or a share (100, 10%) [default: 50%]. A run
+    /// that would delete more (an empty or missing input, a wrong --include) stops before publishing, exit 2.
+    #[arg(long, value_name = "N|P%")]
+    pub max_delete: Option<String>,
+    /// Let the run delete any number of the dataset's documents (no --max-delete limit).
+    #[arg(long, conflicts_with = "max_delete")]
+    pub allow_mass_delete: bool,
     #[command(flatten)]
     pub requests: RequestFlags,
 }

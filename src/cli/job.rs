@@ -11,6 +11,7 @@ use crate::config::{Origin, Pipeline, Setting};
 use crate::embed::price::usd_per_million_tokens;
 use crate::embed::{FallbackError, RateLimits, check_fallback};
 use crate::index::{IndexParamError, IndexParams};
+use crate::pipeline::DeleteLimit;
 use crate::source::SourceOptions;
 use crate::store::Manifest;
 
@@ -46,6 +47,9 @@ pub struct JobSpec {
     pub retry_failed: bool,
     pub fallback_base: Option<Setting<String>>,
     pub fallback_model: Option<Setting<String>>,
+    /// `--max-delete` as given (checked by [`JobSpec::delete_limit`]).
+    pub max_delete: Option<Setting<String>>,
+    pub allow_mass_delete: bool,
 }
 
 /// The flag's value if given, else the file's (`value` at `key`), else none.
@@ -109,6 +113,7 @@ impl JobSpec {
                     .or_else(|| file_input.and_then(|i| i.text_field.clone()))
                     .unwrap_or_else(|| "text".to_owned()),
                 id_field: flags.id_field.or_else(|| file_input.and_then(|i| i.id_field.clone())),
+                follow_links: flags.follow || file_input.is_some_and(|i| i.follow),
                 ..SourceOptions::default()
             },
             out,
@@ -244,6 +249,13 @@ impl JobSpec {
                 requests.and_then(|r| r.fallback_model.as_ref()),
                 "requests.fallback_model",
             ),
+            max_delete: flags.max_delete.map(|v| Setting::new(v, Origin::Flag("--max-delete"))).or_else(|| {
+                p.zip(f.and_then(|f| f.output.max_delete.as_ref()))
+                    .map(|(p, v)| p.setting(v, "output.max_delete"))
+                    .map(|s| Setting::new(s.value.text(), s.origin))
+            }),
+            allow_mass_delete: flags.allow_mass_delete
+                || f.and_then(|f| f.output.allow_mass_delete.as_ref()).is_some_and(|a| *a.get_ref()),
         }
     }
 
@@ -302,7 +314,22 @@ impl JobSpec {
         }
         self.index_params()?;
         self.token_budget()?;
+        self.delete_limit()?;
         Ok(())
+    }
+
+    /// How many of the dataset's documents the run may delete.
+    pub fn delete_limit(&self) -> anyhow::Result<DeleteLimit> {
+        if self.allow_mass_delete {
+            if let Some(m) = &self.max_delete {
+                return Err(m.error("cannot be combined with allow_mass_delete / --allow-mass-delete"));
+            }
+            return Ok(DeleteLimit::Unlimited);
+        }
+        match &self.max_delete {
+            Some(m) => DeleteLimit::parse(&m.value).map_err(|e| m.error(e)),
+            None => Ok(DeleteLimit::default()),
+        }
     }
 
     pub fn rate_limits(&self) -> RateLimits {

@@ -279,6 +279,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         max_tokens,
         max_failures: spec.max_failures.as_ref().map(|m| m.value),
         retry_failed: spec.retry_failed,
+        max_delete: spec.delete_limit().map_err(Failure::usage)?,
     };
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
@@ -330,6 +331,9 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
             spec.out.display()
         ),
     };
+    if let Some(refusal) = outcome.mass_delete {
+        return Err(Failure::usage(refusal));
+    }
     if let Some(error) = outcome.fatal {
         let failure = Failure::api(error);
         return Err(Failure { code: failure.code, error: failure.error.context(format!("run stopped; {kept}")) });
@@ -347,6 +351,16 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     }
     if let Some(error) = index_failure {
         return Err(Failure::run(error.context("the embeddings are saved, but the index update failed")));
+    }
+    let unreadable = outcome.summary.read_errors;
+    if unreadable > 0 {
+        eprintln!(
+            "error: {unreadable} {} could not be read (listed above); the {} documents read from them before kept \
+             their previous version; {kept}",
+            if unreadable == 1 { "file or directory" } else { "files or directories" },
+            outcome.summary.docs_unreadable,
+        );
+        return Ok(exit::FAILURES);
     }
     Ok(match outcome.status {
         RunStatus::Complete => exit::SUCCESS,

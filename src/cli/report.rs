@@ -10,6 +10,7 @@ use super::job::JobSpec;
 use crate::embed::price::estimate_usd;
 use crate::index::IndexMeta;
 use crate::pipeline::RunOutcome;
+use crate::stats::Entry;
 use crate::store::{RunStatus, write_json_atomic};
 
 const RUNS_DIR: &str = "runs";
@@ -47,6 +48,13 @@ pub struct RunReport {
     pub index: Option<IndexReport>,
     /// The dead-letter file of the published version, when chunks are missing from it.
     pub failed_file: Option<String>,
+    /// Entries of the input that were not read, and why (the first 1000; `documents.files_skipped` counts all).
+    pub not_read: Vec<Entry>,
+    /// Files and directories that could not be read (the first 1000; `documents.read_errors` counts all). Their
+    /// documents kept their previous version.
+    pub read_errors: Vec<Entry>,
+    /// Why the run refused to publish, when it would have deleted too many documents.
+    pub mass_delete: Option<String>,
     /// Nothing was sent or written: the counts are what a run would do.
     pub dry_run: bool,
     pub budget_reached: bool,
@@ -66,9 +74,18 @@ pub struct Documents {
     pub retried: u64,
     /// New or changed documents left at their previous version because some chunks failed.
     pub incomplete: u64,
+    /// Entries not read (listed in `not_read`).
     pub files_skipped: u64,
     pub records_skipped: u64,
     pub lossy_utf8: u64,
+    /// Files and directories that could not be read (listed in `read_errors`).
+    pub read_errors: u64,
+    /// Documents that kept their previous version because their file could not be read.
+    pub kept_unreadable: u64,
+    /// Entries left out by --include / --exclude.
+    pub excluded: u64,
+    /// Hidden entries inside directory inputs (a hidden directory counts once).
+    pub hidden: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,6 +139,10 @@ impl RunReport {
                 files_skipped: s.files_skipped,
                 records_skipped: s.records_skipped,
                 lossy_utf8: s.documents_lossy_utf8,
+                read_errors: s.read_errors,
+                kept_unreadable: s.docs_unreadable,
+                excluded: s.entries_excluded,
+                hidden: s.entries_hidden,
             },
             chunks: Chunks {
                 chunked: s.chunks,
@@ -151,6 +172,9 @@ impl RunReport {
                 .as_ref()
                 .and_then(|m| m.failed_file.as_ref())
                 .map(|f| spec.out.join(f).display().to_string()),
+            not_read: s.named.not_read.clone(),
+            read_errors: s.named.read_errors.clone(),
+            mass_delete: outcome.mass_delete.as_ref().map(ToString::to_string),
             dry_run: spec.dry_run,
             budget_reached: outcome.budget_reached,
             started_unix,
@@ -189,6 +213,9 @@ impl RunReport {
         );
         let cost = self.estimated_cost_usd.map_or_else(|| "unknown price".to_owned(), |usd| format!("${usd:.4}"));
         let _ = writeln!(out, "estimated cost with {}: {cost}", self.model);
+        if let Some(refusal) = &self.mass_delete {
+            let _ = writeln!(out, "a real run would stop before publishing: {refusal}");
+        }
         for (model, usd) in table {
             let _ = writeln!(out, "  {model:<32} ${usd:.4}");
         }
@@ -218,10 +245,19 @@ impl RunReport {
         let cost = self.estimated_cost_usd.map_or_else(|| "cost unknown".to_owned(), |usd| format!("≈ ${usd:.4}"));
         let _ = writeln!(
             out,
-            "documents: {} new, {} changed, {} unchanged, {} deleted ({} files skipped, {} records skipped, {} with \
-             invalid UTF-8 replaced)",
-            d.new, d.changed, d.unchanged, d.deleted, d.files_skipped, d.records_skipped, d.lossy_utf8
+            "documents: {} new, {} changed, {} unchanged, {} deleted ({} not read, {} records skipped, {} with \
+             invalid UTF-8 replaced; {} excluded by --include/--exclude, {} hidden)",
+            d.new,
+            d.changed,
+            d.unchanged,
+            d.deleted,
+            d.files_skipped,
+            d.records_skipped,
+            d.lossy_utf8,
+            d.excluded,
+            d.hidden
         );
+        self.print_entries(&mut out);
         let _ = writeln!(
             out,
             "chunks: {} embedded, {} reused, {} removed, {} failed; {} tokens ({} billed, {cost})",
@@ -253,6 +289,29 @@ impl RunReport {
                 "index {}: {} points inserted, {} in the graph ({} dead) in {:.2}s",
                 i.mode, i.inserted, i.points, i.dead_points, i.secs
             );
+        }
+    }
+}
+
+impl RunReport {
+    /// The entries not read and the read errors, a few of each by name.
+    fn print_entries(&self, out: &mut impl Write) {
+        const SHOWN: usize = 10;
+        let d = &self.documents;
+        for (count, entries, what) in [
+            (d.files_skipped, &self.not_read, "not read"),
+            (d.read_errors, &self.read_errors, "could not be read (their documents keep their previous version)"),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            let _ = writeln!(out, "{count} {} {what}:", if count == 1 { "entry" } else { "entries" });
+            for entry in entries.iter().take(SHOWN) {
+                let _ = writeln!(out, "  {}: {}", entry.path, entry.reason);
+            }
+            if count > SHOWN as u64 {
+                let _ = writeln!(out, "  … and {} more (--json lists up to 1000)", count - SHOWN as u64);
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 //! abandoned, upstream threads see their channel close and return, and the writer closes what it has.
 
 mod assemble;
+mod guard;
 mod isolate;
 mod previous;
 
@@ -27,13 +28,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use assemble::WriterMsg;
+pub use guard::{DeleteLimit, MassDelete, plural};
 pub use isolate::{BatchOutcome, ChunkFailure, embed_isolating};
 pub use previous::{Previous, VectorLoc, text_key};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
 use crate::chunk::{Chunk, ChunkSettings, Chunker, TokenChunker, TokenCounter};
 use crate::embed::{EmbedError, Embedder, Embeddings};
-use crate::source::{Document, FileSource, Source, SourceItem, SourceOptions, file_key};
+use crate::source::{Document, Excluded, FileSource, Source, SourceItem, SourceOptions, file_key};
 use crate::stats::{Stats, Summary};
 use crate::store::{ChunkingInfo, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError};
 
@@ -64,6 +66,8 @@ pub struct EmbedJob {
     pub max_failures: Option<u64>,
     /// Send only the chunks of the dead-letter file, reading no source (`retry-failed`).
     pub retry_failed: bool,
+    /// How many of the dataset's documents the run may delete before it is refused (`--max-delete`).
+    pub max_delete: DeleteLimit,
 }
 
 /// How a run ended.
@@ -80,6 +84,9 @@ pub struct RunOutcome {
     pub incomplete_docs: usize,
     /// The run stopped before a request that would have passed `max_tokens`.
     pub budget_reached: bool,
+    /// The run would have deleted more documents than `max_delete` allows: nothing was published (a dry run only
+    /// reports it).
+    pub mass_delete: Option<MassDelete>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +171,7 @@ pub async fn run_embed<E: Embedder>(
             None => list_failed(&previous, &doc_tx),
         }
     });
+    let (guard_tx, mut guard_rx) = tokio::sync::oneshot::channel();
     let plan_task = tokio::task::spawn_blocking({
         let planner = Planner {
             chunker: TokenChunker::with_counter(job.chunking, job.counter.clone()),
@@ -171,6 +179,9 @@ pub async fn run_embed<E: Embedder>(
             run_start_ns,
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
+            max_delete: job.max_delete,
+            guard: Some(guard_tx),
+            dry_run: job.dry_run,
         };
         let writer_tx = writer_tx.clone();
         move || planner.run(job.batching, doc_rx, &batch_tx, &writer_tx)
@@ -221,6 +232,8 @@ pub async fn run_embed<E: Embedder>(
 
     let mut fatal = None;
     let mut interrupted = false;
+    let mut mass_delete = None;
+    let mut guard_open = !dry_run;
     tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
@@ -229,6 +242,16 @@ pub async fn run_embed<E: Embedder>(
                 interrupted = true;
                 break;
             }
+            refusal = &mut guard_rx, if guard_open => match refusal {
+                Ok(refusal) => {
+                    mass_delete = Some(refusal);
+                    break;
+                }
+                Err(_) => {
+                    guard_open = false;
+                    continue;
+                }
+            },
         };
         let Some(outcome) = next else { break };
         Stats::add(&stats.batches_split, outcome.splits);
@@ -286,12 +309,17 @@ pub async fn run_embed<E: Embedder>(
     for task in [source_task, plan_task] {
         task.await.map_err(|e| PipelineError::Thread(e.to_string()))?;
     }
+    // The planner may have refused after the last batch was done (and always reports here in a dry run).
+    if mass_delete.is_none() {
+        mass_delete = guard_rx.try_recv().ok();
+    }
 
     let failed = Stats::get(&stats.chunks_failed);
     let budget_reached = budget_reached.load(Ordering::Relaxed);
     let incomplete_docs = assembled.as_ref().map_or(0, |a| a.incomplete);
     let source_done = assembled.as_ref().is_none_or(|a| a.source_done);
     let status = match (&fatal, interrupted) {
+        _ if mass_delete.is_some() && !dry_run => RunStatus::Aborted { reason: "mass deletion refused".to_owned() },
         (Some(error), _) => RunStatus::Aborted { reason: error.to_string() },
         (None, true) => RunStatus::Aborted { reason: "interrupted".to_owned() },
         (None, false) if budget_reached => RunStatus::Aborted { reason: "token budget reached".to_owned() },
@@ -301,6 +329,8 @@ pub async fn run_embed<E: Embedder>(
         (None, false) => RunStatus::Complete,
     };
     let published = match assembled {
+        // Refused: the published version stays as it is; what was embedded is in the cache for the next run.
+        Some(_) if mass_delete.is_some() => None,
         Some(assembled) => tokio::task::spawn_blocking({
             let status = status.clone();
             move || assemble::publish(assembled, published_before.as_ref(), appends, status)
@@ -317,6 +347,7 @@ pub async fn run_embed<E: Embedder>(
         interrupted,
         incomplete_docs,
         budget_reached,
+        mass_delete,
     })
 }
 
@@ -325,6 +356,8 @@ enum Input {
     Doc(Document),
     /// A file not read because it is unchanged.
     Unchanged(String),
+    /// A file or directory (its file key) that could not be read: its documents keep their previous version.
+    ReadError(String),
     /// A document of the dataset whose failed chunks are to be sent again (`retry-failed`).
     Retry(String),
     /// Every input was listed: with `all_documents`, the whole source (so documents not seen were deleted).
@@ -349,14 +382,28 @@ fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, s
                 tracing::warn!("{origin}: invalid UTF-8 replaced with U+FFFD");
                 continue;
             }
-            SourceItem::SkippedFile { origin, reason } => {
-                Stats::add(&stats.files_skipped, 1);
-                tracing::warn!("{origin}: skipped: {reason}");
+            SourceItem::NotRead { origin, reason } => {
+                tracing::warn!("{origin}: not read: {reason}");
+                stats.not_read(origin.to_string(), reason.to_string());
                 continue;
+            }
+            SourceItem::ReadError { path, error } => {
+                let key = file_key(&path);
+                tracing::error!("{key}: could not be read ({error}); what was read from it before is kept");
+                stats.read_error(key.clone(), error.to_string());
+                Input::ReadError(key)
             }
             SourceItem::SkippedRecord { origin, reason } => {
                 Stats::add(&stats.records_skipped, 1);
                 tracing::warn!("{origin}: record skipped: {reason}");
+                continue;
+            }
+            SourceItem::Excluded(Excluded::Glob) => {
+                Stats::add(&stats.entries_excluded, 1);
+                continue;
+            }
+            SourceItem::Excluded(Excluded::Hidden) => {
+                Stats::add(&stats.entries_hidden, 1);
                 continue;
             }
         };
@@ -387,11 +434,15 @@ struct Planner {
     run_start_ns: i64,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
+    max_delete: DeleteLimit,
+    /// Where a refusal of the deletions goes (taken when used).
+    guard: Option<tokio::sync::oneshot::Sender<MassDelete>>,
+    dry_run: bool,
 }
 
 impl Planner {
     fn run(
-        self,
+        mut self,
         limits: BatchLimits,
         mut inputs: mpsc::Receiver<Input>,
         batches: &mpsc::Sender<Batch>,
@@ -405,6 +456,7 @@ impl Planner {
             }
             let sent = match input {
                 Input::Unchanged(file) => self.keep_file(&file, &mut seen, writer),
+                Input::ReadError(key) => self.keep_unreadable(&key, &mut seen, writer),
                 Input::Doc(doc) => self.plan(doc, &mut seen, &mut batcher, batches, writer),
                 Input::Retry(name) => match self.previous.docs.get(&name) {
                     Some(record) if seen.insert(name.clone()) => {
@@ -416,6 +468,14 @@ impl Planner {
                     _ => true,
                 },
                 Input::End { all_documents } => {
+                    if all_documents && let Some(refusal) = self.check_deletions(&seen) {
+                        if let Some(guard) = self.guard.take() {
+                            let _ = guard.send(refusal);
+                        }
+                        if !self.dry_run {
+                            return; // nothing is published: no SourceDone, no last batch
+                        }
+                    }
                     if let Some(batch) = batcher.finish()
                         && batches.blocking_send(batch).is_err()
                     {
@@ -432,13 +492,52 @@ impl Planner {
         }
     }
 
+    /// The refusal, when deleting the documents not seen would pass the limit.
+    fn check_deletions(&self, seen: &HashSet<String>) -> Option<MassDelete> {
+        // One of the two is empty: the documents the new version builds on, or those it replaces.
+        let names = self.previous.docs.keys().chain(&self.previous.replaced);
+        let (mut documents, mut deleted) = (0u64, 0u64);
+        for name in names {
+            documents += 1;
+            deleted += u64::from(!seen.contains(name));
+        }
+        (!self.max_delete.allows(deleted, documents)).then_some(MassDelete {
+            deleted,
+            documents,
+            found: seen.len() as u64,
+            limit: self.max_delete,
+        })
+    }
+
+    /// The documents read from a file or directory that could not be read this time keep their previous version.
+    /// Returns false when the run is stopping.
+    fn keep_unreadable(&self, key: &str, seen: &mut HashSet<String>, writer: &mpsc::Sender<WriterMsg>) -> bool {
+        let below = format!("{}/", key.trim_end_matches('/'));
+        let exact = self.previous.by_file.get(key).into_iter();
+        let under = self.previous.by_file.range(below.clone()..).take_while(|(file, _)| file.starts_with(&below));
+        let names = exact.chain(under.map(|(_, names)| names)).flatten();
+        self.keep(names, &self.stats.docs_unreadable, seen, writer)
+    }
+
     /// The documents of an unchanged file keep their rows. Returns false when the run is stopping.
     fn keep_file(&self, file: &str, seen: &mut HashSet<String>, writer: &mpsc::Sender<WriterMsg>) -> bool {
-        for name in self.previous.by_file.get(file).into_iter().flatten() {
+        let names = self.previous.by_file.get(file).into_iter().flatten();
+        self.keep(names, &self.stats.docs_unchanged, seen, writer)
+    }
+
+    /// Keeps the published version of each named document not seen yet, counting it in `counter`.
+    fn keep<'n>(
+        &self,
+        names: impl Iterator<Item = &'n String>,
+        counter: &std::sync::atomic::AtomicU64,
+        seen: &mut HashSet<String>,
+        writer: &mpsc::Sender<WriterMsg>,
+    ) -> bool {
+        for name in names {
             if let Some(record) = self.previous.docs.get(name)
                 && seen.insert(name.clone())
             {
-                Stats::add(&self.stats.docs_unchanged, 1);
+                Stats::add(counter, 1);
                 if writer.blocking_send(WriterMsg::Keep(record.clone())).is_err() {
                     return false;
                 }

@@ -1,7 +1,7 @@
 //! What the published version of a dataset offers a new run: the documents it holds (to tell unchanged, changed and
 //! deleted ones apart) and every vector already paid for, in the data files or in the embedding cache, by text hash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::store::{CacheLoc, Dataset, DocRecord, EmbeddingCache, FailedChunk, Manifest, StoreError};
@@ -31,13 +31,16 @@ pub struct Previous {
     /// Set when the new version builds on the published one (same vector space, no `--overwrite`).
     pub dataset: Option<Dataset>,
     pub docs: HashMap<String, DocRecord>,
-    /// File key → names of the documents read from it.
-    pub by_file: HashMap<String, Vec<String>>,
+    /// File key → names of the documents read from it (ordered, to find every file under a directory).
+    pub by_file: BTreeMap<String, Vec<String>>,
     pub vectors: HashMap<TextKey, VectorLoc>,
     /// The chunking settings changed: every document is chunked again (vectors of identical texts are reused).
     pub rechunk: bool,
     /// The dead-letter entries of the published version, by document.
     pub failed: HashMap<String, Vec<FailedChunk>>,
+    /// The names of the published version's documents when the new version replaces it (`--overwrite`, a new
+    /// model): all of them that the run does not find are deleted, which the mass-deletion guard counts.
+    pub replaced: Vec<String>,
 }
 
 impl Previous {
@@ -60,10 +63,19 @@ impl Previous {
             Err(e) => return Err(e),
         };
         let mut previous = Previous { manifest: manifest.clone(), ..Previous::default() };
+        let replaced_names = |manifest: &Manifest| {
+            let mut names = Vec::new();
+            let dataset = Dataset { dir: dir.to_path_buf(), manifest: manifest.clone() };
+            if let Err(e) = dataset.for_each_doc(|record| names.push(record.doc)) {
+                tracing::warn!("could not count the documents the new version replaces: {e}");
+            }
+            names
+        };
         if fresh {
             if cache.segments() > 0 && !read_only {
                 cache.clear()?;
             }
+            previous.replaced = manifest.as_ref().map(replaced_names).unwrap_or_default();
             return Ok(previous);
         }
         cache.scan(|hash, loc| {
@@ -81,6 +93,7 @@ impl Previous {
                 settings.model,
                 settings.requested_dimensions
             );
+            previous.replaced = replaced_names(&manifest);
             return Ok(previous);
         }
         previous.rechunk = manifest.chunking != settings.chunking;

@@ -2,13 +2,15 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::jsonl::JsonlReader;
-use super::{Document, FileStat, Origin, SkipReason, SourceError, SourceItem, TextFormat, UnchangedFilter, file_key};
+use super::{
+    Document, Excluded, FileStat, Origin, SkipReason, SourceError, SourceItem, TextFormat, UnchangedFilter, file_key,
+};
 
 /// Files larger than this are skipped rather than read whole into memory (JSONL files are streamed, so they have no
 /// limit).
@@ -28,6 +30,9 @@ pub struct SourceOptions {
     /// JSONL field holding the document id; without it, records are named `<file>:<line>`.
     pub id_field: Option<String>,
     pub max_file_bytes: u64,
+    /// Follow symbolic links to directories (`--follow`), as ripgrep's `-L`; loops are detected and reported.
+    /// Links to files are always read.
+    pub follow_links: bool,
 }
 
 impl Default for SourceOptions {
@@ -39,6 +44,7 @@ impl Default for SourceOptions {
             text_field: "text".to_owned(),
             id_field: None,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            follow_links: false,
         }
     }
 }
@@ -57,6 +63,8 @@ pub struct FileSource {
     /// Items produced while handling one file but not yet returned (a lossy-UTF-8 note precedes its document).
     queued: VecDeque<SourceItem>,
     unchanged: Option<UnchangedFilter>,
+    /// Hidden entries the walk pruned (counted inside walkdir's filter).
+    hidden: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Walk {
@@ -81,6 +89,7 @@ impl FileSource {
             options,
             queued: VecDeque::new(),
             unchanged: None,
+            hidden: Default::default(),
         })
     }
 
@@ -102,47 +111,90 @@ impl FileSource {
         }
     }
 
-    /// The next file to read, as (path on disk, name in the dataset).
-    fn next_file(&mut self) -> Option<(PathBuf, String)> {
+    /// The next file to read, or an item about an entry that will not be read.
+    fn next_entry(&mut self) -> Option<Next> {
         loop {
             if let Some(walk) = &mut self.walk {
                 match walk.entries.next() {
                     Some(Ok(entry)) => {
-                        if !entry.file_type().is_file() {
-                            continue;
-                        }
-                        let relative = entry.path().strip_prefix(&walk.root).unwrap_or(entry.path());
-                        if self.selected(relative) {
-                            let name = path_name(relative);
-                            return Some((entry.into_path(), name));
+                        let relative = entry.path().strip_prefix(&walk.root).unwrap_or(entry.path()).to_path_buf();
+                        if let Some(next) = self.classify(entry, &relative) {
+                            return Some(next);
                         }
                         continue;
                     }
                     Some(Err(err)) => {
-                        let path = err.path().map(Path::to_path_buf).unwrap_or_else(|| walk.root.clone());
-                        self.queued.push_back(SourceItem::SkippedFile {
-                            origin: Origin { path, line: None },
-                            reason: SkipReason::Unreadable(io_message(&err)),
-                        });
-                        return None;
+                        let root = walk.root.clone();
+                        if let Some(next) = walk_error(err, &root) {
+                            return Some(next);
+                        }
+                        continue;
                     }
                     None => self.walk = None,
                 }
             }
             let root = self.pending_roots.pop_front()?;
             if root.is_dir() {
+                let hidden = std::sync::Arc::clone(&self.hidden);
                 let entries = walkdir::WalkDir::new(&root)
+                    .follow_links(self.options.follow_links)
                     .sort_by_file_name()
                     .into_iter()
-                    .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
+                    .filter_entry(move |e| {
+                        let keep = e.depth() == 0 || !is_hidden(e.file_name());
+                        if !keep {
+                            hidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        keep
+                    });
                 self.walk = Some(Walk { root, entries: Box::new(entries) });
             } else {
                 // A file named on the command line is read even when the globs would not select it: the user
                 // asked for it by name. Its dataset name is the path as given.
                 let name = path_name(&root);
-                return Some((root, name));
+                return Some(Next::File(root, name));
             }
         }
+    }
+
+    /// What to do with one entry of a directory walk; `None` for directories (the walk goes into them).
+    fn classify(&self, entry: walkdir::DirEntry, relative: &Path) -> Option<Next> {
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            return None;
+        }
+        let not_read = |path: &Path, reason| {
+            Some(Next::Item(SourceItem::NotRead { origin: Origin { path: path.to_path_buf(), line: None }, reason }))
+        };
+        // A link (only seen as such when links are not followed) is read if it leads to a file.
+        let target_is_file = if kind.is_symlink() {
+            match std::fs::metadata(entry.path()) {
+                Ok(target) if target.is_file() => true,
+                Ok(target) if target.is_dir() => {
+                    let excluded = self.exclude.as_ref().is_some_and(|e| e.is_match(relative));
+                    return if excluded {
+                        Some(Next::Item(SourceItem::Excluded(Excluded::Glob)))
+                    } else {
+                        not_read(entry.path(), SkipReason::LinkToDirectory)
+                    };
+                }
+                Ok(_) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return not_read(entry.path(), SkipReason::BrokenLink);
+                }
+                Err(error) => return Some(Next::Item(SourceItem::ReadError { path: entry.into_path(), error })),
+            }
+        } else {
+            kind.is_file()
+        };
+        if !self.selected(relative) {
+            return Some(Next::Item(SourceItem::Excluded(Excluded::Glob)));
+        }
+        if !target_is_file {
+            return not_read(entry.path(), SkipReason::NotRegular);
+        }
+        let name = path_name(relative);
+        Some(Next::File(entry.into_path(), name))
     }
 
     fn read_file(&mut self, path: PathBuf, name: String) {
@@ -159,14 +211,12 @@ impl FileSource {
         if is_jsonl(&path) {
             match JsonlReader::open(&path, &name, &self.options) {
                 Ok(reader) => self.jsonl = Some(reader),
-                Err(err) => self
-                    .queued
-                    .push_back(SourceItem::SkippedFile { origin, reason: SkipReason::Unreadable(err.to_string()) }),
+                Err(error) => self.queued.extend(read_error(path, error)),
             }
             return;
         }
         match read_text_file(&path, self.options.max_file_bytes) {
-            Ok((text, lossy, stat)) => {
+            Ok(Read::Text { text, lossy, stat }) => {
                 if lossy {
                     self.queued.push_back(SourceItem::LossyUtf8(origin.clone()));
                 }
@@ -178,9 +228,42 @@ impl FileSource {
                     stat: Some(stat),
                 }));
             }
-            Err(reason) => self.queued.push_back(SourceItem::SkippedFile { origin, reason }),
+            Ok(Read::Skipped(reason)) => self.queued.push_back(SourceItem::NotRead { origin, reason }),
+            Err(error) => self.queued.extend(read_error(path, error)),
         }
     }
+}
+
+/// What the walk found next.
+enum Next {
+    /// A file to read: its path on disk and its name in the dataset.
+    File(PathBuf, String),
+    Item(SourceItem),
+}
+
+/// A failed read, unless the file is simply gone (deleted since it was listed): then it is treated as deleted.
+fn read_error(path: PathBuf, error: std::io::Error) -> Option<SourceItem> {
+    if error.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&path).is_err() {
+        tracing::debug!("{}: removed while the run was reading", path.display());
+        return None;
+    }
+    Some(SourceItem::ReadError { path, error })
+}
+
+/// What a walk error means: a link loop or a broken link (with `--follow`) is an entry not read; a directory that
+/// cannot be listed is a read error for everything under it; an entry gone since its directory was listed is gone.
+fn walk_error(err: walkdir::Error, root: &Path) -> Option<Next> {
+    let path = err.path().map_or_else(|| root.to_path_buf(), Path::to_path_buf);
+    let origin = Origin { path: path.clone(), line: None };
+    if err.loop_ancestor().is_some() {
+        return Some(Next::Item(SourceItem::NotRead { origin, reason: SkipReason::LinkLoop }));
+    }
+    let error = err.into_io_error()?;
+    let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+    if error.kind() == std::io::ErrorKind::NotFound && is_link {
+        return Some(Next::Item(SourceItem::NotRead { origin, reason: SkipReason::BrokenLink }));
+    }
+    read_error(path, error).map(Next::Item)
 }
 
 impl Iterator for FileSource {
@@ -197,13 +280,17 @@ impl Iterator for FileSource {
                     None => self.jsonl = None,
                 }
             }
-            match self.next_file() {
-                Some((path, name)) => self.read_file(path, name),
-                // A walk error queues a skip and returns None; only stop when nothing is queued either.
-                None if self.queued.is_empty() && self.walk.is_none() && self.pending_roots.is_empty() => {
-                    return None;
+            match self.next_entry() {
+                Some(Next::File(path, name)) => self.read_file(path, name),
+                Some(Next::Item(item)) => return Some(item),
+                None => {
+                    let hidden = self.hidden.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if hidden == 0 {
+                        return None;
+                    }
+                    // Counted while walking; reported once each walk is over.
+                    self.queued.extend((0..hidden).map(|_| SourceItem::Excluded(Excluded::Hidden)));
                 }
-                None => {}
             }
         }
     }
@@ -250,34 +337,29 @@ fn path_name(path: &Path) -> String {
     parts.join("/")
 }
 
-fn io_message(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
+/// A text file's contents, or why it is not read as text.
+enum Read {
+    Text { text: String, lossy: bool, stat: FileStat },
+    Skipped(SkipReason),
 }
 
-/// Reads a whole text file; `true` when invalid UTF-8 had to be replaced. The stat is taken before reading, so a
+/// Reads a whole text file (`lossy` when invalid UTF-8 had to be replaced). The stat is taken before reading, so a
 /// write during the read shows up as a change next time.
-fn read_text_file(path: &Path, max_bytes: u64) -> Result<(String, bool, FileStat), SkipReason> {
-    let mut file = File::open(path).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
-    let metadata = file.metadata().map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+fn read_text_file(path: &Path, max_bytes: u64) -> std::io::Result<Read> {
+    let mut file = File::open(path)?;
+    let metadata = file.metadata()?;
     let stat = FileStat::of(&metadata);
     let len = metadata.len();
     if len > max_bytes {
-        return Err(SkipReason::TooLarge { bytes: len, limit: max_bytes });
+        return Ok(Read::Skipped(SkipReason::TooLarge { bytes: len, limit: max_bytes }));
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut bytes).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    file.read_to_end(&mut bytes)?;
     if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
-        return Err(SkipReason::Binary);
+        return Ok(Read::Skipped(SkipReason::Binary));
     }
     let (text, lossy) = decode_utf8(bytes);
-    Ok((text, lossy, stat))
+    Ok(Read::Text { text, lossy, stat })
 }
 
 /// UTF-8 with invalid sequences replaced; `true` when any were. A UTF-8 byte-order mark is dropped.
@@ -324,7 +406,7 @@ mod tests {
 
         let items = collect(SourceOptions { inputs: vec![root.to_path_buf()], ..Default::default() });
         assert_eq!(docs(&items), ["a.md", "b.txt", "bad.txt", "sub/c.txt"]);
-        assert!(items.iter().any(|i| matches!(i, SourceItem::SkippedFile { reason: SkipReason::Binary, origin } if origin.path.ends_with("img.png"))));
+        assert!(items.iter().any(|i| matches!(i, SourceItem::NotRead { reason: SkipReason::Binary, origin } if origin.path.ends_with("img.png"))));
         assert!(items.iter().any(|i| matches!(i, SourceItem::LossyUtf8(o) if o.path.ends_with("bad.txt"))));
         let bad = items.iter().find_map(|i| match i {
             SourceItem::Document(d) if d.doc == "bad.txt" => Some(d.text.clone()),
@@ -339,6 +421,99 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(docs(&items), ["b.txt", "bad.txt"]);
+    }
+
+    fn not_read(items: &[SourceItem]) -> Vec<(String, SkipReason)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                SourceItem::NotRead { origin, reason } => {
+                    Some((origin.path.file_name()?.to_string_lossy().into_owned(), reason.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_files_are_read_and_symlinked_directories_followed_only_when_asked() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (real, root) = (dir.path().join("real"), dir.path().join("root"));
+        std::fs::create_dir_all(real.join("deep")).expect("mkdir");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::fs::write(real.join("a.txt"), "alpha").expect("write");
+        std::fs::write(real.join("deep/b.txt"), "beta").expect("write");
+        symlink(real.join("a.txt"), root.join("a.txt")).expect("link");
+        symlink(&real, root.join("linked")).expect("link");
+        symlink(root.join("missing.txt"), root.join("broken.txt")).expect("link");
+        symlink(&root, root.join("sub/loop")).expect("link");
+
+        let options = SourceOptions { inputs: vec![root.clone()], ..Default::default() };
+        let items = collect(options.clone());
+        assert_eq!(docs(&items), ["a.txt"], "a symlinked file is read like any file");
+        let mut skipped = not_read(&items);
+        skipped.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            skipped,
+            [
+                ("broken.txt".to_owned(), SkipReason::BrokenLink),
+                ("linked".to_owned(), SkipReason::LinkToDirectory),
+                ("loop".to_owned(), SkipReason::LinkToDirectory),
+            ]
+        );
+
+        let items = collect(SourceOptions { follow_links: true, ..options });
+        assert_eq!(docs(&items), ["a.txt", "linked/a.txt", "linked/deep/b.txt"]);
+        let mut skipped = not_read(&items);
+        skipped.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            skipped,
+            [("broken.txt".to_owned(), SkipReason::BrokenLink), ("loop".to_owned(), SkipReason::LinkLoop)],
+            "the loop is reported once and not walked"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_named_and_read_errors_keep_their_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success());
+        // /proc/self/mem opens but fails to read at offset 0 (EIO), for root too: a real I/O error.
+        std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("eio.txt")).expect("link");
+        std::fs::write(dir.path().join("ok.txt"), "fine").expect("write");
+        let items = collect(SourceOptions { inputs: vec![dir.path().to_path_buf()], ..Default::default() });
+        assert_eq!(docs(&items), ["ok.txt"]);
+        assert_eq!(not_read(&items), [("pipe".to_owned(), SkipReason::NotRegular)]);
+        let errors: Vec<&PathBuf> = items
+            .iter()
+            .filter_map(|i| match i {
+                SourceItem::ReadError { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors, [&dir.path().join("eio.txt")]);
+    }
+
+    #[test]
+    fn excluded_and_hidden_entries_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["a.md", "b.txt", "c.txt", ".hidden/x.md", ".dotfile"] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, "text").expect("write");
+        }
+        let items = collect(SourceOptions {
+            inputs: vec![dir.path().to_path_buf()],
+            include: vec!["*.md".into()],
+            ..Default::default()
+        });
+        assert_eq!(docs(&items), ["a.md"]);
+        let count = |kind| items.iter().filter(|i| matches!(i, SourceItem::Excluded(k) if *k == kind)).count();
+        assert_eq!((count(Excluded::Glob), count(Excluded::Hidden)), (2, 2));
     }
 
     #[test]

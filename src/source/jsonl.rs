@@ -20,6 +20,8 @@ pub(super) struct JsonlReader {
     stat: Option<super::FileStat>,
     /// A document waiting behind its lossy-UTF-8 note.
     pending: Option<SourceItem>,
+    /// A read failed: nothing more comes from this file.
+    done: bool,
 }
 
 impl JsonlReader {
@@ -36,6 +38,7 @@ impl JsonlReader {
             id_field: options.id_field.clone(),
             buf: Vec::new(),
             pending: None,
+            done: false,
         })
     }
 
@@ -108,14 +111,19 @@ impl Iterator for JsonlReader {
         if let Some(item) = self.pending.take() {
             return Some(item);
         }
+        if self.done {
+            return None;
+        }
         loop {
             self.buf.clear();
             match self.reader.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(err) => {
-                    self.line += 1;
-                    return Some(self.skip_item(SkipReason::Unreadable(err.to_string())));
+                Err(error) => {
+                    // The rest of the file is not reached: its records keep their previous version (a read error
+                    // may persist, so this reader stops here).
+                    self.done = true;
+                    return Some(SourceItem::ReadError { path: self.path.clone(), error });
                 }
             }
             self.line += 1;

@@ -74,15 +74,23 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Why something in the input was not turned into a document.
+/// Why an entry of the input was not read, or a record of it not turned into a document. None of these is an
+/// error: the entry is what it is (binary, a link to a directory, ...), and a document read from it before is
+/// deleted like one whose file is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
     /// The file looks binary (it has NUL bytes).
     Binary,
-    /// The file could not be opened or read.
-    Unreadable(String),
     /// The file is larger than the per-file limit.
     TooLarge { bytes: u64, limit: u64 },
+    /// A symbolic link to a directory, and links are not followed (`--follow`).
+    LinkToDirectory,
+    /// A symbolic link whose target does not exist.
+    BrokenLink,
+    /// A symbolic link that leads back to a directory above it (with `--follow`).
+    LinkLoop,
+    /// A FIFO, socket or device.
+    NotRegular,
     /// A JSONL line is not a JSON object.
     InvalidJson(String),
     /// A JSONL record lacks the text field, or it is not a string.
@@ -93,14 +101,26 @@ impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SkipReason::Binary => write!(f, "binary file (contains NUL bytes)"),
-            SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
             SkipReason::TooLarge { bytes, limit } => {
                 write!(f, "file is {bytes} bytes, over the {limit}-byte limit")
             }
+            SkipReason::LinkToDirectory => write!(f, "symbolic link to a directory (pass --follow to read it)"),
+            SkipReason::BrokenLink => write!(f, "broken symbolic link"),
+            SkipReason::LinkLoop => write!(f, "symbolic link loop"),
+            SkipReason::NotRegular => write!(f, "not a regular file (FIFO, socket or device)"),
             SkipReason::InvalidJson(e) => write!(f, "not a JSON object: {e}"),
             SkipReason::MissingField(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// Entries left out by the user's own rules, only counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Excluded {
+    /// Matched `--exclude`, or not `--include`.
+    Glob,
+    /// A hidden file or directory (its name starts with `.`) inside a directory input.
+    Hidden,
 }
 
 /// Something a source produced.
@@ -111,16 +131,23 @@ pub enum SourceItem {
     Unchanged(String),
     /// Invalid UTF-8 was replaced with U+FFFD; the document follows as usual.
     LossyUtf8(Origin),
-    /// A whole file was skipped.
-    SkippedFile {
+    /// An entry that was not read, for the reason given.
+    NotRead {
         origin: Origin,
         reason: SkipReason,
+    },
+    /// A file or directory that could not be read (permissions, an I/O error, a share gone): what was read from it
+    /// before must be kept, not taken for deleted. For a directory, that is everything under it.
+    ReadError {
+        path: PathBuf,
+        error: std::io::Error,
     },
     /// One JSONL record was skipped.
     SkippedRecord {
         origin: Origin,
         reason: SkipReason,
     },
+    Excluded(Excluded),
 }
 
 /// Stage boundary: anything that yields [`SourceItem`]s, lazily, from a blocking thread.

@@ -43,6 +43,29 @@ pub fn cli(base: Option<&str>) -> Command {
     cmd
 }
 
+/// Whether the tests run as root, for whom file permissions do not apply.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The CLI as [`cli`] makes it, but subject to file permissions: as root, started through `setpriv` without the
+/// capabilities that let root read and search any directory, so a `chmod 000` directory is really unreadable.
+pub fn cli_without_override(base: Option<&str>) -> Command {
+    if !is_root() {
+        return cli(base);
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set=-dac_override,-dac_read_search", "--"]).arg(env!("CARGO_BIN_EXE_tars-index"));
+    cmd.env_remove("TARS_API_BASE").env_remove("TARS_API_KEY").env_remove("RUST_LOG");
+    if let Some(base) = base {
+        cmd.env("TARS_API_BASE", base).env("TARS_API_KEY", mock::KEY);
+    }
+    cmd
+}
+
 pub fn run(cmd: &mut Command) -> Run {
     let run: Run = cmd.output().expect("run tars-index").into();
     assert!(!run.all_output().contains(mock::KEY), "the API key leaked into the output:\n{}", run.all_output());

@@ -1,0 +1,210 @@
+//! Data safety when the filesystem misbehaves (issue 11): unreadable files and folders, symbolic links, inputs that
+//! vanish. Each test is named after the defect it pins.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::mock::MockServer;
+use crate::util::{cli, cli_without_override, corpus, json_lines, live_rows, manifest, run};
+
+fn embed(mut cmd: Command, input: &Path, dataset: &Path, extra: &[&str]) -> crate::util::Run {
+    cmd.arg("embed").arg(input).arg("--out").arg(dataset).arg("--json").args(extra);
+    run(&mut cmd)
+}
+
+fn report(run: &crate::util::Run) -> serde_json::Value {
+    json_lines(&run.stdout).pop().unwrap_or_else(|| panic!("no JSON report on stdout:\n{}", run.all_output()))
+}
+
+fn live_docs(dataset: &Path) -> std::collections::BTreeSet<String> {
+    live_rows(dataset).into_iter().map(|r| r.doc).collect()
+}
+
+fn text(topic: &str) -> String {
+    format!("This note is about {topic}. It says a few things about {topic} and nothing about anything else.")
+}
+
+#[cfg(unix)]
+#[test]
+fn an_unreadable_folder_is_not_taken_for_deleted() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockServer::start();
+    let input = corpus(&[
+        ("a.txt", &text("apples")),
+        ("b.txt", &text("bananas")),
+        ("c.txt", &text("cherries")),
+        ("d.txt", &text("dates")),
+        ("sub/e.txt", &text("elderberries")),
+        ("sub/f.txt", &text("figs")),
+    ]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let first = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    let before = live_docs(&dataset);
+    assert_eq!(before.len(), 6);
+    let generation = manifest(&dataset)["generation"].clone();
+
+    let sub = input.path().join("sub");
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    let second = embed(cli_without_override(Some(&mock.base())), input.path(), &dataset, &[]);
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
+    assert_eq!(second.code, 1, "a read error fails the run: {}", second.all_output());
+    let r = report(&second);
+    assert_eq!(r["documents"]["deleted"], 0, "{r}");
+    assert_eq!(
+        (r["documents"]["read_errors"].as_u64(), r["documents"]["kept_unreadable"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let error = &r["read_errors"][0];
+    assert!(error["path"].as_str().is_some_and(|p| p.ends_with("sub")), "{r}");
+    assert!(error["reason"].as_str().is_some_and(|e| e.contains("Permission denied")), "{r}");
+    assert!(second.stderr.contains("sub") && second.stderr.contains("could not be read"), "{}", second.stderr);
+    assert_eq!(live_docs(&dataset), before, "the unreadable folder's documents keep their vectors");
+    assert_eq!(manifest(&dataset)["generation"], generation, "nothing changed, so nothing was published");
+
+    // Readable again: nothing to do. Really gone: now they are deleted.
+    let third = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!((third.code, report(&third)["documents"]["deleted"].as_u64()), (0, Some(0)), "{}", third.all_output());
+    std::fs::remove_dir_all(&sub).expect("rm sub");
+    let fourth = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(
+        (fourth.code, report(&fourth)["documents"]["deleted"].as_u64()),
+        (0, Some(2)),
+        "{}",
+        fourth.all_output()
+    );
+    assert_eq!(live_docs(&dataset).len(), 4);
+}
+
+#[cfg(unix)]
+#[test]
+fn an_unreadable_file_keeps_its_previous_version() {
+    let mock = MockServer::start();
+    let input = corpus(&[("a.txt", &text("apples")), ("b.txt", &text("bananas")), ("c.txt", &text("cherries"))]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &[]).code, 0);
+    let rows_before = live_rows(&dataset);
+
+    // /proc/self/mem opens and then fails to read (EIO), whoever runs the test: a real I/O error in place of c.txt.
+    std::fs::remove_file(input.path().join("c.txt")).expect("rm");
+    std::os::unix::fs::symlink("/proc/self/mem", input.path().join("c.txt")).expect("link");
+    let result = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(result.code, 1, "{}", result.all_output());
+    let r = report(&result);
+    assert_eq!((r["documents"]["deleted"].as_u64(), r["documents"]["kept_unreadable"].as_u64()), (Some(0), Some(1)));
+    assert!(r["read_errors"][0]["path"].as_str().is_some_and(|p| p.ends_with("c.txt")), "{r}");
+    let rows_after = live_rows(&dataset);
+    assert_eq!(rows_after.len(), rows_before.len());
+    assert!(rows_after.iter().zip(&rows_before).all(|(a, b)| a.row_id == b.row_id && a.embedding == b.embedding));
+}
+
+#[cfg(unix)]
+#[test]
+fn symbolic_links_are_read_not_silently_ignored() {
+    use std::os::unix::fs::symlink;
+    let mock = MockServer::start();
+    let real = corpus(&[
+        ("a.txt", &text("apples")),
+        ("b.txt", &text("bananas")),
+        ("c.txt", &text("cherries")),
+        ("more/d.txt", &text("dates")),
+        ("more/e.txt", &text("elderberries")),
+    ]);
+    let links = tempfile::tempdir().expect("tempdir");
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        symlink(real.path().join(name), links.path().join(name)).expect("link");
+    }
+    symlink(real.path().join("more"), links.path().join("more")).expect("link");
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+
+    let first = embed(cli(Some(&mock.base())), links.path(), &dataset, &[]);
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    let r = report(&first);
+    assert_eq!((r["documents"]["new"].as_u64(), r["documents"]["files_skipped"].as_u64()), (Some(3), Some(1)), "{r}");
+    let skipped = &r["not_read"][0];
+    assert!(skipped["path"].as_str().is_some_and(|p| p.ends_with("more")), "{r}");
+    assert!(skipped["reason"].as_str().is_some_and(|p| p.contains("--follow")), "{r}");
+    assert!(first.stderr.contains("more") && first.stderr.contains("--follow"), "{}", first.stderr);
+
+    let followed = embed(cli(Some(&mock.base())), links.path(), &dataset, &["--follow"]);
+    assert_eq!(followed.code, 0, "{}", followed.all_output());
+    let r = report(&followed);
+    assert_eq!((r["documents"]["new"].as_u64(), r["documents"]["deleted"].as_u64()), (Some(2), Some(0)), "{r}");
+    let docs: Vec<String> = live_docs(&dataset).into_iter().collect();
+    assert_eq!(docs, ["a.txt", "b.txt", "c.txt", "more/d.txt", "more/e.txt"]);
+}
+
+#[test]
+fn a_run_that_finds_no_documents_deletes_nothing() {
+    let mock = MockServer::start();
+    let files: Vec<(String, String)> = (0..6).map(|i| (format!("docs/n{i}.txt"), text(&format!("topic{i}")))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let input = corpus(&refs);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &[]).code, 0);
+    let published = manifest(&dataset);
+
+    // A mistyped include, then an empty mount: refused before publishing, exit 2, with the overrides named.
+    let typo = embed(cli(Some(&mock.base())), input.path(), &dataset, &["--include", "doc/**"]);
+    let empty = tempfile::tempdir().expect("tempdir");
+    let unmounted = embed(cli(Some(&mock.base())), empty.path(), &dataset, &[]);
+    for refused in [&typo, &unmounted] {
+        assert_eq!(refused.code, 2, "{}", refused.all_output());
+        for needle in ["refusing to delete 6 of the dataset's 6 documents", "--allow-mass-delete", "--max-delete"] {
+            assert!(refused.stderr.contains(needle), "{needle:?} not in {}", refused.stderr);
+        }
+        assert!(report(refused)["mass_delete"].is_string());
+        assert_eq!(manifest(&dataset), published, "the published version is untouched");
+    }
+    assert_eq!(report(&typo)["documents"]["excluded"], 6, "the report shows where the documents went");
+
+    // More than half gone is refused too; a limit that allows it, or the override, lets the run through.
+    for i in 0..4 {
+        std::fs::remove_file(input.path().join(format!("docs/n{i}.txt"))).expect("rm");
+    }
+    let most = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(most.code, 2, "{}", most.all_output());
+    assert!(most.stderr.contains("refusing to delete 4 of the dataset's 6 documents (67%"), "{}", most.stderr);
+    let dry = embed(cli(None), input.path(), &dataset, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all_output());
+    assert!(report(&dry)["report"]["mass_delete"].is_string(), "a dry run says the real run would stop");
+    let allowed = embed(cli(Some(&mock.base())), input.path(), &dataset, &["--max-delete", "4"]);
+    assert_eq!((allowed.code, report(&allowed)["documents"]["deleted"].as_u64()), (0, Some(4)), "{}", allowed.stderr);
+    let bad = embed(cli(Some(&mock.base())), input.path(), &dataset, &["--max-delete", "many"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("--max-delete"), "{}", bad.stderr);
+    let all = embed(cli(Some(&mock.base())), empty.path(), &dataset, &["--allow-mass-delete"]);
+    assert_eq!((all.code, report(&all)["documents"]["deleted"].as_u64()), (0, Some(2)), "{}", all.all_output());
+}
+
+#[test]
+fn pipeline_files_set_the_deletion_limit() {
+    let mock = MockServer::start();
+    let input = corpus(&[("a.txt", &text("apples")), ("b.txt", &text("bananas")), ("c.txt", &text("cherries"))]);
+    let jobs = tempfile::tempdir().expect("tempdir");
+    let file = jobs.path().join("job.toml");
+    let job = |limit: &str| {
+        format!(
+            "[input]\npaths = [{:?}]\ninclude = [\"a.txt\"]\n\n[output]\ndataset = \"ds\"\n{limit}\n",
+            input.path().display().to_string()
+        )
+    };
+    let run_job = |limit: &str| {
+        std::fs::write(&file, job(limit)).expect("write toml");
+        run(cli(Some(&mock.base())).arg("run").arg(&file).args(["--include", "**", "--json"]))
+    };
+    assert_eq!(run_job("").code, 0);
+    std::fs::write(&file, job("")).expect("write toml");
+    let refused = run(cli(Some(&mock.base())).arg("run").arg(&file).arg("--json"));
+    assert_eq!(refused.code, 2, "2 of 3 deleted is over the default half: {}", refused.all_output());
+    let bad = run_job("max_delete = \"lots\"");
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("job.toml:7: output.max_delete"), "{}", bad.stderr);
+    std::fs::write(&file, job("max_delete = \"70%\"")).expect("write toml");
+    let allowed = run(cli(Some(&mock.base())).arg("run").arg(&file).arg("--json"));
+    assert_eq!((allowed.code, report(&allowed)["documents"]["deleted"].as_u64()), (0, Some(2)), "{}", allowed.stderr);
+}
