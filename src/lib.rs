@@ -12,6 +12,7 @@
 //! | write Parquet + manifest | [`store`] | [`store::DatasetWriter`] |
 //! | build, save, load and search the HNSW graph | [`index`] | [`index::SearchIndex`] |
 //!
+//! [`query`] answers searches from the newest version of a dataset, whether or not its index has caught up.
 //! [`stats`] holds the counters every stage reports to; [`config`] reads pipeline files; [`cli`] is the only module
 //! that prints.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod embed;
 pub mod index;
 pub mod pipeline;
+pub mod query;
 pub mod source;
 pub mod stats;
 pub mod store;

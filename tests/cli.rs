@@ -314,8 +314,8 @@ fn usage_errors_exit_2_and_name_the_problem() {
     assert_eq!(result.code, 2);
     assert!(result.stderr.contains("not a tars-index dataset"), "{}", result.stderr);
     let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
-    assert_eq!(result.code, 2, "no index yet: {}", result.all_output());
-    assert!(result.stderr.contains("tars-index index"), "{}", result.stderr);
+    assert_eq!(result.code, 0, "no index yet: every row is scored: {}", result.all_output());
+    assert!(result.stderr.contains("no index yet") && result.stderr.contains("tars-index index"), "{}", result.stderr);
 }
 
 #[test]
@@ -357,13 +357,20 @@ fn damaged_or_stale_index_is_refused_without_crashing() {
     assert_eq!(result.code, 2, "{}", result.all_output());
     assert!(result.stderr.contains("damaged"), "{}", result.stderr);
 
-    // Rebuilding repairs it; re-embedding makes it stale.
+    // Rebuilding repairs it. A version the index does not cover (here from scratch, with --no-index) is still
+    // searched, exactly, with a warning that says how to build the index again.
     assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
     assert_eq!(run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta")).code, 0);
     let extra = corpus(&[("new.txt", "something else entirely")]);
-    assert_eq!(run(embed_args(&mock, extra.path(), &dataset).args(["--overwrite", "--allow-mass-delete"])).code, 0);
-    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
-    assert_eq!(result.code, 2, "{}", result.all_output());
+    let replaced =
+        run(embed_args(&mock, extra.path(), &dataset).args(["--overwrite", "--allow-mass-delete", "--no-index"]));
+    assert_eq!(replaced.code, 0, "{}", replaced.all_output());
+    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta").arg("--json"));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let docs: Vec<String> =
+        json_lines(&result.stdout).iter().map(|h| h["doc"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(docs, ["new.txt"]);
+    assert!(result.stderr.contains("tars-index index"), "{}", result.stderr);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Data safety when the filesystem misbehaves (issue 11): unreadable files and folders, symbolic links, inputs that
 //! vanish. Each test is named after the defect it pins.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util::mock::MockServer;
@@ -18,6 +18,19 @@ fn report(run: &crate::util::Run) -> serde_json::Value {
 
 fn live_docs(dataset: &Path) -> std::collections::BTreeSet<String> {
     live_rows(dataset).into_iter().map(|r| r.doc).collect()
+}
+
+/// `count` notes `{prefix}NN.txt`, each about `topicN`, embedded into a new dataset: (corpus, out dir, dataset).
+fn embedded_notes(mock: &MockServer, prefix: &str, count: usize) -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let files: Vec<(String, String)> =
+        (0..count).map(|i| (format!("{prefix}{i:02}.txt"), text(&format!("topic{i}")))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let input = corpus(&refs);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let first = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(first.code, 0, "{}", first.all_output());
+    (input, out, dataset)
 }
 
 fn text(topic: &str) -> String {
@@ -140,12 +153,7 @@ fn symbolic_links_are_read_not_silently_ignored() {
 #[test]
 fn a_run_that_finds_no_documents_deletes_nothing() {
     let mock = MockServer::start();
-    let files: Vec<(String, String)> = (0..6).map(|i| (format!("docs/n{i}.txt"), text(&format!("topic{i}")))).collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-    let input = corpus(&refs);
-    let out = tempfile::tempdir().expect("tempdir");
-    let dataset = out.path().join("ds");
-    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &[]).code, 0);
+    let (input, _out, dataset) = embedded_notes(&mock, "docs/n", 6);
     let published = manifest(&dataset);
 
     // A mistyped include, then an empty mount: refused before publishing, exit 2, with the overrides named.
@@ -164,7 +172,7 @@ fn a_run_that_finds_no_documents_deletes_nothing() {
 
     // More than half gone is refused too; a limit that allows it, or the override, lets the run through.
     for i in 0..4 {
-        std::fs::remove_file(input.path().join(format!("docs/n{i}.txt"))).expect("rm");
+        std::fs::remove_file(input.path().join(format!("docs/n{i:02}.txt"))).expect("rm");
     }
     let most = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
     assert_eq!(most.code, 2, "{}", most.all_output());
@@ -207,4 +215,93 @@ fn pipeline_files_set_the_deletion_limit() {
     std::fs::write(&file, job("max_delete = \"70%\"")).expect("write toml");
     let allowed = run(cli(Some(&mock.base())).arg("run").arg(&file).arg("--json"));
     assert_eq!((allowed.code, report(&allowed)["documents"]["deleted"].as_u64()), (0, Some(2)), "{}", allowed.stderr);
+}
+
+fn search_docs(mock: &MockServer, dataset: &Path, query: &str) -> (crate::util::Run, Vec<String>) {
+    let result = run(cli(Some(&mock.base())).arg("search").arg(dataset).arg(query).args(["-k", "3", "--json"]));
+    let docs = json_lines(&result.stdout).iter().map(|h| h["doc"].as_str().unwrap_or_default().to_owned()).collect();
+    (result, docs)
+}
+
+#[test]
+fn search_answers_after_every_publish_even_before_the_index_is_updated() {
+    let mock = MockServer::start();
+    let (input, _out, dataset) = embedded_notes(&mock, "d", 30);
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+
+    // A publish the index has not seen: the new document is found, the deleted one is not.
+    std::fs::write(input.path().join("zebra.txt"), text("zebras")).expect("write");
+    std::fs::remove_file(input.path().join("d05.txt")).expect("rm");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &["--no-index"]).code, 0);
+    let (result, docs) = search_docs(&mock, &dataset, &text("zebras"));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    assert_eq!(docs[0], "zebra.txt");
+    let (_, docs) = search_docs(&mock, &dataset, &text("topic5"));
+    assert!(!docs.contains(&"d05.txt".to_owned()), "{docs:?}");
+
+    // `embed` brings an existing index up to date as part of the run.
+    std::fs::write(input.path().join("yak.txt"), text("yaks")).expect("write");
+    let updated = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(report(&updated)["index"]["mode"], "extended", "{}", updated.stdout);
+    let indexed = run(cli(None).arg("index").arg(&dataset).arg("--json"));
+    assert!(indexed.stdout.contains("\"mode\":\"current\""), "{}", indexed.stdout);
+}
+
+#[test]
+fn searches_never_fail_while_runs_publish() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mock = MockServer::start();
+    let (input, _out, dataset) = embedded_notes(&mock, "d", 30);
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let searchers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, base, dataset) = (Arc::clone(&stop), mock.base(), dataset.clone());
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let query = text("topic29");
+                    let result = run(cli(Some(&base)).arg("search").arg(&dataset).arg(query).args(["-k", "3"]));
+                    outcomes.push((result.code, result.stdout.lines().count(), result.stderr));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    // A touch, additions, deletions (enough for a compaction, which renumbers every row), with and without the
+    // index update, and index rebuilds, each publishing while the searches run.
+    let path = |name: &str| input.path().join(name);
+    for round in 0..24 {
+        match round % 4 {
+            0 => std::fs::write(path("d29.txt"), text("topic29")).expect("touch"),
+            1 => std::fs::write(path(&format!("new{round}.txt")), text(&format!("fresh{round}"))).expect("add"),
+            2 => {
+                for i in (round / 2..30).step_by(9) {
+                    let _ = std::fs::remove_file(path(&format!("d{i:02}.txt")));
+                }
+            }
+            _ => {
+                assert_eq!(run(cli(None).arg("index").arg(&dataset).arg("--rebuild")).code, 0);
+                continue;
+            }
+        }
+        let extra: &[&str] =
+            if round % 2 == 0 { &["--allow-mass-delete"] } else { &["--allow-mass-delete", "--no-index"] };
+        let published = embed(cli(Some(&mock.base())), input.path(), &dataset, extra);
+        assert_eq!(published.code, 0, "{}", published.all_output());
+    }
+    for i in 0..29 {
+        let _ = std::fs::remove_file(path(&format!("d{i:02}.txt")));
+    }
+    let compacted = embed(cli(Some(&mock.base())), input.path(), &dataset, &["--allow-mass-delete"]);
+    assert_eq!(compacted.code, 0, "{}", compacted.all_output());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let outcomes: Vec<_> = searchers.into_iter().flat_map(|s| s.join().expect("searcher")).collect();
+    eprintln!("{} searches during the runs", outcomes.len());
+    let failed: Vec<_> = outcomes.iter().filter(|(code, lines, _)| *code != 0 || *lines == 0).collect();
+    assert!(outcomes.len() >= 10, "the searches should overlap the runs: {}", outcomes.len());
+    assert!(failed.is_empty(), "{} of {} searches failed: {failed:?}", failed.len(), outcomes.len());
 }

@@ -94,6 +94,9 @@ pub struct JobFlags {
     /// Let the run delete any number of the dataset's documents (no --max-delete limit).
     #[arg(long, conflicts_with = "max_delete")]
     pub allow_mass_delete: bool,
+    /// Leave the index as it is (`embed` otherwise brings an existing index up to date, `run` builds one).
+    #[arg(long)]
+    pub no_index: bool,
     #[command(flatten)]
     pub requests: RequestFlags,
 }

@@ -50,6 +50,8 @@ pub struct JobSpec {
     /// `--max-delete` as given (checked by [`JobSpec::delete_limit`]).
     pub max_delete: Option<Setting<String>>,
     pub allow_mass_delete: bool,
+    /// `--no-index`: publish without touching the index.
+    pub no_index: bool,
 }
 
 /// The flag's value if given, else the file's (`value` at `key`), else none.
@@ -256,6 +258,7 @@ impl JobSpec {
             }),
             allow_mass_delete: flags.allow_mass_delete
                 || f.and_then(|f| f.output.allow_mass_delete.as_ref()).is_some_and(|a| *a.get_ref()),
+            no_index: flags.no_index,
         }
     }
 

@@ -15,8 +15,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 pub use args::{
     Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RequestFlags, RetryFailedArgs, RunArgs, SearchArgs,
     ValidateArgs,
@@ -32,8 +30,9 @@ use crate::embed::{
     ApiConfig, DEFAULT_API_BASE, DryRunEmbedder, EmbedError, Embedder, FallbackEmbedder, LOCAL_PREFIX, LocalEmbedder,
     LocalModel, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
 };
-use crate::index::{self, IndexParams, SearchIndex};
+use crate::index::{self, IndexParams};
 use crate::pipeline::{EmbedJob, run_embed};
+use crate::query::{self, Method, QueryError, ScanReason};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
 use report::RunReport;
@@ -240,7 +239,9 @@ async fn lock_dataset(dir: &Path, command: &'static str, wait: Duration) -> Resu
     Ok(lock)
 }
 
-/// `embed` and `run`: the incremental embed, then (for `run`) the index update, and the run report.
+/// `embed`, `run` and `retry-failed`: the incremental embed, then the index update (`run` always builds one; the
+/// others update the index the dataset has, so that searches stay fast), and the run report. `index` is `run`'s
+/// `--rebuild-index`.
 async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'static str) -> Result<u8, Failure> {
     let started_unix = crate::store::unix_now();
     spec.check_general().map_err(Failure::usage)?;
@@ -297,9 +298,14 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     })?;
 
     let stopped = outcome.fatal.is_some() || outcome.interrupted;
+    let index = match index {
+        _ if spec.no_index => None,
+        Some(rebuild) => Some((index_params, rebuild)),
+        None => index::existing_params(&spec.out).map(|params| (params, false)),
+    };
     let mut index_failure = None;
     let index_meta = match (&outcome.published, index) {
-        (Some(manifest), Some(rebuild)) if !stopped && manifest.rows > 0 => {
+        (Some(manifest), Some((index_params, rebuild))) if !stopped && manifest.rows > 0 => {
             let dataset = Dataset { dir: spec.out.clone(), manifest: manifest.clone() };
             match tokio::task::spawn_blocking(move || index::update(&dataset, index_params, rebuild)).await {
                 Ok(Ok(meta)) => Some(meta),
@@ -460,13 +466,6 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     if args.query.trim().is_empty() {
         return Err(Failure::usage(anyhow::anyhow!("the query is empty")));
     }
-    let index = {
-        let dataset = dataset.clone();
-        tokio::task::spawn_blocking(move || SearchIndex::open(&dataset))
-            .await
-            .map_err(|e| Failure::run(anyhow::anyhow!("index load thread failed: {e}")))?
-            .map_err(Failure::usage)?
-    };
     let model = dataset.manifest.model.clone();
     let stats = Arc::new(Stats::default());
     let query = [args.query.as_str()];
@@ -498,13 +497,37 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
         Provider::Fallback(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
         Provider::DryRun(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
     };
-    let hits = index.search(embedding.vector(0), usize::from(args.k), usize::from(args.ef)).map_err(Failure::run)?;
-    let ordinals: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
-    let rows = dataset.fetch(&ordinals).context("reading the matching rows").map_err(Failure::run)?;
+    let answer = {
+        let (dir, vector) = (args.dataset.clone(), embedding.vector(0).to_vec());
+        let (k, ef) = (usize::from(args.k), usize::from(args.ef));
+        tokio::task::spawn_blocking(move || query::search(&dir, &vector, k, ef))
+            .await
+            .map_err(|e| Failure::run(anyhow::anyhow!("search thread failed: {e}")))?
+            .map_err(|e| match e {
+                e @ (QueryError::Index(_) | QueryError::Dimensions { .. }) => Failure::usage(e),
+                e => Failure::run(e),
+            })?
+    };
+    match &answer.method {
+        Method::Index => {}
+        Method::IndexAndScan { index_generation, rows_scanned } => tracing::info!(
+            "the index is of version {index_generation}, the dataset at version {}: {rows_scanned} rows added since \
+             were scored exactly (`tars-index index` brings it up to date)",
+            answer.generation
+        ),
+        Method::Scan { reason, rows_scanned } => tracing::warn!(
+            "{}: all {rows_scanned} rows were scored exactly; `tars-index index {}` builds one for faster searches",
+            match reason {
+                ScanReason::NoIndex => "the dataset has no index yet",
+                ScanReason::OtherLineage => "the index is from before the dataset was rebuilt",
+            },
+            args.dataset.display()
+        ),
+    }
 
     let mut stdout = std::io::stdout().lock();
-    for (rank, (hit, row)) in hits.iter().zip(&rows).enumerate() {
-        let rank = rank + 1;
+    for (rank, hit) in answer.hits.iter().enumerate() {
+        let (rank, row) = (rank + 1, &hit.chunk);
         let line = if args.json {
             serde_json::json!({
                 "rank": rank, "score": hit.score, "doc": row.doc, "chunk_index": row.chunk_index,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use distance::{DistUnitDot, dot, normalize};
 
-use crate::store::{DataFile, Dataset, StoreError, write_json_atomic};
+use crate::store::{DataFile, Dataset, Manifest, StoreError, write_json_atomic};
 
 pub const INDEX_DIR: &str = "index";
 const INDEX_FILE: &str = "index.json";
@@ -348,33 +348,60 @@ pub struct Hit {
 }
 
 impl SearchIndex {
-    /// Loads `<dataset>/index`, after checking it matches the dataset's current version and its files are intact.
-    pub fn open(dataset: &Dataset) -> Result<Self, IndexError> {
-        let index = load_checked(dataset)?;
-        let m = &dataset.manifest;
-        let meta = &index.meta;
-        if meta.lineage != m.lineage || meta.generation != m.generation || meta.covered_rows != m.next_row() {
-            return Err(IndexError::Stale { path: dataset.dir.join(INDEX_DIR), dataset: dataset.dir.clone() });
-        }
-        Ok(index)
+    /// Loads `<dataset>/index` after checking its files against their checksums, whatever version of the dataset it
+    /// was built from: [`SearchIndex::covers`] says whether it matches one.
+    pub fn load(dataset: &Dataset) -> Result<Self, IndexError> {
+        load_checked(dataset)
     }
 
-    /// The `k` nearest live rows to `query` (normalised here), best first: exhaustively up to
-    /// [`EXACT_SEARCH_MAX_POINTS`] points, through the graph above that.
+    /// Whether the graph holds exactly the rows of `manifest` (so its own dead-row list is the whole filter).
+    pub fn covers(&self, manifest: &Manifest) -> bool {
+        let meta = &self.meta;
+        meta.lineage == manifest.lineage
+            && meta.generation == manifest.generation
+            && meta.covered_rows == manifest.next_row()
+    }
+
+    /// The `k` nearest live rows to `query` (normalised here), best first, for the version the index was built
+    /// from: exhaustively up to [`EXACT_SEARCH_MAX_POINTS`] points, through the graph above that.
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>, IndexError> {
+        if self.meta.dead_points == 0 {
+            self.search_inner(query, k, ef, None)
+        } else {
+            self.search_inner(query, k, ef, Some(&|row| !self.meta.is_dead(row)))
+        }
+    }
+
+    /// As [`SearchIndex::search`], for the rows `alive` accepts.
+    pub fn search_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<Hit>, IndexError> {
+        self.search_inner(query, k, ef, Some(alive))
+    }
+
+    fn search_inner(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        alive: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<Hit>, IndexError> {
         if query.len() != self.meta.dimensions {
             return Err(IndexError::QueryDimensions { got: query.len(), want: self.meta.dimensions });
         }
         let mut q = query.to_vec();
         normalize(&mut q);
         if self.meta.points <= self.exact_max_points as u64 {
-            return Ok(self.exact_search(&q, k));
+            return Ok(self.exact_search(&q, k, alive.unwrap_or(&|_| true)));
         }
-        let found = self.graph.with_dependent(|_, hnsw| {
-            if self.meta.dead_points == 0 {
-                hnsw.search(&q, k, ef.max(k))
-            } else {
-                let alive = |id: &usize| !self.meta.is_dead(*id as u64);
+        let found = self.graph.with_dependent(|_, hnsw| match alive {
+            None => hnsw.search(&q, k, ef.max(k)),
+            Some(alive) => {
+                let alive = |id: &usize| alive(*id as u64);
                 hnsw.search_filter(&q, k, ef.max(k), Some(&alive))
             }
         });
@@ -391,24 +418,39 @@ impl SearchIndex {
 
     /// Scores every live point: exact, and at this size as fast as walking the graph. It also cannot miss an
     /// outlier that the graph links to nothing (HNSW's blind spot, most visible in small graphs).
-    fn exact_search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+    fn exact_search(&self, query: &[f32], k: usize, alive: &dyn Fn(u64) -> bool) -> Vec<Hit> {
         self.graph.with_dependent(|_, hnsw| {
-            let mut scored: Vec<Hit> = hnsw
+            let scored = hnsw
                 .get_point_indexation()
                 .into_iter()
-                .filter(|p| !self.meta.is_dead(p.get_origin_id() as u64))
-                .map(|p| Hit { ordinal: p.get_origin_id() as u64, score: dot(query, p.get_v()).clamp(-1.0, 1.0) })
-                .collect();
-            let k = k.min(scored.len());
-            if k == 0 {
-                return Vec::new();
-            }
-            scored.select_nth_unstable_by(k - 1, |a, b| b.score.total_cmp(&a.score));
-            scored.truncate(k);
-            scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.ordinal.cmp(&b.ordinal)));
-            scored
+                .filter(|p| alive(p.get_origin_id() as u64))
+                .map(|p| Hit { ordinal: p.get_origin_id() as u64, score: dot(query, p.get_v()).clamp(-1.0, 1.0) });
+            top_k(scored.collect(), k)
         })
     }
+}
+
+/// The `k` best of `scored`, best first (ties by row id).
+pub fn top_k(mut scored: Vec<Hit>, k: usize) -> Vec<Hit> {
+    let k = k.min(scored.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    scored.select_nth_unstable_by(k - 1, |a, b| b.score.total_cmp(&a.score).then(a.ordinal.cmp(&b.ordinal)));
+    scored.truncate(k);
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.ordinal.cmp(&b.ordinal)));
+    scored
+}
+
+/// `index.json` of the dataset in `dir`: where the current index is described.
+pub fn meta_path(dir: &Path) -> PathBuf {
+    dir.join(INDEX_DIR).join(INDEX_FILE)
+}
+
+/// The parameters of the index in `dir`, if it has one (so that an update extends it rather than rebuilding it).
+pub fn existing_params(dir: &Path) -> Option<IndexParams> {
+    let bytes = std::fs::read(meta_path(dir)).ok()?;
+    serde_json::from_slice::<IndexMeta>(&bytes).ok().map(|m| m.params)
 }
 
 /// Loads `<dataset>/index` after checking its files against their checksums, without asking whether it is current.
@@ -430,7 +472,12 @@ fn load_checked(dataset: &Dataset) -> Result<SearchIndex, IndexError> {
             return Err(damaged(format!("distance {:?} is not {DISTANCE:?}", meta.distance)));
         }
         for file in &meta.files {
-            let (bytes, hash) = hash_file(&dir.join(&file.name)).map_err(|e| damaged(e.to_string()))?;
+            let (bytes, hash) = match hash_file(&dir.join(&file.name)) {
+                Ok(found) => found,
+                // Replaced by a newer index since index.json was read: not damage (the caller may look again).
+                Err(e) if e.is_not_found() => return Err(e.into()),
+                Err(e) => return Err(damaged(e.to_string())),
+            };
             if bytes != file.bytes || hash != file.blake3 {
                 return Err(damaged(format!("{} does not match its checksum", file.name)));
             }
@@ -570,7 +617,8 @@ mod tests {
         let meta = update(&dataset, IndexParams::default(), false).expect("extend");
         assert_eq!((meta.mode.as_str(), meta.inserted, meta.dead_points), ("extended", 500, 600), "{meta:?}");
 
-        let index = SearchIndex::open(&dataset).expect("open").with_exact_max_points(0);
+        let index = SearchIndex::load(&dataset).expect("open").with_exact_max_points(0);
+        assert!(index.covers(&dataset.manifest));
         let mut found_self = 0;
         for i in (n..n + 500).step_by(5) {
             let hits = index.search(&data[i as usize * dims..(i as usize + 1) * dims], 5, 64).expect("search");
@@ -582,7 +630,7 @@ mod tests {
             let hits = index.search(query, 10, 64).expect("search");
             assert_eq!(hits.len(), 10);
             assert!(hits.iter().all(|h| h.ordinal >= 600), "a dead row came back: {hits:?}");
-            let exact = SearchIndex::open(&dataset).expect("open").search(query, 10, 64).expect("exact");
+            let exact = SearchIndex::load(&dataset).expect("open").search(query, 10, 64).expect("exact");
             assert!(exact.iter().all(|h| h.ordinal >= 600), "a dead row came back from the exact scan: {exact:?}");
         }
         let rebuilt = update(&dataset, IndexParams::default(), true).expect("rebuild");

@@ -66,6 +66,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A file that is not there (any more): a reader of an older version whose files a newer one replaced.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| StoreError::Io { path, source }

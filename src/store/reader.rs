@@ -257,9 +257,11 @@ impl Dataset {
         Ok(entries)
     }
 
-    /// Sorted ids of the live rows; `None` when every row is live.
+    /// Sorted ids of the live rows; `None` when every row id given out so far is live. (Rows of a file dropped
+    /// for holding no live row are not stored, so `live_rows == rows` alone does not make every id live.)
     pub fn live_rows(&self) -> Result<Option<Vec<u64>>, StoreError> {
-        if self.manifest.docs_file.is_none() || self.manifest.live_rows == self.manifest.rows {
+        let m = &self.manifest;
+        if m.docs_file.is_none() || (m.live_rows == m.rows && m.rows == m.next_row()) {
             return Ok(None);
         }
         let mut live = Vec::with_capacity(self.manifest.live_rows as usize);
