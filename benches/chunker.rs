@@ -1,12 +1,18 @@
-//! Chunker throughput (MB/s of input text), plain text and Markdown, at the default chunk size.
+//! Chunker throughput (MB/s of input text): prose (plain text and Markdown) at the default chunk size, and text
+//! without whitespace, where the splitter alone is quadratic.
 
 mod common;
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tars_index::chunk::{ChunkSettings, Chunker, TokenChunker, count_tokens};
+use tars_index::chunk::{ChunkSettings, Chunker, TokenChunker, TokenCounter, count_tokens};
 use tars_index::source::{Document, Origin, TextFormat};
+use text_splitter::{ChunkConfig, TextSplitter};
+
+fn document(text: String, format: TextFormat) -> Document {
+    Document { doc: "bench".into(), text, format, origin: Origin { path: "bench".into(), line: None }, stat: None }
+}
 
 fn chunker(c: &mut Criterion) {
     let text = common::prose(1 << 20, 1);
@@ -17,13 +23,7 @@ fn chunker(c: &mut Criterion) {
         [("plain_512_overlap_64", TextFormat::Plain), ("markdown_512_overlap_64", TextFormat::Markdown)]
     {
         let chunker = TokenChunker::new(ChunkSettings::new(512, 64).expect("valid"));
-        let doc = Document {
-            doc: "bench".into(),
-            text: text.clone(),
-            format,
-            origin: Origin { path: "bench".into(), line: None },
-            stat: None,
-        };
+        let doc = document(text.clone(), format);
         group.bench_function(name, |b| b.iter(|| black_box(chunker.chunk(black_box(&doc))).len()));
     }
     // The floor: tokenising the text once with cl100k_base.
@@ -31,5 +31,33 @@ fn chunker(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chunker);
+/// Text without whitespace (one line of DNA, minified JSON) at two sizes: equal throughput at both means chunking
+/// time is linear in the length. The peer is text-splitter run over the whole text, as the chunker did before it
+/// split long documents a window at a time.
+fn unbroken(c: &mut Criterion) {
+    let dna = |kb: usize| "ACGT".repeat(kb * 256);
+    let json = |kb: usize| "{\"k\":[1,2,3],\"v\":\"abc\"},".repeat(kb * 1024 / 24);
+    let mut group = c.benchmark_group("chunker_unbroken");
+    group.sample_size(10);
+    let chunker = TokenChunker::new(ChunkSettings::new(512, 64).expect("valid"));
+    for (name, text) in [
+        ("dna_line_256k", dna(256)),
+        ("dna_line_1m", dna(1024)),
+        ("minified_json_256k", json(256)),
+        ("minified_json_1m", json(1024)),
+    ] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        let doc = document(text, TextFormat::Plain);
+        group.bench_function(name, |b| b.iter(|| black_box(chunker.chunk(black_box(&doc))).len()));
+    }
+    let config = ChunkConfig::new(512).with_sizer(TokenCounter::Cl100k).with_overlap(64).expect("valid");
+    let whole = TextSplitter::new(config);
+    for (name, text) in [("dna_line_64k_whole_text", dna(64)), ("dna_line_128k_whole_text", dna(128))] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(name, |b| b.iter(|| whole.chunk_indices(black_box(&text)).count()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, chunker, unbroken);
 criterion_main!(benches);

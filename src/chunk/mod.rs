@@ -146,12 +146,77 @@ impl TokenChunker {
         Self { settings, plain: TextSplitter::new(config()), markdown: MarkdownSplitter::new(config()), counter }
     }
 
-    fn pieces<'t>(&self, document: &'t Document) -> Vec<(usize, &'t str)> {
-        match document.format {
-            TextFormat::Plain => self.plain.chunk_indices(&document.text).collect(),
-            TextFormat::Markdown => self.markdown.chunk_indices(&document.text).collect(),
+    fn split<'t>(&self, format: TextFormat, text: &'t str) -> Vec<(usize, &'t str)> {
+        match format {
+            TextFormat::Plain => self.plain.chunk_indices(text).collect(),
+            TextFormat::Markdown => self.markdown.chunk_indices(text).collect(),
         }
     }
+
+    /// The splitter's chunks of the whole document, found window by window (see [`windowed`]).
+    fn pieces<'t>(&self, document: &'t Document) -> Vec<(usize, &'t str)> {
+        let window = (CHUNKS_PER_WINDOW * self.settings.max_tokens * 4).max(MIN_WINDOW_BYTES);
+        windowed(&document.text, window, |text| self.split(document.format, text))
+    }
+}
+
+/// About this many chunks (of four bytes a token: English prose averages about four bytes per cl100k token) make a
+/// window of a long document: more costs more per byte, fewer makes window ends (where the last chunk is dropped
+/// and split again) more frequent.
+const CHUNKS_PER_WINDOW: usize = 4;
+const MIN_WINDOW_BYTES: usize = 4 * 1024;
+
+/// Runs `split` over `text` a window of about `window` bytes at a time, and returns its chunks as offsets into `text`.
+///
+/// text-splitter measures candidate chunks from their start up to the next boundary of the level it considers, and
+/// in text with few boundaries (a long line without whitespace, minified JSON or HTML) that is the rest of the
+/// document: chunking time grew with the square of the length (a 400 KB line took 13 s). So a long document is
+/// split a window at a time: a window's chunks are kept except the last, which the window's end may have cut, and
+/// the next window starts where that chunk starts (with overlap, the splitter has placed it already). Every window
+/// is a few chunk lengths long, so the work per byte is bounded and chunking is linear in the length whatever the
+/// text's shape. A document of one window is split whole, as before.
+fn windowed<'t>(
+    text: &'t str,
+    window: usize,
+    mut split: impl FnMut(&'t str) -> Vec<(usize, &'t str)>,
+) -> Vec<(usize, &'t str)> {
+    if text.len() <= window {
+        return split(text);
+    }
+    let mut pieces = Vec::new();
+    let (mut start, mut size) = (0, window);
+    while start < text.len() {
+        let end = floor_char_boundary(text, start + size);
+        let chunks = split(&text[start..end]);
+        if end == text.len() {
+            pieces.extend(chunks.into_iter().map(|(offset, piece)| (start + offset, piece)));
+            break;
+        }
+        match chunks.len() {
+            // Only whitespace: nothing to keep from here.
+            0 => start = end,
+            // One chunk may be cut short by the window's end: look further (tokens longer than assumed).
+            1 => size *= 2,
+            n => {
+                let next = start + chunks[n - 1].0;
+                pieces.extend(chunks.into_iter().take(n - 1).map(|(offset, piece)| (start + offset, piece)));
+                (start, size) = (next, window);
+            }
+        }
+    }
+    pieces
+}
+
+/// The largest char boundary of `text` at or below `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    if at >= text.len() {
+        return text.len();
+    }
+    let mut at = at;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 impl Chunker for TokenChunker {
@@ -324,6 +389,65 @@ mod tests {
                     prop_assert!(covered[i], "byte {} ({:?}) is in no chunk", i, ch);
                 }
             }
+        }
+    }
+
+    /// Long stretches without whitespace (DNA, minified JSON or HTML, base64), with the odd space and newline.
+    fn unbroken() -> impl Strategy<Value = String> {
+        let run = prop_oneof![
+            ("[ACGT]{1,8}", 100usize..3000).prop_map(|(unit, n)| unit.repeat(n)),
+            (1usize..400).prop_map(|n| "{\"k\":[1,2],\"v\":\"x\"},".repeat(n)),
+            (1usize..300).prop_map(|n| "<div class=\"a\"><p>é</p></div>".repeat(n)),
+            "[A-Za-z0-9+/=]{1,2000}",
+            Just(" ".to_owned()),
+            Just("\n\n".to_owned()),
+        ];
+        prop::collection::vec(run, 1..12).prop_map(|runs| runs.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn long_unbroken_text_is_chunked_window_by_window(text in unbroken(), max in 8usize..120, overlap_pct in 0usize..40) {
+            let overlap = max * overlap_pct / 100;
+            let chunks = chunk(&text, max, overlap);
+            let mut covered = vec![false; text.len()];
+            for (i, c) in chunks.iter().enumerate() {
+                prop_assert_eq!(c.chunk_index as usize, i);
+                prop_assert!(c.tokens as usize <= max, "chunk {} has {} tokens > {}", i, c.tokens, max);
+                prop_assert_eq!(&text[c.start as usize..c.end as usize], c.text.as_str());
+                if i > 0 {
+                    prop_assert!(c.start > chunks[i - 1].start, "chunks advance");
+                }
+                covered[c.start as usize..c.end as usize].iter_mut().for_each(|b| *b = true);
+            }
+            for (i, ch) in text.char_indices() {
+                if !ch.is_whitespace() {
+                    prop_assert!(covered[i], "byte {} ({:?}) is in no chunk", i, ch);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_documents_are_split_in_bounded_windows() {
+        let chunker = TokenChunker::new(ChunkSettings::new(64, 8).expect("valid"));
+        for text in ["ACGT".repeat(64 * 1024), "{\"k\":[1,2],\"v\":\"x\"},".repeat(12_000), "word ".repeat(50_000)] {
+            let window = 4096;
+            let (mut handed, mut largest) = (0, 0);
+            let pieces = windowed(&text, window, |part| {
+                handed += part.len();
+                largest = largest.max(part.len());
+                chunker.split(TextFormat::Plain, part)
+            });
+            // Each byte reaches the splitter about once (a window's last chunk is split again), never the whole rest
+            // of the document: the work is linear in the length.
+            assert!(handed < 2 * text.len(), "{handed} bytes handed over for {}", text.len());
+            assert!(largest <= 2 * window, "a window grew to {largest} bytes");
+            let last = pieces.last().expect("pieces");
+            assert_eq!(last.0 + last.1.len(), text.trim_end().len(), "the document is chunked to its end");
+            assert!(pieces.windows(2).all(|w| w[1].0 > w[0].0));
         }
     }
 
