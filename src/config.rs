@@ -60,7 +60,7 @@ impl<T> Setting<T> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}", path = path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -176,6 +176,30 @@ pub struct IndexSection {
     pub ef_construction: Option<Spanned<usize>>,
 }
 
+/// `path` without `.` components and without `dir/..` pairs (`pipelines/../README.md` is `README.md`), as paths
+/// are shown and recorded. A `..` after a symbolic link stays, since it leads out of the link's target, not back
+/// to where the link is.
+pub fn normal_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last_is_dir = matches!(out.components().next_back(), Some(Component::Normal(_)))
+                    && !std::fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink());
+                if last_is_dir {
+                    out.pop();
+                } else if !matches!(out.components().next_back(), Some(Component::RootDir)) {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
 /// A parsed pipeline file, with what is needed to point at its lines.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -209,9 +233,10 @@ impl Pipeline {
         }
     }
 
+    /// A path of the file, resolved against the file's directory and normalised ([`normal_path`]).
     pub fn resolve_path(&self, relative: &str) -> PathBuf {
         let p = Path::new(relative);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir().join(p) }
+        normal_path(&if p.is_absolute() { p.to_path_buf() } else { self.base_dir().join(p) })
     }
 
     pub fn origin(&self, span: std::ops::Range<usize>, key: &'static str) -> Origin {
@@ -245,6 +270,28 @@ mod tests {
         assert_eq!(setting.error("too big").to_string(), "p/job.toml:5: chunking.max_tokens: too big");
         assert_eq!(p.resolve_path("docs"), Path::new("p/docs"));
         assert_eq!(p.resolve_path("/abs"), Path::new("/abs"));
+    }
+
+    #[test]
+    fn paths_are_normalised_but_not_through_symbolic_links() {
+        for (given, normal) in [
+            ("pipelines/../README.md", "README.md"),
+            ("./docs/./a/../b", "docs/b"),
+            ("../x", "../x"),
+            ("a/../../x", "../x"),
+            ("/../etc", "/etc"),
+            ("a/..", "."),
+        ] {
+            assert_eq!(normal_path(Path::new(given)), Path::new(normal), "{given}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("real/deep")).expect("mkdir");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.path().join("real/deep"), dir.path().join("link")).expect("link");
+            let through = dir.path().join("link/../x");
+            assert_eq!(normal_path(&through), through, "link/.. is real/, not the link's directory");
+        }
     }
 
     #[test]

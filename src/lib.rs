@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod embed;
+pub mod error;
 pub mod index;
 pub mod pipeline;
 pub mod query;

@@ -305,3 +305,149 @@ fn searches_never_fail_while_runs_publish() {
     assert!(outcomes.len() >= 10, "the searches should overlap the runs: {}", outcomes.len());
     assert!(failed.is_empty(), "{} of {} searches failed: {failed:?}", failed.len(), outcomes.len());
 }
+
+#[test]
+fn out_naming_an_existing_file_is_a_usage_error() {
+    let mock = MockServer::start();
+    let input = corpus(&[("a.txt", &text("apples"))]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let file = out.path().join("notes.txt");
+    std::fs::write(&file, "not a dataset").expect("write");
+    let result = embed(cli(Some(&mock.base())), input.path(), &file, &[]);
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    let expected = format!("--out: {} is a file, not a dataset directory", file.display());
+    assert!(result.stderr.contains(&expected), "{}", result.stderr);
+    assert!(!result.stderr.contains("os error"), "{}", result.stderr);
+    for command in ["index", "retry-failed"] {
+        let result = run(cli(Some(&mock.base())).arg(command).arg(&file));
+        assert_eq!(result.code, 2, "{command}: {}", result.all_output());
+        assert!(result.stderr.contains("is a file, not a dataset directory"), "{command}: {}", result.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "not a dataset");
+}
+
+#[test]
+fn a_run_that_fails_to_start_creates_nothing() {
+    let mock = MockServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("new-dataset");
+    let missing = embed(cli(Some(&mock.base())), &out.path().join("no-such-input"), &dataset, &[]);
+    assert_eq!(missing.code, 2, "{}", missing.all_output());
+    assert!(missing.stderr.contains("does not exist"), "{}", missing.stderr);
+    let input = corpus(&[("a.txt", &text("apples"))]);
+    let bad_glob = embed(cli(Some(&mock.base())), input.path(), &dataset, &["--include", "a/["]);
+    assert_eq!(bad_glob.code, 2, "{}", bad_glob.all_output());
+    assert!(!dataset.exists(), "nothing is created for a run that cannot start");
+    assert_eq!(mock.requests(), 0);
+}
+
+#[test]
+fn each_cause_of_an_error_is_printed_once() {
+    let mock = MockServer::start();
+    let (input, _out, dataset) = embedded_notes(&mock, "n", 4);
+    // A damaged data file: its footer is cut off.
+    let data = crate::util::data_files(&dataset).remove(0);
+    let bytes = std::fs::read(&data).expect("read");
+    std::fs::write(&data, &bytes[..bytes.len() - 20]).expect("truncate");
+    std::fs::write(input.path().join("n00.txt"), text("changed")).expect("write");
+    let result = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    assert_eq!(result.code, 1, "{}", result.all_output());
+    let error = result.stderr.lines().find(|l| l.starts_with("error:")).expect("an error line").to_owned();
+    assert!(error.contains(&data.display().to_string()), "{error}");
+    let cause = error.rsplit(": ").next().expect("cause");
+    assert_eq!(error.matches(cause).count(), 1, "the cause repeats: {error}");
+}
+
+#[test]
+fn paths_are_shown_normalised() {
+    let mock = MockServer::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    for (name, contents) in [("corpus/a.txt", text("apples")), ("corpus/b.bin", "\0\0binary".to_owned())] {
+        let path = root.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, contents).expect("write");
+    }
+    std::fs::create_dir_all(root.path().join("jobs")).expect("mkdir");
+    let file = root.path().join("jobs/job.toml");
+    std::fs::write(&file, "[input]\npaths = [\"../corpus\"]\n\n[output]\ndataset = \"../out/./ds\"\n").expect("write");
+    let result = run(cli(Some(&mock.base())).arg("run").arg(&file).arg("--json"));
+    assert_eq!(result.code, 0, "{}", result.all_output());
+    let r = report(&result);
+    assert_eq!(r["dataset"].as_str(), Some(root.path().join("out/ds").display().to_string().as_str()), "{r}");
+    assert_eq!(
+        r["not_read"][0]["path"].as_str(),
+        Some(root.path().join("corpus/b.bin").display().to_string().as_str())
+    );
+    assert!(!result.all_output().contains("/../") && !result.all_output().contains("/./"), "{}", result.all_output());
+}
+
+/// Runs `script` with `sh` in a mount namespace of its own (as root, or in a user namespace where they are allowed),
+/// so it can mount a small tmpfs; `None` when this machine allows neither.
+#[cfg(target_os = "linux")]
+fn in_mount_namespace(script: &str, env: &[(&str, &Path)], base: &str) -> Option<std::process::Output> {
+    let mut cmd = Command::new("unshare");
+    if crate::util::is_root() {
+        cmd.args(["--mount", "--propagation", "private"]);
+    } else {
+        cmd.args(["--user", "--map-root-user", "--mount"]);
+    }
+    cmd.args(["sh", "-c", script]).env("BIN", env!("CARGO_BIN_EXE_tars-index"));
+    cmd.env("TARS_API_BASE", base).env("TARS_API_KEY", crate::util::mock::KEY).env_remove("RUST_LOG");
+    for (name, path) in env {
+        cmd.env(name, path);
+    }
+    let output = cmd.output().ok()?;
+    (output.status.code() != Some(97)).then_some(output)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_that_fails_on_a_full_disk_still_prints_its_report() {
+    let mock = MockServer::start();
+    let small = corpus(&[("a.txt", &text("apples")), ("b.txt", &text("bananas"))]);
+    // Words from a hash, so that the text does not compress away: about 600 KB for a disk of 256 KB.
+    let big_files: Vec<(String, String)> = (0..300)
+        .map(|i| {
+            let words: Vec<String> =
+                (0..300).map(|w| blake3::hash(format!("{i}-{w}").as_bytes()).to_hex()[..6].to_owned()).collect();
+            (format!("big{i:03}.txt"), words.join(" "))
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = big_files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let big = corpus(&refs);
+    let out = tempfile::tempdir().expect("tempdir");
+    let disk = out.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mkdir");
+    let script = r#"mount -t tmpfs -o size=256k tmpfs "$DISK" || exit 97
+"$BIN" embed "$SMALL" --out "$DISK/ds" --json >"$OUT/1.out" 2>"$OUT/1.err"; echo $? >"$OUT/1.code"
+"$BIN" embed "$SMALL" "$BIG" --out "$DISK/ds" --json >"$OUT/2.out" 2>"$OUT/2.err"; echo $? >"$OUT/2.code"
+"$BIN" search "$DISK/ds" "apples" --json >"$OUT/3.out" 2>"$OUT/3.err"; echo $? >"$OUT/3.code"
+cp -r "$DISK/ds" "$OUT/copy""#;
+    let env = [("DISK", disk.as_path()), ("SMALL", small.path()), ("BIG", big.path()), ("OUT", out.path())];
+    let Some(output) = in_mount_namespace(script, &env, &mock.base()) else {
+        assert!(!crate::util::is_root(), "root can always make a mount namespace");
+        eprintln!("skipped: this machine allows no mount namespace for a small disk");
+        return;
+    };
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read = |name: &str| std::fs::read_to_string(out.path().join(name)).expect(name);
+    for name in ["1.out", "1.err", "2.out", "2.err", "3.out", "3.err"] {
+        assert!(!read(name).contains(crate::util::mock::KEY), "the key leaked into {name}");
+    }
+    assert_eq!(read("1.code").trim(), "0", "{}", read("1.err"));
+    assert_eq!(read("2.code").trim(), "1", "{}", read("2.err"));
+    let reported: serde_json::Value = serde_json::from_str(read("2.out").trim()).expect("a JSON report");
+    let error = reported["status"]["failed"]["error"].as_str().unwrap_or_else(|| panic!("{reported}"));
+    assert!(error.contains("No space left on device"), "{reported}");
+    assert!(reported["chunks"]["embedded"].as_u64() > Some(0), "the report says what was done: {reported}");
+    let stderr = read("2.err");
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(line.matches("No space left on device").count(), 1, "{line}");
+    assert!(line.contains("previous version"), "{line}");
+    assert_eq!(read("3.code").trim(), "0", "the previous version still answers: {}", read("3.err"));
+    assert!(read("3.out").contains("a.txt"), "{}", read("3.out"));
+    assert_eq!(manifest(&out.path().join("copy"))["generation"], 1);
+    let runs = std::fs::read_dir(out.path().join("copy/runs")).expect("runs");
+    let names: Vec<String> = runs.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "a report the full disk refused leaves no temp file: {names:?}");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::args::{JobFlags, RequestFlags};
 use crate::batch::{BatchLimits, BatchLimitsError, MAX_BATCH_TOKENS};
 use crate::chunk::{ChunkSettings, ChunkSettingsError};
-use crate::config::{Origin, Pipeline, Setting};
+use crate::config::{Origin, Pipeline, Setting, normal_path};
 use crate::embed::price::usd_per_million_tokens;
 use crate::embed::{FallbackError, RateLimits, check_fallback};
 use crate::index::{IndexParamError, IndexParams};
@@ -22,6 +22,8 @@ pub const DEFAULT_MODEL: &str = "tars/text-embedding-3-small";
 pub struct JobSpec {
     pub source: SourceOptions,
     pub out: PathBuf,
+    /// Where `out` came from, for messages about it.
+    pub out_origin: Origin,
     pub model: Setting<String>,
     pub dimensions: Option<Setting<u32>>,
     pub concurrency: Option<Setting<u16>>,
@@ -96,7 +98,14 @@ impl JobSpec {
         flags: JobFlags,
     ) -> Self {
         let f = p.map(|p| &p.file);
+        let out_origin = match (&out, p) {
+            (Some(_), _) => Origin::Flag("--out"),
+            (None, Some(p)) => p.origin(p.file.output.dataset.span(), "output.dataset"),
+            (None, None) => Origin::Default,
+        };
         let out = out.or_else(|| p.map(|p| p.resolve_path(p.file.output.dataset.get_ref()))).unwrap_or_default();
+        let out = normal_path(&out);
+        let inputs = inputs.iter().map(|i| normal_path(i)).collect();
         let file_input = f.map(|f| &f.input);
         let nonempty = |flag: Vec<String>, file: Option<&Vec<String>>| {
             if flag.is_empty() { file.cloned().unwrap_or_default() } else { flag }
@@ -119,6 +128,7 @@ impl JobSpec {
                 ..SourceOptions::default()
             },
             out,
+            out_origin,
             model: or_default(
                 pick(flags.model, "--model", p, f.and_then(|f| f.model.name.as_ref()), "model.name"),
                 DEFAULT_MODEL.to_owned(),
@@ -300,6 +310,9 @@ impl JobSpec {
     pub fn check_general(&self) -> anyhow::Result<()> {
         if self.out.as_os_str().is_empty() {
             anyhow::bail!("no dataset directory: pass --out or set output.dataset");
+        }
+        if self.out.exists() && !self.out.is_dir() {
+            anyhow::bail!("{}: {} is a file, not a dataset directory", self.out_origin, self.out.display());
         }
         if let Some(c) = &self.concurrency
             && !(1..=256).contains(&c.value)

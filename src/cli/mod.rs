@@ -25,13 +25,13 @@ pub use progress::LogWriter;
 use std::path::Path;
 
 use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter, count_tokens};
-use crate::config::{Origin, Pipeline, Setting};
+use crate::config::{Origin, Pipeline, Setting, normal_path};
 use crate::embed::{
     ApiConfig, DEFAULT_API_BASE, DryRunEmbedder, EmbedError, Embedder, FallbackEmbedder, LOCAL_PREFIX, LocalEmbedder,
     LocalModel, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
 };
 use crate::index::{self, IndexParams};
-use crate::pipeline::{EmbedJob, run_embed};
+use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
 use crate::query::{self, Method, QueryError, ScanReason};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
@@ -84,6 +84,14 @@ impl Failure {
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8, Failure> {
+    let mut cli = cli;
+    // Paths are shown and recorded normalised (`pipelines/../x` is `x`).
+    match &mut cli.command {
+        Command::RetryFailed(RetryFailedArgs { dataset, .. })
+        | Command::Index(IndexArgs { dataset, .. })
+        | Command::Search(SearchArgs { dataset, .. }) => *dataset = normal_path(dataset),
+        _ => {}
+    }
     match cli.command {
         Command::Embed(args) => {
             let spec = JobSpec::from_flags(args.inputs, args.out, args.job);
@@ -265,6 +273,10 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let index_params = spec.index_params().map_err(Failure::usage)?;
     let max_tokens = spec.token_budget().map_err(Failure::usage)?;
     let price = spec.price().map_err(Failure::usage)?;
+    if !spec.retry_failed {
+        // Inputs are checked before the dataset's folder is made: a run that cannot start leaves nothing behind.
+        crate::source::FileSource::new(spec.source.clone()).map_err(Failure::usage)?;
+    }
     // A dry run reads the dataset (to count only what would be sent) and writes nothing, so it takes no lock.
     let _lock = if spec.dry_run { None } else { Some(lock_dataset(&spec.out, command, spec.wait_lock).await?) };
     let job = EmbedJob {
@@ -285,17 +297,32 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
 
     let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
     let shutdown = stop_signal();
+    let started = std::time::Instant::now();
+    let run_stats = Arc::clone(&stats);
     let outcome = match provider {
-        Provider::Api(embedder) => run_embed(job, Arc::new(*embedder), stats, shutdown).await,
-        Provider::Fallback(embedder) => run_embed(job, Arc::new(*embedder), stats, shutdown).await,
-        Provider::Local(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
-        Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), stats, shutdown).await,
+        Provider::Api(embedder) => run_embed(job, Arc::new(*embedder), run_stats, shutdown).await,
+        Provider::Fallback(embedder) => run_embed(job, Arc::new(*embedder), run_stats, shutdown).await,
+        Provider::Local(embedder) => run_embed(job, Arc::new(embedder), run_stats, shutdown).await,
+        Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), run_stats, shutdown).await,
     };
     drop(progress);
-    let outcome = outcome.map_err(|e| match e {
-        crate::pipeline::PipelineError::Source(e) => Failure::usage(e),
-        e => Failure::run(e),
-    })?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(crate::pipeline::PipelineError::Source(e)) => return Err(Failure::usage(e)),
+        Err(e) => {
+            // A run that fails after it started still says what it did and why it stopped (best effort: the cause
+            // may be a full disk that keeps the report from being saved).
+            let error = anyhow::Error::new(e);
+            let failed = RunOutcome::failed(stats.snapshot(started.elapsed()), format!("{error:#}"));
+            let report = RunReport::new(&spec, &failed, None, started_unix, price);
+            if !spec.dry_run {
+                report.save(&spec.out);
+            }
+            report.print(spec.json);
+            let kept = format!("run failed; the previous version of {} is kept", spec.out.display());
+            return Err(Failure::run(error.context(kept)));
+        }
+    };
 
     let stopped = outcome.fatal.is_some() || outcome.interrupted;
     let index = match index {

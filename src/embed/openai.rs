@@ -62,7 +62,7 @@ pub enum ApiConfigError {
     InvalidKey,
     #[error("TARS_API_BASE {0:?} is not an http(s) URL")]
     BadBase(String),
-    #[error("could not build the HTTP client: {0}")]
+    #[error("could not build the HTTP client")]
     Client(#[source] reqwest::Error),
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use distance::{DistUnitDot, dot, normalize};
 
+use crate::error::Chain;
 use crate::store::{DataFile, Dataset, Manifest, StoreError, write_json_atomic};
 
 pub const INDEX_DIR: &str = "index";
@@ -56,7 +57,7 @@ impl Default for IndexParams {
 pub enum IndexError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("invalid index parameter: {0}")]
+    #[error("invalid index parameter")]
     Params(#[from] IndexParamError),
     #[error("{path}: no index; run `tars-index index {dataset}` first", dataset = dataset.display())]
     Missing { path: PathBuf, dataset: PathBuf },
@@ -476,7 +477,7 @@ fn load_checked(dataset: &Dataset) -> Result<SearchIndex, IndexError> {
                 Ok(found) => found,
                 // Replaced by a newer index since index.json was read: not damage (the caller may look again).
                 Err(e) if e.is_not_found() => return Err(e.into()),
-                Err(e) => return Err(damaged(e.to_string())),
+                Err(e) => return Err(damaged(Chain(&e).to_string())),
             };
             if bytes != file.bytes || hash != file.blake3 {
                 return Err(damaged(format!("{} does not match its checksum", file.name)));

@@ -89,6 +89,22 @@ pub struct RunOutcome {
     pub mass_delete: Option<MassDelete>,
 }
 
+impl RunOutcome {
+    /// The outcome of a run that failed with `error` after it started: nothing published.
+    pub fn failed(summary: Summary, error: String) -> Self {
+        Self {
+            summary,
+            published: None,
+            status: RunStatus::Failed { error },
+            fatal: None,
+            interrupted: false,
+            incomplete_docs: 0,
+            budget_reached: false,
+            mass_delete: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::error::Chain;
 use crate::store::{CacheLoc, Dataset, DocRecord, EmbeddingCache, FailedChunk, Manifest, StoreError};
 
 /// Where an already-embedded text's vector can be read.
@@ -57,7 +58,7 @@ impl Previous {
             Ok(m) => Some(m),
             Err(StoreError::NotADataset { .. }) => None,
             Err(e) if fresh => {
-                tracing::warn!("ignoring the existing dataset (--overwrite): {e}");
+                tracing::warn!("ignoring the existing dataset (--overwrite): {}", Chain(&e));
                 None
             }
             Err(e) => return Err(e),
@@ -67,7 +68,7 @@ impl Previous {
             let mut names = Vec::new();
             let dataset = Dataset { dir: dir.to_path_buf(), manifest: manifest.clone() };
             if let Err(e) = dataset.for_each_doc(|record| names.push(record.doc)) {
-                tracing::warn!("could not count the documents the new version replaces: {e}");
+                tracing::warn!("could not count the documents the new version replaces: {}", Chain(&e));
             }
             names
         };

@@ -160,7 +160,7 @@ impl<T: Iterator<Item = SourceItem> + Send> Source for T {}
 pub enum SourceError {
     #[error("input {path} does not exist")]
     MissingInput { path: PathBuf },
-    #[error("invalid glob {glob:?}: {source}")]
+    #[error("invalid glob {glob:?}")]
     Glob {
         glob: String,
         #[source]

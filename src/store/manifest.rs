@@ -91,6 +91,10 @@ pub enum RunStatus {
     Aborted {
         reason: String,
     },
+    /// Failed after it started (a full disk, a damaged file): it published nothing. Only in run reports.
+    Failed {
+        error: String,
+    },
 }
 
 impl Manifest {
@@ -130,6 +134,9 @@ impl Manifest {
     }
 
     pub fn load(dir: &Path) -> Result<Self, StoreError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: dir.to_path_buf() });
+        }
         let path = dir.join(MANIFEST_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -195,10 +202,15 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| StoreError::Manifest { path: path.to_path_buf(), message: e.to_string() })?;
     let tmp = tmp_path(path);
-    let mut file = File::create(&tmp).map_err(StoreError::io(&tmp))?;
-    file.write_all(&bytes).map_err(StoreError::io(&tmp))?;
-    file.sync_all().map_err(StoreError::io(&tmp))?;
-    drop(file);
+    let written = File::create(&tmp).and_then(|mut file| {
+        file.write_all(&bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        // A full disk must not also leave a half-written temp file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::Io { path: tmp, source: e });
+    }
     std::fs::rename(&tmp, path).map_err(StoreError::io(path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")));
     Ok(())

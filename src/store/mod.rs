@@ -37,19 +37,19 @@ pub use writer::{DATA_DIR, DatasetWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{path}", path = path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}", path = path.display())]
     Parquet {
         path: PathBuf,
         #[source]
         source: parquet::errors::ParquetError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}", path = path.display())]
     Arrow {
         path: PathBuf,
         #[source]
@@ -61,6 +61,8 @@ pub enum StoreError {
     Locked { path: PathBuf, holder: Option<LockHolder> },
     #[error("{path} is not a tars-index dataset (no {MANIFEST_FILE})")]
     NotADataset { path: PathBuf },
+    #[error("{path} is a file, not a dataset directory")]
+    NotADirectory { path: PathBuf },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
 }
