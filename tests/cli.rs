@@ -259,7 +259,7 @@ fn non_retryable_errors_stop_at_once_with_advice() {
 
     // Quota: exit 1, says what to do, keeps what was embedded before.
     let mock = MockServer::start();
-    mock.script([Fault::Quota]);
+    mock.script([Fault::Ok, Fault::Quota]);
     let result =
         run(embed_args(&mock, input.path(), &out.path().join("c")).args(["--concurrency", "1", "--batch-inputs", "1"]));
     assert_eq!(result.code, 1, "{}", result.all_output());
@@ -404,7 +404,7 @@ fn progress_is_not_drawn_when_output_is_piped() {
         "{:?}",
         result.all_output()
     );
-    assert!(result.stdout.contains("chunks:") && result.stdout.contains("requests"), "{}", result.stdout);
+    assert!(result.stdout.contains("chunks:") && result.stdout.contains("1 request ("), "{}", result.stdout);
 }
 
 /// The dataset must read as is in the tools people use: pyarrow, DuckDB and Polars. Needs a Python with those

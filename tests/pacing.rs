@@ -67,7 +67,8 @@ fn a_tokens_per_minute_limit_is_kept_before_sending() {
 #[test]
 fn max_failures_stops_a_clearly_broken_run() {
     let mock = MockServer::start();
-    mock.set_always(Some(Fault::Status(503)));
+    // 408, not a 5xx: the circuit breaker would stop a run of 5xx failures first.
+    mock.set_always(Some(Fault::Status(408)));
     let input = documents();
     let out = tempfile::tempdir().expect("tempdir");
     let result = run(cli(Some(&mock.base()))

@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod cost;
 mod faults;
+mod gateway;
 mod incremental;
 mod pacing;
 mod safety;

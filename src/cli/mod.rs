@@ -30,6 +30,7 @@ use crate::embed::{
     ApiConfig, DEFAULT_API_BASE, DryRunEmbedder, EmbedError, Embedder, FallbackEmbedder, LOCAL_PREFIX, LocalEmbedder,
     LocalModel, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
 };
+use crate::error::count;
 use crate::index::{self, IndexParams};
 use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
 use crate::query::{self, Method, QueryError, ScanReason};
@@ -47,20 +48,22 @@ pub mod exit {
     pub const INTERRUPTED: u8 = 130;
 }
 
-/// An error with the exit code it maps to.
+/// An error with the exit code it maps to, and what to do about it when that is known.
 #[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
+    /// Printed on a line of its own after the error.
+    pub advice: Option<String>,
 }
 
 impl Failure {
     fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: exit::USAGE, error: error.into() }
+        Self { code: exit::USAGE, error: error.into(), advice: None }
     }
 
     fn run(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: exit::FAILURES, error: error.into() }
+        Self { code: exit::FAILURES, error: error.into(), advice: None }
     }
 
     /// API errors: a rejected request or configuration is the user's to fix (2); quota and exhausted retries are
@@ -71,14 +74,7 @@ impl Failure {
             _ => exit::FAILURES,
         };
         let advice = error.advice().map(str::to_owned);
-        let error = anyhow::Error::new(error);
-        Self {
-            code,
-            error: match advice {
-                Some(a) => error.context(a),
-                None => error,
-            },
-        }
+        Self { code, error: anyhow::Error::new(error), advice }
     }
 }
 
@@ -238,7 +234,7 @@ async fn lock_dataset(dir: &Path, command: &'static str, wait: Duration) -> Resu
         .await
         .map_err(|e| Failure::run(anyhow::anyhow!("lock thread failed: {e}")))?
         .map_err(|e| match e {
-            e @ StoreError::Locked { .. } => Failure { code: exit::LOCKED, error: e.into() },
+            e @ StoreError::Locked { .. } => Failure { code: exit::LOCKED, error: e.into(), advice: None },
             e => Failure::run(e),
         })?;
     if let Some(holder) = &lock.stale {
@@ -358,9 +354,13 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     report.print(spec.json);
 
     let kept = match &outcome.published {
-        Some(m) => format!("the dataset in {} holds {} chunks", spec.out.display(), m.live_rows),
-        None => format!(
+        Some(m) => format!("the dataset in {} holds {}", spec.out.display(), count(m.live_rows, "chunk")),
+        None if spec.out.join(crate::store::MANIFEST_FILE).exists() => format!(
             "the previous version of {} is kept; the chunks embedded so far are cached there and will not be sent again",
+            spec.out.display()
+        ),
+        None => format!(
+            "nothing was published in {}; the chunks embedded so far are cached there and will not be sent again",
             spec.out.display()
         ),
     };
@@ -369,7 +369,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     }
     if let Some(error) = outcome.fatal {
         let failure = Failure::api(error);
-        return Err(Failure { code: failure.code, error: failure.error.context(format!("run stopped; {kept}")) });
+        return Err(Failure { error: failure.error.context(format!("run stopped; {kept}")), ..failure });
     }
     if outcome.interrupted {
         eprintln!("interrupted; {kept}");
@@ -388,10 +388,10 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let unreadable = outcome.summary.read_errors;
     if unreadable > 0 {
         eprintln!(
-            "error: {unreadable} {} could not be read (listed above); the {} documents read from them before kept \
-             their previous version; {kept}",
+            "error: {unreadable} {} could not be read (listed above); the {} read from them before kept their \
+             previous version; {kept}",
             if unreadable == 1 { "file or directory" } else { "files or directories" },
-            outcome.summary.docs_unreadable,
+            count(outcome.summary.docs_unreadable, "document"),
         );
         return Ok(exit::FAILURES);
     }
@@ -400,9 +400,9 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         _ => {
             if outcome.incomplete_docs > 0 {
                 eprintln!(
-                    "{} documents kept their previous version (or were left out) because the run did not reach all \
-                     of their chunks; re-run to finish them",
-                    outcome.incomplete_docs
+                    "{} kept their previous version (or were left out) because the run did not reach all of their \
+                     chunks; re-run to finish them",
+                    count(outcome.incomplete_docs as u64, "document")
                 );
             }
             exit::FAILURES
@@ -599,8 +599,11 @@ async fn models(args: ModelsArgs) -> Result<u8, Failure> {
     Ok(exit::SUCCESS)
 }
 
-/// Prints a failure with its cause chain and returns its exit code.
+/// Prints a failure with its cause chain (and what to do about it) and returns its exit code.
 pub fn report(failure: &Failure) -> ExitCode {
     eprintln!("error: {:#}", failure.error);
+    if let Some(advice) = &failure.advice {
+        eprintln!("advice: {advice}");
+    }
     ExitCode::from(failure.code)
 }

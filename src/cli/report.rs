@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::job::JobSpec;
 use crate::embed::price::estimate_usd;
+use crate::error::count;
 use crate::index::IndexMeta;
 use crate::pipeline::RunOutcome;
 use crate::stats::Entry;
@@ -204,11 +205,11 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "would send {} chunks in {} requests, {} tokens ({} chunks reused){}",
-            c.embedded,
-            self.requests,
-            self.tokens,
-            c.reused,
+            "would send {} in {}, {} ({} reused){}",
+            count(c.embedded, "chunk"),
+            count(self.requests, "request"),
+            count(self.tokens, "token"),
+            count(c.reused, "chunk"),
             if self.budget_reached { "; the token budget stops the run before the end" } else { "" }
         );
         let cost = self.estimated_cost_usd.map_or_else(|| "unknown price".to_owned(), |usd| format!("${usd:.4}"));
@@ -264,22 +265,28 @@ impl RunReport {
             c.embedded, c.reused, c.removed, c.failed, self.tokens, self.usage_tokens
         );
         let version = match (self.generation, self.live_rows) {
-            (Some(g), Some(rows)) => format!("version {g}, {rows} chunks"),
-            _ => "previous version kept".to_owned(),
+            (Some(g), Some(rows)) => format!("version {g}, {}", count(rows, "chunk")),
+            _ => "no new version published".to_owned(),
         };
         let _ = writeln!(
             out,
-            "{} requests ({} split), {} retries ({} rate-limited); {}: {version} ({:.1}s)",
-            self.requests, self.requests_split, self.retries, self.rate_limited, self.dataset, self.duration_secs
+            "{} ({} split), {} ({} rate-limited); {}: {version} ({:.1}s)",
+            count(self.requests, "request"),
+            self.requests_split,
+            if self.retries == 1 { "1 retry".to_owned() } else { format!("{} retries", self.retries) },
+            self.rate_limited,
+            self.dataset,
+            self.duration_secs
         );
         if self.fallback_requests > 0 {
-            let _ = writeln!(out, "{} requests went to the fallback endpoint", self.fallback_requests);
+            let _ = writeln!(out, "{} went to the fallback endpoint", count(self.fallback_requests, "request"));
         }
         if let (Some(missing), Some(file)) = (c.missing.filter(|m| *m > 0), &self.failed_file) {
             let _ = writeln!(
                 out,
-                "{missing} chunks are missing from their documents, listed in {file}; the next run, or \
-                 `tars-index retry-failed {}`, sends them again",
+                "{} missing from their documents, listed in {file}; the next run, or `tars-index retry-failed \
+                 {}`, sends them again",
+                if missing == 1 { "1 chunk is".to_owned() } else { format!("{missing} chunks are") },
                 self.dataset
             );
         }

@@ -153,6 +153,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
+    use crate::embed::Transient;
 
     #[test]
     fn only_the_same_model_elsewhere_is_a_fallback() {
@@ -197,7 +198,11 @@ mod tests {
         async fn embed(&self, inputs: &[&str]) -> Result<Embeddings, EmbedError> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             if self.down.load(Ordering::Relaxed) {
-                return Err(EmbedError::Exhausted { attempts: 7, last: "HTTP 503".into() });
+                return Err(EmbedError::Exhausted {
+                    attempts: 7,
+                    last: "HTTP 503".into(),
+                    cause: Transient::Status(503),
+                });
             }
             Ok(Embeddings { dimensions: self.dims, vectors: vec![0.5; self.dims * inputs.len()], usage_tokens: None })
         }

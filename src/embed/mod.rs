@@ -13,6 +13,8 @@ pub mod retry;
 
 use std::future::Future;
 
+use crate::error::{count, plural};
+
 pub use fallback::{FallbackEmbedder, FallbackError, check_fallback};
 pub use limiter::{Limiter, RateLimits};
 pub use local::{
@@ -65,7 +67,7 @@ pub enum EmbedError {
     InputRejected { status: u16, message: String, request_id: Option<String> },
     /// Every response failed the checks (wrong count, duplicate or missing indexes, wrong size, non-finite
     /// values), which can be caused by one of the inputs.
-    #[error("gave up after {attempts} invalid responses: {last}")]
+    #[error("gave up after {attempts} invalid {}: {last}", plural(u64::from(*attempts), "response"))]
     InvalidResponse { attempts: u32, last: String },
     /// The endpoints are set up wrongly for this run (a fallback that answers with vectors of another size).
     #[error("{message}")]
@@ -77,11 +79,57 @@ pub enum EmbedError {
     #[error("local model: {message}")]
     Model { message: String },
     /// Retries ran out on errors that are usually transient.
-    #[error("gave up after {attempts} attempts: {last}")]
-    Exhausted { attempts: u32, last: String },
+    #[error("gave up after {attempts} {}: {last}", plural(u64::from(*attempts), "attempt"))]
+    Exhausted { attempts: u32, last: String, cause: Transient },
+    /// A request that could not be made or understood outside the retry loop (`GET /models`).
+    #[error("{message}")]
+    Request { message: String },
     /// More chunks failed than `--max-failures` allows.
-    #[error("{failed} chunks failed, more than --max-failures {max}; the last error: {last}")]
+    #[error("{} failed, more than --max-failures {max}; the last error: {last}", count(*failed, "chunk"))]
     TooManyFailures { failed: u64, max: u64, last: String },
+    /// Request after request ran out of retries on the same cause: the endpoint is down, and the run stopped taking
+    /// new work rather than pay every remaining batch's retries.
+    #[error(
+        "{requests} requests in a row gave up after all their retries on {cause}; the endpoint looks down, so the run \
+         stopped taking new work (the last error: {last})"
+    )]
+    Unavailable { requests: u32, cause: Transient, last: String },
+}
+
+/// What kept failing when a request ran out of retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// No connection, a connection cut, a timeout.
+    Transport,
+    /// An HTTP status worth retrying (5xx, 408, 409, or one the server said to retry).
+    Status(u16),
+    /// 429 rate limits, past their own retry budget.
+    RateLimited,
+}
+
+impl Transient {
+    /// Whether this says the endpoint (or what is behind it) is down: a transport failure or a 5xx.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Transient::Transport) || matches!(self, Transient::Status(s) if *s >= 500)
+    }
+
+    /// Two causes of the same outage: transport failures, or server errors.
+    pub fn same_outage(&self, other: &Transient) -> bool {
+        self.is_outage()
+            && other.is_outage()
+            && matches!(self, Transient::Transport) == matches!(other, Transient::Transport)
+    }
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transient::Transport => write!(f, "connection errors"),
+            Transient::Status(s) if *s >= 500 => write!(f, "server errors (HTTP {s})"),
+            Transient::Status(s) => write!(f, "HTTP {s}"),
+            Transient::RateLimited => write!(f, "rate limits (HTTP 429)"),
+        }
+    }
 }
 
 impl EmbedError {
@@ -116,11 +164,16 @@ impl EmbedError {
             }
             EmbedError::Model { .. }
             | EmbedError::Exhausted { .. }
+            | EmbedError::Request { .. }
             | EmbedError::InputRejected { .. }
             | EmbedError::InvalidResponse { .. } => None,
             EmbedError::TooManyFailures { .. } => {
                 Some("the endpoint keeps failing: check its status and the errors above, then run again")
             }
+            EmbedError::Unavailable { .. } => Some(
+                "what was embedded before the stop is published; check the endpoint (or give --fallback-base), then \
+                 run again: the next run sends only the rest",
+            ),
         }
     }
 }

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::limiter::{Limiter, RateLimits};
 use super::retry::{Disposition, RetryPolicy, classify, server_hint};
-use super::{EmbedError, Embedder, Embeddings};
+use super::{EmbedError, Embedder, Embeddings, Transient};
 use crate::chunk::count_tokens;
+use crate::error::count;
 use crate::stats::Stats;
 
 pub const DEFAULT_API_BASE: &str = "https://api.router.tetrate.ai/v1";
@@ -346,7 +347,7 @@ enum RetryCause {
     /// A 200 whose body failed the checks.
     InvalidResponse,
     /// Anything else worth another attempt: 5xx, timeouts, dropped connections.
-    Transient,
+    Transient(Transient),
 }
 
 /// Error codes and message fragments of a 400 that blames the request's inputs (tars-api.md §8: context length,
@@ -401,7 +402,7 @@ impl OpenAiEmbedder {
 
     /// `GET /models`.
     pub async fn list_models(&self) -> Result<Vec<ModelInfo>, EmbedError> {
-        let fail = |message: String| EmbedError::Exhausted { attempts: 1, last: message };
+        let fail = |message: String| EmbedError::Request { message: format!("GET /models: {message}") };
         let response = self
             .client
             .get(self.config.models_url())
@@ -418,12 +419,12 @@ impl OpenAiEmbedder {
                 status: status.as_u16(),
                 message: self.config.redact(&error.message),
                 request_id,
-                advice: advice_for(status, &self.config.model, None),
+                advice: advice_for(status, &error, &self.config.model, None),
             });
         }
         serde_json::from_slice::<ModelList>(&body)
             .map(|list| list.data)
-            .map_err(|e| fail(format!("GET /models returned an unexpected body: {e}")))
+            .map_err(|e| fail(format!("unexpected body: {e}")))
     }
 
     async fn attempt(&self, inputs: &[&str]) -> Result<Embeddings, Attempt> {
@@ -436,7 +437,7 @@ impl OpenAiEmbedder {
         };
         let body = Bytes::from(
             serde_json::to_vec(&request)
-                .map_err(|e| Attempt::Fatal(EmbedError::Exhausted { attempts: 0, last: e.to_string() }))?,
+                .map_err(|e| Attempt::Fatal(EmbedError::Request { message: format!("encoding the request: {e}") }))?,
         );
         Stats::add(&self.stats.requests, 1);
         self.stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +456,7 @@ impl OpenAiEmbedder {
             return Err(Attempt::Retry {
                 reason: format!("HTTP 400: {message}"),
                 hint: Some(Duration::ZERO),
-                cause: RetryCause::Transient,
+                cause: RetryCause::Transient(Transient::Status(400)),
             });
         }
         if blames_inputs(status, &error) {
@@ -472,15 +473,15 @@ impl OpenAiEmbedder {
                 cause: if status == StatusCode::TOO_MANY_REQUESTS {
                     RetryCause::RateLimited
                 } else {
-                    RetryCause::Transient
+                    RetryCause::Transient(Transient::Status(status.as_u16()))
                 },
             }),
             Disposition::Quota => Err(Attempt::Fatal(EmbedError::Quota { status: status.as_u16(), message })),
             Disposition::Reject => {
-                let suggestions = if status == StatusCode::NOT_FOUND { self.close_models().await } else { None };
+                let suggestions = if is_unknown_model(status, &error) { self.close_models().await } else { None };
                 Err(Attempt::Fatal(EmbedError::Rejected {
                     status: status.as_u16(),
-                    advice: advice_for(status, &self.config.model, suggestions),
+                    advice: advice_for(status, &error, &self.config.model, suggestions),
                     message,
                     request_id: request_id(&headers),
                 }))
@@ -492,7 +493,7 @@ impl OpenAiEmbedder {
         let transient = |e: reqwest::Error| Attempt::Retry {
             reason: self.config.redact(&transport_message(&e)),
             hint: None,
-            cause: RetryCause::Transient,
+            cause: RetryCause::Transient(Transient::Transport),
         };
         let response = self
             .client
@@ -517,6 +518,16 @@ impl OpenAiEmbedder {
         };
         let response: EmbeddingResponse = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
         let usage = response.usage.as_ref().and_then(|u| u.prompt_tokens.or(u.total_tokens));
+        if let Some(requested) = self.config.dimensions {
+            let mut embeddings = validate(response, inputs, None).map_err(malformed)?;
+            if embeddings.dimensions != requested as usize {
+                // Gateways that drop parameters they do not know (LiteLLM's `drop_params`) and servers that ignore
+                // them answer 200 with the model's own size. Every retry and split would get the same answer.
+                return Err(Attempt::Fatal(ignored_dimensions(requested, embeddings.dimensions)));
+            }
+            embeddings.usage_tokens = usage;
+            return Ok(embeddings);
+        }
         let expected = match self.dimensions.load(Ordering::Relaxed) {
             0 => None,
             d => Some(d),
@@ -584,22 +595,30 @@ impl Embedder for OpenAiEmbedder {
                         self.limiter.rate_limited(hint);
                         self.limiter.learn_from_message(&reason);
                         if rate_limit_retries >= policy.max_rate_limit_retries {
-                            return Err(EmbedError::Exhausted { attempts, last: reason });
+                            return Err(EmbedError::Exhausted {
+                                attempts,
+                                last: reason,
+                                cause: Transient::RateLimited,
+                            });
                         }
                         rate_limit_retries += 1;
                         rate_limit_retries - 1
                     } else {
                         if retry >= policy.max_retries {
                             return Err(match cause {
-                                RetryCause::InvalidResponse => EmbedError::InvalidResponse { attempts, last: reason },
-                                _ => EmbedError::Exhausted { attempts, last: reason },
+                                RetryCause::Transient(cause) => EmbedError::Exhausted { attempts, last: reason, cause },
+                                _ => EmbedError::InvalidResponse { attempts, last: reason },
                             });
                         }
                         retry += 1;
                         retry - 1
                     };
                     let delay = policy.delay(step, hint);
-                    tracing::debug!(attempts, ?delay, %reason, "retrying embedding request");
+                    tracing::info!(
+                        "retrying a request of {} in {:.1}s: attempt {attempts} failed: {reason}",
+                        count(inputs.len() as u64, "input"),
+                        delay.as_secs_f64()
+                    );
                     Stats::add(&self.stats.retries, 1);
                     tokio::time::sleep(delay).await;
                 }
@@ -616,20 +635,53 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn advice_for(status: StatusCode, model: &str, suggestions: Option<String>) -> Option<String> {
-    match status.as_u16() {
-        401 => Some("check TARS_API_KEY: the key was not accepted".to_owned()),
-        403 => Some("the key is not allowed to use this model or endpoint; check the key's permissions".to_owned()),
-        404 => Some(match suggestions {
+fn ignored_dimensions(requested: u32, got: usize) -> EmbedError {
+    EmbedError::Misconfigured {
+        message: format!(
+            "the endpoint ignores `dimensions`: asked for {requested}-dimension vectors, it answered with {got}"
+        ),
+        advice: "drop --dimensions (model.dimensions) to store the model's own size, or use an endpoint that \
+                 supports it (a LiteLLM proxy with drop_params: true drops it silently)"
+            .to_owned(),
+    }
+}
+
+/// Error codes and message fragments that say the model is unknown, whatever the status: OpenAI answers 404
+/// `model_not_found`, LiteLLM 400 "Invalid model name passed in model=…", others "model … does not exist".
+fn is_unknown_model(status: StatusCode, error: &ApiError) -> bool {
+    let coded = [error.kind.as_deref(), error.code.as_deref()].into_iter().flatten().any(|c| c == "model_not_found");
+    let message = error.message.to_ascii_lowercase();
+    let said = message.contains("invalid model")
+        || (message.contains("model") && (message.contains("does not exist") || message.contains("not found")));
+    status == StatusCode::NOT_FOUND || coded || (status.is_client_error() && said)
+}
+
+/// Error types that say the key was not accepted, under whatever status a gateway sends them (LiteLLM answers a
+/// missing key with 401 `auth_error`, a wrong one, without its database, with 400 `no_db_connection`).
+const AUTH_ERROR_CODES: &[&str] =
+    &["auth_error", "authentication_error", "invalid_api_key", "invalid_authentication", "no_db_connection"];
+
+fn is_auth_error(status: StatusCode, error: &ApiError) -> bool {
+    status == StatusCode::UNAUTHORIZED
+        || [error.kind.as_deref(), error.code.as_deref()].into_iter().flatten().any(|c| AUTH_ERROR_CODES.contains(&c))
+}
+
+fn advice_for(status: StatusCode, error: &ApiError, model: &str, suggestions: Option<String>) -> Option<String> {
+    if is_auth_error(status, error) {
+        return Some("check TARS_API_KEY: the key was not accepted".to_owned());
+    }
+    if is_unknown_model(status, error) {
+        return Some(match suggestions {
             Some(list) => format!(
                 "model {model:?} was not found; models offered that look related: {list} (`tars-index models` lists all)"
             ),
             None => {
                 format!("model {model:?} was not found; run `tars-index models` to list the models the endpoint offers")
             }
-        }),
-        _ => None,
+        });
     }
+    (status == StatusCode::FORBIDDEN)
+        .then(|| "the key is not allowed to use this model or endpoint; check the key's permissions".to_owned())
 }
 
 /// A transport error with its cause chain (reqwest's top-level message alone says little).

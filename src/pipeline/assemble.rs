@@ -16,6 +16,7 @@ use super::previous::VectorLoc;
 use crate::batch::Batch;
 use crate::chunk::Chunk;
 use crate::embed::Embeddings;
+use crate::error::count;
 use crate::stats::Stats;
 use crate::store::{
     Dataset, DatasetWriter, DocRecord, EmbeddingCache, FailedChunk, Manifest, RunStatus, StoreError, compact,
@@ -365,6 +366,11 @@ pub fn publish(
         return Ok(None);
     }
     let complete = status == RunStatus::Complete;
+    // A new dataset whose run stopped before it wrote anything (a rejected key, a misconfigured endpoint): an empty
+    // first version would say nothing and record settings that were never used.
+    if previous.is_none() && !complete && assembled.writer.rows_written() == 0 {
+        return Ok(None);
+    }
     // Nothing changed: the published version stays as it is (a no-op run writes nothing but its report).
     if let Some(current) =
         previous.filter(|p| appends && !assembled.changed && complete && p.status == RunStatus::Complete)
@@ -379,7 +385,7 @@ pub fn publish(
         if needs_compaction(&manifest) {
             let dead = manifest.rows - manifest.live_rows;
             manifest = compact(&Dataset { dir, manifest })?;
-            tracing::info!("compacted the dataset: {dead} rows of deleted or older documents dropped");
+            tracing::info!("compacted the dataset: {} of deleted or older documents dropped", count(dead, "row"));
         }
     }
     Ok(Some(manifest))

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::error::plural;
+
 /// How many of the dataset's documents one run may delete.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum DeleteLimit {
@@ -75,11 +77,6 @@ pub struct MassDelete {
     /// Documents the run found (read, unchanged, or kept because unreadable).
     pub found: u64,
     pub limit: DeleteLimit,
-}
-
-/// `word` or `words`, for `n` of them.
-pub fn plural(n: u64, word: &str) -> String {
-    if n == 1 { word.to_owned() } else { format!("{word}s") }
 }
 
 #[cfg(test)]

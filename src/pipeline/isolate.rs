@@ -4,7 +4,8 @@
 
 use crate::batch::Batch;
 use crate::chunk::Chunk;
-use crate::embed::{EmbedError, Embedder, Embeddings};
+use crate::embed::{EmbedError, Embedder, Embeddings, Transient};
+use crate::stats::Stats;
 
 /// Why a chunk was given up on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,13 +24,14 @@ pub struct BatchOutcome {
     pub failed: Vec<(Chunk, ChunkFailure)>,
     /// The run must stop; chunks neither embedded nor failed were not tried.
     pub fatal: Option<EmbedError>,
-    /// Times a part was split in two.
-    pub splits: u64,
+    /// What kept failing, when a part failed because its retries ran out (for the run's circuit breaker).
+    pub exhausted: Option<(Transient, String)>,
 }
 
 /// Embeds `batch`, splitting it to isolate inputs the server refuses. Halves go one after the other, so a split
-/// batch still holds a single slot of the run's concurrency.
-pub async fn embed_isolating<E: Embedder>(embedder: &E, batch: Batch) -> BatchOutcome {
+/// batch still holds a single slot of the run's concurrency. Splits are counted in `stats` as they happen, so a
+/// run stopped meanwhile still reports them.
+pub async fn embed_isolating<E: Embedder>(embedder: &E, batch: Batch, stats: &Stats) -> BatchOutcome {
     let mut outcome = BatchOutcome::default();
     // Depth first, left half on top, so parts finish in input order.
     let mut parts: Vec<(Vec<Chunk>, u32)> = vec![(batch.chunks, 0)];
@@ -52,9 +54,12 @@ pub async fn embed_isolating<E: Embedder>(embedder: &E, batch: Batch) -> BatchOu
                 let right = chunks.split_off(chunks.len() / 2);
                 parts.push((right, attempts));
                 parts.push((chunks, attempts));
-                outcome.splits += 1;
+                Stats::add(&stats.batches_split, 1);
             }
             Err(error) => {
+                if let EmbedError::Exhausted { cause, .. } = &error {
+                    outcome.exhausted = Some((*cause, error.to_string()));
+                }
                 let failure = ChunkFailure { error: error.to_string(), attempts: earlier_attempts + error.attempts() };
                 outcome.failed.extend(chunks.into_iter().map(|c| (c, failure.clone())));
             }
@@ -89,7 +94,11 @@ mod tests {
                 });
             }
             if inputs.iter().any(|t| t.contains("flaky")) {
-                return Err(EmbedError::Exhausted { attempts: 3, last: "HTTP 503".into() });
+                return Err(EmbedError::Exhausted {
+                    attempts: 3,
+                    last: "HTTP 503".into(),
+                    cause: Transient::Status(503),
+                });
             }
             let vectors = inputs.iter().map(|t| t.len() as f32).collect();
             Ok(Embeddings { dimensions: 1, vectors, usage_tokens: None })
@@ -127,7 +136,8 @@ mod tests {
     async fn one_poison_input_costs_only_itself() {
         let picky = Picky { requests: AtomicU32::new(0) };
         let texts = ["a", "b", "c", "poison", "e", "f", "g", "h"];
-        let outcome = embed_isolating(&picky, batch(&texts)).await;
+        let stats = Stats::default();
+        let outcome = embed_isolating(&picky, batch(&texts), &stats).await;
         assert!(outcome.fatal.is_none());
         assert_eq!(embedded_texts(&outcome), ["a", "b", "c", "e", "f", "g", "h"]);
         for (b, e) in &outcome.embedded {
@@ -140,19 +150,21 @@ mod tests {
         assert!(failure.error.contains("maximum context length"), "{failure:?}");
         // 8 → 4 → 2 → 1: the poison travelled in four requests.
         assert_eq!(failure.attempts, 4);
-        assert_eq!(outcome.splits, 3);
+        assert_eq!(Stats::get(&stats.batches_split), 3);
         assert_eq!(picky.requests.load(Ordering::Relaxed), 7);
     }
 
     #[tokio::test]
     async fn transient_failures_are_not_split_and_fatal_ones_stop() {
         let picky = Picky { requests: AtomicU32::new(0) };
-        let outcome = embed_isolating(&picky, batch(&["a", "flaky", "c"])).await;
+        let stats = Stats::default();
+        let outcome = embed_isolating(&picky, batch(&["a", "flaky", "c"]), &stats).await;
         assert_eq!(outcome.failed.len(), 3, "a batch that kept failing for transient reasons fails whole");
         assert!(outcome.failed.iter().all(|(_, f)| f.attempts == 3));
-        assert_eq!((outcome.splits, picky.requests.load(Ordering::Relaxed)), (0, 1));
+        assert_eq!((Stats::get(&stats.batches_split), picky.requests.load(Ordering::Relaxed)), (0, 1));
+        assert_eq!(outcome.exhausted.map(|(cause, _)| cause), Some(Transient::Status(503)));
 
-        let outcome = embed_isolating(&picky, batch(&["poison", "x", "quota", "y"])).await;
+        let outcome = embed_isolating(&picky, batch(&["poison", "x", "quota", "y"]), &stats).await;
         assert!(matches!(outcome.fatal, Some(EmbedError::Quota { .. })), "{:?}", outcome.fatal);
         assert!(outcome.embedded.is_empty() && outcome.failed.is_empty(), "nothing is recorded as failed on a stop");
         assert_eq!(picky.requests.load(Ordering::Relaxed), 2, "no split after a fatal error");

@@ -13,6 +13,7 @@
 //! abandoned, upstream threads see their channel close and return, and the writer closes what it has.
 
 mod assemble;
+mod breaker;
 mod guard;
 mod isolate;
 mod previous;
@@ -28,13 +29,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use assemble::WriterMsg;
-pub use guard::{DeleteLimit, MassDelete, plural};
+pub use guard::{DeleteLimit, MassDelete};
 pub use isolate::{BatchOutcome, ChunkFailure, embed_isolating};
 pub use previous::{Previous, VectorLoc, text_key};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
 use crate::chunk::{Chunk, ChunkSettings, Chunker, TokenChunker, TokenCounter};
 use crate::embed::{EmbedError, Embedder, Embeddings};
+use crate::error::count;
 use crate::source::{Document, Excluded, FileSource, Source, SourceItem, SourceOptions, file_key};
 use crate::stats::{Stats, Summary};
 use crate::store::{ChunkingInfo, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError};
@@ -234,14 +236,14 @@ pub async fn run_embed<E: Embedder>(
     let dry_run = job.dry_run;
     let mut results = gated
         .map(|batch| {
-            let embedder = Arc::clone(&embedder);
+            let (embedder, stats) = (Arc::clone(&embedder), Arc::clone(&stats));
             async move {
                 if dry_run {
                     // Counted below as if sent: what a real run would spend.
                     let nothing = Embeddings { dimensions: 0, vectors: Vec::new(), usage_tokens: None };
                     return BatchOutcome { embedded: vec![(batch, nothing)], ..BatchOutcome::default() };
                 }
-                embed_isolating(&*embedder, batch).await
+                embed_isolating(&*embedder, batch, &stats).await
             }
         })
         .buffer_unordered(concurrency);
@@ -250,6 +252,7 @@ pub async fn run_embed<E: Embedder>(
     let mut interrupted = false;
     let mut mass_delete = None;
     let mut guard_open = !dry_run;
+    let mut breaker = breaker::Breaker::default();
     tokio::pin!(shutdown);
     loop {
         let next = tokio::select! {
@@ -270,7 +273,7 @@ pub async fn run_embed<E: Embedder>(
             },
         };
         let Some(outcome) = next else { break };
-        Stats::add(&stats.batches_split, outcome.splits);
+        let tripped = breaker.observe(&outcome);
         let mut writer_gone = false;
         for (batch, embeddings) in outcome.embedded {
             Stats::add(&stats.chunks_embedded, batch.chunks.len() as u64);
@@ -292,12 +295,12 @@ pub async fn run_embed<E: Embedder>(
                 while failures.next_if(|(_, f)| f == failure).is_some() {
                     more += 1;
                 }
-                let others = if more > 0 { format!(" and {more} more chunks") } else { String::new() };
+                let others = if more > 0 { format!(" and {} more", count(more, "chunk")) } else { String::new() };
                 tracing::warn!(
-                    "{} chunk {}{others}: not embedded after {} attempts: {}",
+                    "{} chunk {}{others}: not embedded after {}: {}",
                     chunk.doc,
                     chunk.chunk_index,
-                    failure.attempts,
+                    count(u64::from(failure.attempts), "attempt"),
                     failure.error
                 );
             }
@@ -308,7 +311,7 @@ pub async fn run_embed<E: Embedder>(
                 break;
             }
         }
-        if let Some(error) = outcome.fatal {
+        if let Some(error) = outcome.fatal.or(tripped) {
             fatal = Some(error);
             break;
         }

@@ -70,6 +70,8 @@ pub enum Fault {
     Unauthorized,
     /// Answer normally (to place faults later in a script).
     Ok,
+    /// This status with this JSON body, as some gateway sends it (a retry hint of 5 ms included).
+    Body(u16, &'static str),
 }
 
 /// What the mock does with every request holding an input that contains a marker, whatever the script says.
@@ -110,6 +112,8 @@ pub struct MockState {
     pub tpm: Mutex<Option<TpmWindow>>,
     /// 429s sent because of `tpm`.
     pub tpm_refused: AtomicUsize,
+    /// Answer with the default size whatever `dimensions` asks, as servers and gateways that drop it do.
+    pub ignore_dimensions: std::sync::atomic::AtomicBool,
     pub observed: Mutex<Observed>,
 }
 
@@ -379,7 +383,10 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
     // The response leaves `delay` after the request arrived, its own work included, as from a server with that
     // latency.
     let deadline = arrival + *state.delay.lock().expect("lock");
-    let dims = dims_asked.map_or(DEFAULT_DIMS, |d| d as usize);
+    let dims = match dims_asked {
+        Some(d) if !state.ignore_dimensions.load(Ordering::SeqCst) => d as usize,
+        _ => DEFAULT_DIMS,
+    };
     let mut vectors: Vec<Vec<f32>> = inputs.iter().map(|t| mock_embedding(t, dims)).collect();
     if let Some(Poison::NaN(marker)) = &poison {
         for (text, vector) in inputs.iter().zip(&mut vectors) {
@@ -447,6 +454,12 @@ async fn embeddings(State(state): State<Arc<MockState>>, headers: HeaderMap, bod
             let status = StatusCode::from_u16(code).expect("status");
             let mut response =
                 error(status, "The server had an error while processing your request", "server_error", None);
+            response.headers_mut().insert("retry-after-ms", HeaderValue::from(5));
+            return response;
+        }
+        Some(Fault::Body(code, body)) => {
+            let status = StatusCode::from_u16(code).expect("status");
+            let mut response = (status, [("content-type", "application/json")], body).into_response();
             response.headers_mut().insert("retry-after-ms", HeaderValue::from(5));
             return response;
         }
