@@ -26,6 +26,12 @@ fn chunker(c: &mut Criterion) {
         let doc = document(text.clone(), format);
         group.bench_function(name, |b| b.iter(|| black_box(chunker.chunk(black_box(&doc))).len()));
     }
+    // The splitter over the whole text at once, as before long documents were split a window at a time.
+    let config = ChunkConfig::new(512).with_sizer(TokenCounter::Cl100k).with_overlap(64).expect("valid");
+    let whole = TextSplitter::new(config);
+    group.bench_function("plain_512_overlap_64_whole_text", |b| {
+        b.iter(|| whole.chunk_indices(black_box(&text)).count())
+    });
     // The floor: tokenising the text once with cl100k_base.
     group.bench_function("tokenize_only", |b| b.iter(|| count_tokens(black_box(&text))));
     group.finish();

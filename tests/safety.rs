@@ -451,3 +451,93 @@ cp -r "$DISK/ds" "$OUT/copy""#;
     let names: Vec<String> = runs.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.contains(".tmp")), "a report the full disk refused leaves no temp file: {names:?}");
 }
+
+fn paragraphs(doc: &str, count: usize, changed: Option<usize>) -> String {
+    (0..count)
+        .map(|n| {
+            let extra = if changed == Some(n) { " It was rewritten since." } else { "" };
+            format!("Paragraph {n} of {doc} talks about {doc}word{n} and {doc}topic with more words.{extra}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+const SMALL_CHUNKS: [&str; 4] = ["--chunk-tokens", "30", "--chunk-overlap", "0"];
+
+fn cut_short(file: &Path) {
+    let bytes = std::fs::read(file).expect("read");
+    std::fs::write(file, &bytes[..bytes.len() - 30]).expect("truncate");
+}
+
+#[test]
+fn a_damaged_data_file_is_repaired_and_only_what_it_held_is_embedded_again() {
+    let mock = MockServer::start();
+    let input = corpus(&[("a.txt", &paragraphs("a", 3, None)), ("b.txt", &paragraphs("b", 2, None))]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS).code, 0);
+    std::fs::write(input.path().join("c.txt"), paragraphs("c", 2, None)).expect("write");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS).code, 0);
+    // a.txt's new version: two paragraphs as before (their vectors reused), one rewritten; all in the third file.
+    std::fs::write(input.path().join("a.txt"), paragraphs("a", 3, Some(2))).expect("write");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS).code, 0);
+    assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
+    let files = crate::util::data_files(&dataset);
+    assert_eq!(files.len(), 3, "{files:?}");
+    cut_short(&files[2]);
+
+    let stuck = embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS);
+    assert_eq!(stuck.code, 1, "{}", stuck.all_output());
+    assert!(stuck.stderr.contains(&format!("tars-index repair {}", dataset.display())), "{}", stuck.stderr);
+
+    let repaired = run(cli(None).arg("repair").arg(&dataset).arg("--json"));
+    assert_eq!(repaired.code, 0, "{}", repaired.all_output());
+    let r: serde_json::Value = serde_json::from_str(repaired.stdout.trim()).expect("json");
+    let damaged = r["repair"]["damaged"].as_array().expect("damaged");
+    assert_eq!(damaged.len(), 1, "{r}");
+    assert!(files[2].ends_with(damaged[0]["path"].as_str().expect("path")), "{r}");
+    assert_eq!((r["repair"]["rows_dropped"].as_u64(), r["repair"]["documents_to_redo"].as_u64()), (Some(3), Some(1)));
+    let name = damaged[0]["path"].as_str().expect("path").replace('/', "-");
+    assert!(dataset.join("damaged").join(name).exists(), "the damaged file is kept for inspection");
+    let (found, _) = search_docs(&mock, &dataset, &text("anything"));
+    assert_eq!(found.code, 0, "the repaired version answers: {}", found.all_output());
+
+    let sent = mock.texts().len();
+    let next = embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS);
+    assert_eq!(next.code, 0, "{}", next.all_output());
+    let resent: Vec<String> = mock.texts()[sent..].to_vec();
+    assert_eq!(resent.len(), 1, "only the text whose only vector was in the damaged file: {resent:?}");
+    assert!(resent[0].contains("rewritten"), "{resent:?}");
+    let fresh = out.path().join("fresh");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &fresh, &SMALL_CHUNKS).code, 0);
+    assert_eq!(crate::util::live_content(&dataset), crate::util::live_content(&fresh));
+}
+
+#[test]
+fn a_damaged_documents_table_is_repaired_by_the_next_run_with_repair_without_paying_again() {
+    let mock = MockServer::start();
+    let input = corpus(&[("a.txt", &paragraphs("a", 3, None)), ("b.txt", &paragraphs("b", 2, None))]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS).code, 0);
+    let docs_table = dataset.join(manifest(&dataset)["docs_file"].as_str().expect("docs file"));
+    cut_short(&docs_table);
+    let stuck = embed(cli(Some(&mock.base())), input.path(), &dataset, &SMALL_CHUNKS);
+    assert_eq!(stuck.code, 1, "{}", stuck.all_output());
+    assert!(stuck.stderr.contains("--repair"), "{}", stuck.stderr);
+
+    let sent = mock.texts().len();
+    let mut flags = SMALL_CHUNKS.to_vec();
+    flags.push("--repair");
+    let repaired = embed(cli(Some(&mock.base())), input.path(), &dataset, &flags);
+    assert_eq!(repaired.code, 0, "{}", repaired.all_output());
+    assert!(repaired.stderr.contains("every document is read again"), "{}", repaired.stderr);
+    assert_eq!(mock.texts().len(), sent, "every vector is reused");
+    let r = report(&repaired);
+    assert_eq!((r["documents"]["new"].as_u64(), r["chunks"]["reused"].as_u64()), (Some(2), Some(5)), "{r}");
+    let fresh = out.path().join("fresh");
+    assert_eq!(embed(cli(Some(&mock.base())), input.path(), &fresh, &SMALL_CHUNKS).code, 0);
+    assert_eq!(crate::util::live_content(&dataset), crate::util::live_content(&fresh));
+    let m = manifest(&dataset);
+    assert_eq!(m["rows"], m["live_rows"], "the old rows left once the run had reused their vectors: {m}");
+}

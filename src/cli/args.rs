@@ -31,6 +31,8 @@ pub enum Command {
     Index(IndexArgs),
     /// Send again only the chunks a run gave up on (listed in the dataset's dead-letter file); reads no input.
     RetryFailed(RetryFailedArgs),
+    /// Check every file of a dataset and drop damaged ones from it, so that the next run embeds only what they held.
+    Repair(RepairArgs),
     /// Find the chunks nearest to a query.
     Search(SearchArgs),
     /// List the models the endpoint offers (GET /models).
@@ -97,6 +99,10 @@ pub struct JobFlags {
     /// Leave the index as it is (`embed` otherwise brings an existing index up to date, `run` builds one).
     #[arg(long)]
     pub no_index: bool,
+    /// Check the dataset's files first and drop damaged ones (as `tars-index repair`), so that this run embeds
+    /// again only what they held.
+    #[arg(long)]
+    pub repair: bool,
     #[command(flatten)]
     pub requests: RequestFlags,
 }
@@ -167,6 +173,18 @@ pub struct RetryFailedArgs {
     pub dataset: PathBuf,
     #[command(flatten)]
     pub requests: RequestFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[arg(value_name = "DATASET_DIR")]
+    pub dataset: PathBuf,
+    /// Wait up to SECS for a run writing the dataset to finish.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait_lock: u64,
+    /// Print what was found and done as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,8 @@ pub struct JobSpec {
     pub allow_mass_delete: bool,
     /// `--no-index`: publish without touching the index.
     pub no_index: bool,
+    /// `--repair`: check the dataset's files and drop damaged ones before the run.
+    pub repair: bool,
 }
 
 /// The flag's value if given, else the file's (`value` at `key`), else none.
@@ -269,6 +271,7 @@ impl JobSpec {
             allow_mass_delete: flags.allow_mass_delete
                 || f.and_then(|f| f.output.allow_mass_delete.as_ref()).is_some_and(|a| *a.get_ref()),
             no_index: flags.no_index,
+            repair: flags.repair,
         }
     }
 

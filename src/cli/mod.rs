@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RequestFlags, RetryFailedArgs, RunArgs, SearchArgs,
-    ValidateArgs,
+    Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RepairArgs, RequestFlags, RetryFailedArgs, RunArgs,
+    SearchArgs, ValidateArgs,
 };
 pub use job::JobSpec;
 pub use progress::LogWriter;
@@ -84,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
     // Paths are shown and recorded normalised (`pipelines/../x` is `x`).
     match &mut cli.command {
         Command::RetryFailed(RetryFailedArgs { dataset, .. })
+        | Command::Repair(RepairArgs { dataset, .. })
         | Command::Index(IndexArgs { dataset, .. })
         | Command::Search(SearchArgs { dataset, .. }) => *dataset = normal_path(dataset),
         _ => {}
@@ -105,6 +106,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Validate(args) => validate(args).await,
         Command::Index(args) => build_index(args).await,
+        Command::Repair(args) => repair(args).await,
         Command::Search(args) => search(args).await,
         Command::Models(args) => models(args).await,
     }
@@ -275,6 +277,12 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     }
     // A dry run reads the dataset (to count only what would be sent) and writes nothing, so it takes no lock.
     let _lock = if spec.dry_run { None } else { Some(lock_dataset(&spec.out, command, spec.wait_lock).await?) };
+    if spec.repair && !spec.dry_run && spec.out.join(crate::store::MANIFEST_FILE).exists() {
+        let repair = repair_dataset(&spec.out).await?;
+        for line in repair_lines(&repair, &spec.out) {
+            tracing::warn!("--repair: {line}");
+        }
+    }
     let job = EmbedJob {
         source: spec.source.clone(),
         chunking,
@@ -308,6 +316,10 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         Err(e) => {
             // A run that fails after it started still says what it did and why it stopped (best effort: the cause
             // may be a full disk that keeps the report from being saved).
+            let advice = match &e {
+                crate::pipeline::PipelineError::Store(e) => damage_advice(e, &spec.out),
+                _ => None,
+            };
             let error = anyhow::Error::new(e);
             let failed = RunOutcome::failed(stats.snapshot(started.elapsed()), format!("{error:#}"));
             let report = RunReport::new(&spec, &failed, None, started_unix, price);
@@ -316,7 +328,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
             }
             report.print(spec.json);
             let kept = format!("run failed; the previous version of {} is kept", spec.out.display());
-            return Err(Failure::run(error.context(kept)));
+            return Err(Failure { advice, ..Failure::run(error.context(kept)) });
         }
     };
 
@@ -468,6 +480,82 @@ async fn stop_signal() {
     ctrl_c.await;
 }
 
+/// Checks and repairs the dataset under its lock (on a blocking thread: it reads every file).
+async fn repair_dataset(dir: &Path) -> Result<crate::store::Repair, Failure> {
+    let dataset = Dataset::open(dir).map_err(Failure::usage)?;
+    tokio::task::spawn_blocking(move || crate::store::repair(&dataset))
+        .await
+        .map_err(|e| Failure::run(anyhow::anyhow!("repair thread failed: {e}")))?
+        .map_err(Failure::run)
+}
+
+/// What a repair found and did, as lines for people.
+fn repair_lines(repair: &crate::store::Repair, dir: &Path) -> Vec<String> {
+    let mut lines =
+        vec![format!("checked {}: {} damaged", count(repair.files_checked as u64, "file"), repair.damaged.len())];
+    lines.extend(repair.damaged.iter().map(|d| format!("  {}: {}", d.path, d.error)));
+    if let Some(generation) = repair.generation {
+        let redo = if repair.documents_table_replaced {
+            "every document is read again by the next run, which reuses the vector of every text it finds".to_owned()
+        } else {
+            format!(
+                "{} the next run reads again, embedding only the chunks the damaged files held",
+                count(repair.documents_to_redo, "document")
+            )
+        };
+        lines.push(format!("dropped {}; {redo}", count(repair.rows_dropped, "row")));
+        lines.push(format!(
+            "version {generation} published; the damaged files are kept in {}",
+            dir.join(crate::store::DAMAGED_DIR).display()
+        ));
+    }
+    lines
+}
+
+async fn repair(args: RepairArgs) -> Result<u8, Failure> {
+    Dataset::open(&args.dataset).map_err(Failure::usage)?;
+    let _lock = lock_dataset(&args.dataset, "repair", Duration::from_secs(args.wait_lock)).await?;
+    let repair = repair_dataset(&args.dataset).await?;
+    // The index keeps working (rows dropped are filtered out); bring it up to date, rebuilding it if it was damaged.
+    let mut index_meta = None;
+    if repair.generation.is_some()
+        && let Some(params) = index::existing_params(&args.dataset)
+    {
+        let dataset = Dataset::open(&args.dataset).map_err(Failure::run)?;
+        if dataset.manifest.rows > 0 {
+            let meta = tokio::task::spawn_blocking(move || index::update(&dataset, params, false))
+                .await
+                .map_err(|e| Failure::run(anyhow::anyhow!("index thread failed: {e}")))?
+                .map_err(Failure::run)?;
+            index_meta = Some(meta);
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let value = serde_json::json!({ "repair": repair, "index": index_meta });
+        let _ = writeln!(stdout, "{value}");
+    } else {
+        for line in repair_lines(&repair, &args.dataset) {
+            let _ = writeln!(stdout, "{line}");
+        }
+        if let Some(meta) = &index_meta {
+            let _ = writeln!(stdout, "{}", report::index_line(meta));
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// What to do about `error` when it comes from a damaged file of the dataset in `dir`.
+fn damage_advice(error: &StoreError, dir: &Path) -> Option<String> {
+    error.is_damage().then(|| {
+        format!(
+            "a file of the dataset is damaged: `tars-index repair {}` drops it and the next run embeds again only \
+             what it held (or run again with --repair)",
+            dir.display()
+        )
+    })
+}
+
 async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
     let params = IndexParams { m: args.m, ef_construction: args.ef_construction };
     params.validate().map_err(Failure::usage)?;
@@ -532,7 +620,13 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
             .map_err(|e| Failure::run(anyhow::anyhow!("search thread failed: {e}")))?
             .map_err(|e| match e {
                 e @ (QueryError::Index(_) | QueryError::Dimensions { .. }) => Failure::usage(e),
-                e => Failure::run(e),
+                e => {
+                    let advice = match &e {
+                        QueryError::Store(e) => damage_advice(e, &args.dataset),
+                        _ => None,
+                    };
+                    Failure { advice, ..Failure::run(e) }
+                }
             })?
     };
     match &answer.method {

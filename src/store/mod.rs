@@ -19,6 +19,7 @@ mod failed;
 mod lock;
 mod manifest;
 mod reader;
+mod repair;
 pub mod schema;
 mod writer;
 
@@ -33,6 +34,7 @@ pub use manifest::{
     ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, unix_now, write_json_atomic,
 };
 pub use reader::{Dataset, StoredChunk};
+pub use repair::{DAMAGED_DIR, DamagedFile, Repair, repair};
 pub use writer::{DATA_DIR, DatasetWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +67,16 @@ pub enum StoreError {
     NotADirectory { path: PathBuf },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("{path}: the dataset holds no embedded chunks")]
+    Empty { path: PathBuf },
 }
 
 impl StoreError {
+    /// A file of the dataset that cannot be read as what it should be (`tars-index repair` drops it).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Parquet { .. } | StoreError::Arrow { .. } | StoreError::Corrupt { .. })
+    }
+
     /// A file that is not there (any more): a reader of an older version whose files a newer one replaced.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
@@ -231,6 +240,44 @@ mod tests {
         assert_eq!((v2.rows, v2.generation), (0, 2));
         let left: Vec<_> = std::fs::read_dir(dir.path().join(DATA_DIR)).expect("ls").collect();
         assert!(left.is_empty(), "old and orphaned files are removed: {left:?}");
+    }
+
+    #[test]
+    fn repair_finds_rows_whose_text_no_longer_matches_and_drops_their_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = DatasetWriter::begin(dir.path(), manifest(), None, false).expect("begin");
+        let good: Vec<Chunk> = (0..3)
+            .map(|i| Chunk { hash: blake3::hash(chunk(i).text.as_bytes()).to_hex().to_string(), ..chunk(i) })
+            .collect();
+        writer.write(&good, &vectors(&good), 3).expect("write");
+        let v1 = writer
+            .finish(
+                &docs_for(&[("doc-0".into(), 0), ("doc-0".into(), 1), ("doc-0".into(), 2)]),
+                &[],
+                RunStatus::Complete,
+            )
+            .expect("v1");
+        let mut writer = DatasetWriter::begin(dir.path(), manifest(), Some(&v1), true).expect("begin");
+        let flipped = vec![chunk(3)]; // its hash is "h3", not the text's
+        writer.write(&flipped, &vectors(&flipped), 3).expect("write");
+        let rows = [("doc-0".into(), 0), ("doc-0".into(), 1), ("doc-0".into(), 2), ("doc-1".into(), 3)];
+        writer.finish(&docs_for(&rows), &[], RunStatus::Complete).expect("v2");
+
+        let repaired = repair(&Dataset::open(dir.path()).expect("open")).expect("repair");
+        assert_eq!(repaired.damaged.len(), 1, "{repaired:?}");
+        assert!(repaired.damaged[0].error.contains("does not match its hash"), "{repaired:?}");
+        assert_eq!((repaired.rows_dropped, repaired.documents_to_redo, repaired.generation), (1, 1, Some(3)));
+        let dataset = Dataset::open(dir.path()).expect("open");
+        assert_eq!(dataset.manifest.files.len(), 1);
+        let mut docs = HashMap::new();
+        dataset
+            .for_each_doc(|d| {
+                docs.insert(d.doc.clone(), d);
+            })
+            .expect("docs");
+        assert_eq!(docs["doc-0"].rows, [0, 1, 2], "untouched documents keep their rows");
+        assert!(docs["doc-1"].rows.is_empty() && docs["doc-1"].content_hash.is_empty(), "{:?}", docs["doc-1"]);
+        assert!(repair(&dataset).expect("again").generation.is_none(), "a sound dataset is left alone");
     }
 
     #[test]

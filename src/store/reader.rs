@@ -45,10 +45,10 @@ impl Dataset {
 
     /// Vector size; an error for a dataset without rows.
     pub fn dimensions(&self) -> Result<usize, StoreError> {
-        self.manifest.dimensions.filter(|_| self.manifest.rows > 0).ok_or_else(|| StoreError::Corrupt {
-            path: self.dir.clone(),
-            message: "the dataset holds no embedded chunks".to_owned(),
-        })
+        self.manifest
+            .dimensions
+            .filter(|_| self.manifest.rows > 0)
+            .ok_or_else(|| StoreError::Empty { path: self.dir.clone() })
     }
 
     /// Calls `f(first_row_id, vectors, rows)` for every record batch of vectors of the files from `from_file` on,
@@ -236,6 +236,44 @@ impl Dataset {
                 next += chunks.len() as u64;
                 f(&ids, chunks, vectors)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Reads the data file at `index` in full and checks it: its row count and row ids, its columns, every text
+    /// against its hash, every vector's size and values (for `repair`).
+    pub fn check_file(&self, index: usize) -> Result<(), StoreError> {
+        let dims = self.dimensions()?;
+        let entry = self.manifest.files.get(index).ok_or_else(|| corrupt(&self.dir, "no such data file"))?;
+        let path = self.dir.join(&entry.path);
+        let reader =
+            self.open_file(&path, entry.rows)?.with_batch_size(4096).build().map_err(StoreError::parquet(&path))?;
+        let mut next = entry.first_row;
+        for batch in reader {
+            let batch = batch.map_err(StoreError::arrow(&path))?;
+            let rows = decode_rows(&batch, &path)?;
+            let (hashes, vectors) = hashes_and_vectors(&batch, &path, dims)?;
+            // Datasets of schema version 1 have no row-id column.
+            let ids = batch.column_by_name(schema::ROW_ID).and_then(|c| c.as_primitive_opt::<UInt64Type>());
+            for (i, row) in rows.iter().enumerate() {
+                let row_id = next + i as u64;
+                if ids.is_some_and(|ids| ids.value(i) != row_id) {
+                    return Err(corrupt(&path, &format!("row {row_id} carries another row id")));
+                }
+                if blake3::hash(row.text.as_bytes()).to_hex().as_str() != hashes.value(i) {
+                    return Err(corrupt(&path, &format!("the text of row {row_id} does not match its hash")));
+                }
+                if vectors[i * dims..(i + 1) * dims].iter().any(|x| !x.is_finite()) {
+                    return Err(corrupt(&path, &format!("the vector of row {row_id} is not finite")));
+                }
+            }
+            next += rows.len() as u64;
+        }
+        if next - entry.first_row != entry.rows {
+            return Err(corrupt(
+                &path,
+                &format!("{} rows read, the manifest lists {}", next - entry.first_row, entry.rows),
+            ));
         }
         Ok(())
     }

@@ -36,6 +36,8 @@ pub struct DatasetWriter {
     schema: Option<SchemaRef>,
     open: Option<OpenFile>,
     next_row: u64,
+    /// Keep the base version's files even when no live row is left in them (see [`DatasetWriter::keep_base_files`]).
+    keep_base: bool,
 }
 
 struct OpenFile {
@@ -86,7 +88,19 @@ impl DatasetWriter {
             schema: None,
             open: None,
             next_row,
+            keep_base: false,
         })
+    }
+
+    /// Leaves the base version's files for which `drop` holds out of the new version (`repair`: damaged files).
+    pub fn drop_base_files(&mut self, drop: impl Fn(&str) -> bool) {
+        self.base_files.retain(|f| !drop(&f.path));
+    }
+
+    /// Keeps every file of the base version, live rows or not: a repair that replaces a damaged documents table
+    /// keeps the rows for their vectors, which the next run reuses.
+    pub fn keep_base_files(&mut self) {
+        self.keep_base = true;
     }
 
     pub fn with_rows_per_file(mut self, rows: u64) -> Self {
@@ -175,7 +189,8 @@ impl DatasetWriter {
             let at = live.partition_point(|&r| r < f.first_row);
             live.get(at).is_some_and(|&r| r < f.first_row + f.rows)
         };
-        let mut files: Vec<DataFile> = self.base_files.drain(..).filter(|f| has_live(f)).collect();
+        let keep_base = self.keep_base;
+        let mut files: Vec<DataFile> = self.base_files.drain(..).filter(|f| keep_base || has_live(f)).collect();
         files.append(&mut self.new_files);
         let m = &mut self.manifest;
         let docs_file = format!("{DOCS_DIR}/docs-{:06}.parquet", m.generation);
