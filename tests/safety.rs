@@ -52,7 +52,11 @@ fn an_unreadable_folder_is_not_taken_for_deleted() {
     ]);
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
-    let first = embed(cli(Some(&mock.base())), input.path(), &dataset, &[]);
+    // The first run names the input relative to its working directory, the next ones by its absolute path.
+    let (parent, name) = (input.path().parent().expect("parent"), input.path().file_name().expect("name"));
+    let mut relative = cli(Some(&mock.base()));
+    relative.current_dir(parent);
+    let first = embed(relative, Path::new(name), &dataset, &[]);
     assert_eq!(first.code, 0, "{}", first.all_output());
     let before = live_docs(&dataset);
     assert_eq!(before.len(), 6);
@@ -148,6 +152,15 @@ fn symbolic_links_are_read_not_silently_ignored() {
     assert_eq!((r["documents"]["new"].as_u64(), r["documents"]["deleted"].as_u64()), (Some(2), Some(0)), "{r}");
     let docs: Vec<String> = live_docs(&dataset).into_iter().collect();
     assert_eq!(docs, ["a.txt", "b.txt", "c.txt", "more/d.txt", "more/e.txt"]);
+
+    // A link whose target went missing (a share gone) keeps what was read through it, and fails the run.
+    std::fs::remove_file(real.path().join("a.txt")).expect("rm");
+    let broken = embed(cli(Some(&mock.base())), links.path(), &dataset, &["--follow"]);
+    assert_eq!(broken.code, 1, "{}", broken.all_output());
+    let r = report(&broken);
+    assert_eq!((r["documents"]["deleted"].as_u64(), r["documents"]["kept_unreadable"].as_u64()), (Some(0), Some(1)));
+    assert!(r["read_errors"][0]["reason"].as_str().is_some_and(|e| e.contains("missing target")), "{r}");
+    assert_eq!(live_docs(&dataset).len(), 5);
 }
 
 #[test]
@@ -511,6 +524,22 @@ fn a_damaged_data_file_is_repaired_and_only_what_it_held_is_embedded_again() {
     let fresh = out.path().join("fresh");
     assert_eq!(embed(cli(Some(&mock.base())), input.path(), &fresh, &SMALL_CHUNKS).code, 0);
     assert_eq!(crate::util::live_content(&dataset), crate::util::live_content(&fresh));
+}
+
+#[test]
+fn overwrite_cannot_skip_the_deletion_guard_by_an_unreadable_documents_table() {
+    let mock = MockServer::start();
+    let (input, _out, dataset) = embedded_notes(&mock, "n", 4);
+    let docs_table = dataset.join(manifest(&dataset)["docs_file"].as_str().expect("docs file"));
+    cut_short(&docs_table);
+    let empty = tempfile::tempdir().expect("tempdir");
+    let refused = embed(cli(Some(&mock.base())), empty.path(), &dataset, &["--overwrite"]);
+    assert_eq!(refused.code, 1, "{}", refused.all_output());
+    assert!(refused.stderr.contains("--allow-mass-delete"), "{}", refused.stderr);
+    assert_eq!(manifest(&dataset)["generation"], 1);
+    let replaced = embed(cli(Some(&mock.base())), input.path(), &dataset, &["--overwrite", "--allow-mass-delete"]);
+    assert_eq!(replaced.code, 0, "{}", replaced.all_output());
+    assert_eq!(live_docs(&dataset).len(), 4);
 }
 
 #[test]

@@ -101,7 +101,7 @@ pub struct JobFlags {
     pub no_index: bool,
     /// Check the dataset's files first and drop damaged ones (as `tars-index repair`), so that this run embeds
     /// again only what they held.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub repair: bool,
     #[command(flatten)]
     pub requests: RequestFlags,

@@ -49,9 +49,8 @@ pub struct JobSpec {
     pub retry_failed: bool,
     pub fallback_base: Option<Setting<String>>,
     pub fallback_model: Option<Setting<String>>,
-    /// `--max-delete` as given (checked by [`JobSpec::delete_limit`]).
-    pub max_delete: Option<Setting<String>>,
-    pub allow_mass_delete: bool,
+    /// `--max-delete` as given, or `None` for `--allow-mass-delete` (checked by [`JobSpec::delete_limit`]).
+    pub max_delete: Option<Setting<Option<String>>>,
     /// `--no-index`: publish without touching the index.
     pub no_index: bool,
     /// `--repair`: check the dataset's files and drop damaged ones before the run.
@@ -263,13 +262,25 @@ impl JobSpec {
                 requests.and_then(|r| r.fallback_model.as_ref()),
                 "requests.fallback_model",
             ),
-            max_delete: flags.max_delete.map(|v| Setting::new(v, Origin::Flag("--max-delete"))).or_else(|| {
-                p.zip(f.and_then(|f| f.output.max_delete.as_ref()))
-                    .map(|(p, v)| p.setting(v, "output.max_delete"))
-                    .map(|s| Setting::new(s.value.text(), s.origin))
-            }),
-            allow_mass_delete: flags.allow_mass_delete
-                || f.and_then(|f| f.output.allow_mass_delete.as_ref()).is_some_and(|a| *a.get_ref()),
+            // One setting with two spellings, each as a flag or a file key: a flag wins over the file.
+            max_delete: if flags.allow_mass_delete {
+                Some(Setting::new(None, Origin::Flag("--allow-mass-delete")))
+            } else if let Some(text) = flags.max_delete {
+                Some(Setting::new(Some(text), Origin::Flag("--max-delete")))
+            } else {
+                let output = f.map(|f| &f.output);
+                let allowed = output.and_then(|o| o.allow_mass_delete.as_ref()).filter(|a| *a.get_ref());
+                match (p, allowed, output.and_then(|o| o.max_delete.as_ref())) {
+                    (Some(p), Some(allowed), _) => {
+                        Some(Setting::new(None, p.setting(allowed, "output.allow_mass_delete").origin))
+                    }
+                    (Some(p), None, Some(limit)) => {
+                        let s = p.setting(limit, "output.max_delete");
+                        Some(Setting::new(Some(s.value.text()), s.origin))
+                    }
+                    _ => None,
+                }
+            },
             no_index: flags.no_index,
             repair: flags.repair,
         }
@@ -339,14 +350,11 @@ impl JobSpec {
 
     /// How many of the dataset's documents the run may delete.
     pub fn delete_limit(&self) -> anyhow::Result<DeleteLimit> {
-        if self.allow_mass_delete {
-            if let Some(m) = &self.max_delete {
-                return Err(m.error("cannot be combined with allow_mass_delete / --allow-mass-delete"));
-            }
-            return Ok(DeleteLimit::Unlimited);
-        }
         match &self.max_delete {
-            Some(m) => DeleteLimit::parse(&m.value).map_err(|e| m.error(e)),
+            Some(Setting { value: Some(text), origin }) => {
+                DeleteLimit::parse(text).map_err(|e| Setting::new((), origin.clone()).error(e))
+            }
+            Some(Setting { value: None, .. }) => Ok(DeleteLimit::Unlimited),
             None => Ok(DeleteLimit::default()),
         }
     }

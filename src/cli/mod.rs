@@ -33,7 +33,7 @@ use crate::embed::{
 use crate::error::count;
 use crate::index::{self, IndexParams};
 use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
-use crate::query::{self, Method, QueryError, ScanReason};
+use crate::query::{self, Method, Query, QueryError, ScanReason};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
 use report::RunReport;
@@ -327,7 +327,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
                 report.save(&spec.out);
             }
             report.print(spec.json);
-            let kept = format!("run failed; the previous version of {} is kept", spec.out.display());
+            let kept = format!("run failed; {}", kept_message(&spec.out, None));
             return Err(Failure { advice, ..Failure::run(error.context(kept)) });
         }
     };
@@ -365,17 +365,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     report.save(&spec.out);
     report.print(spec.json);
 
-    let kept = match &outcome.published {
-        Some(m) => format!("the dataset in {} holds {}", spec.out.display(), count(m.live_rows, "chunk")),
-        None if spec.out.join(crate::store::MANIFEST_FILE).exists() => format!(
-            "the previous version of {} is kept; the chunks embedded so far are cached there and will not be sent again",
-            spec.out.display()
-        ),
-        None => format!(
-            "nothing was published in {}; the chunks embedded so far are cached there and will not be sent again",
-            spec.out.display()
-        ),
-    };
+    let kept = kept_message(&spec.out, outcome.published.as_ref());
     if let Some(refusal) = outcome.mass_delete {
         return Err(Failure::usage(refusal));
     }
@@ -420,6 +410,21 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
             exit::FAILURES
         }
     })
+}
+
+/// What a run that stopped leaves in `dir`: the version it published, or the one before.
+fn kept_message(dir: &Path, published: Option<&crate::store::Manifest>) -> String {
+    match published {
+        Some(m) => format!("the dataset in {} holds {}", dir.display(), count(m.live_rows, "chunk")),
+        None if dir.join(crate::store::MANIFEST_FILE).exists() => format!(
+            "the previous version of {} is kept; the chunks embedded so far are cached there and will not be sent again",
+            dir.display()
+        ),
+        None => format!(
+            "nothing was published in {}; the chunks embedded so far are cached there and will not be sent again",
+            dir.display()
+        ),
+    }
 }
 
 async fn validate(args: ValidateArgs) -> Result<u8, Failure> {
@@ -614,20 +619,31 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     };
     let answer = {
         let (dir, vector) = (args.dataset.clone(), embedding.vector(0).to_vec());
-        let (k, ef) = (usize::from(args.k), usize::from(args.ef));
-        tokio::task::spawn_blocking(move || query::search(&dir, &vector, k, ef))
-            .await
-            .map_err(|e| Failure::run(anyhow::anyhow!("search thread failed: {e}")))?
-            .map_err(|e| match e {
-                e @ (QueryError::Index(_) | QueryError::Dimensions { .. }) => Failure::usage(e),
-                e => {
-                    let advice = match &e {
-                        QueryError::Store(e) => damage_advice(e, &args.dataset),
-                        _ => None,
-                    };
-                    Failure { advice, ..Failure::run(e) }
-                }
-            })?
+        let manifest = dataset.manifest.clone();
+        tokio::task::spawn_blocking(move || {
+            let query = Query {
+                vector: &vector,
+                model: &manifest.model,
+                requested_dimensions: manifest.requested_dimensions,
+                k: usize::from(args.k),
+                ef: usize::from(args.ef),
+            };
+            query::search(&dir, &query)
+        })
+        .await
+        .map_err(|e| Failure::run(anyhow::anyhow!("search thread failed: {e}")))?
+        .map_err(|e| match e {
+            e @ (QueryError::Index(_) | QueryError::Dimensions { .. } | QueryError::OtherModel { .. }) => {
+                Failure::usage(e)
+            }
+            e => {
+                let advice = match &e {
+                    QueryError::Store(e) => damage_advice(e, &args.dataset),
+                    _ => None,
+                };
+                Failure { advice, ..Failure::run(e) }
+            }
+        })?
     };
     match &answer.method {
         Method::Index => {}
@@ -641,6 +657,7 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
             match reason {
                 ScanReason::NoIndex => "the dataset has no index yet",
                 ScanReason::OtherLineage => "the index is from before the dataset was rebuilt",
+                ScanReason::IndexAhead => "the index is of a newer version than the dataset",
             },
             args.dataset.display()
         ),

@@ -61,8 +61,6 @@ pub enum IndexError {
     Params(#[from] IndexParamError),
     #[error("{path}: no index; run `tars-index index {dataset}` first", dataset = dataset.display())]
     Missing { path: PathBuf, dataset: PathBuf },
-    #[error("{path}: the index was built from a different version of the dataset; run `tars-index index {dataset}` again", dataset = dataset.display())]
-    Stale { path: PathBuf, dataset: PathBuf },
     #[error("{path}: index files are damaged ({message}); run `tars-index index {dataset}` again", dataset = dataset.display())]
     Damaged { path: PathBuf, dataset: PathBuf, message: String },
     #[error("hnsw_rs: {0}")]
@@ -195,7 +193,7 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
     // Live rows below `row` (every row is live without a documents table).
     let live_below = |row: u64| live.as_ref().map_or(row, |l| l.partition_point(|&r| r < row) as u64);
 
-    let existing = if rebuild { None } else { load_checked(dataset).ok() };
+    let existing = if rebuild { None } else { SearchIndex::load(dataset).ok() };
     if let Some(index) = &existing {
         let meta = &index.meta;
         if meta.lineage == manifest.lineage
@@ -352,7 +350,36 @@ impl SearchIndex {
     /// Loads `<dataset>/index` after checking its files against their checksums, whatever version of the dataset it
     /// was built from: [`SearchIndex::covers`] says whether it matches one.
     pub fn load(dataset: &Dataset) -> Result<Self, IndexError> {
-        load_checked(dataset)
+        let dir = dataset.dir.join(INDEX_DIR);
+        let meta_path = dir.join(INDEX_FILE);
+        let bytes = match std::fs::read(&meta_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IndexError::Missing { path: dir, dataset: dataset.dir.clone() });
+            }
+            Err(e) => return Err(StoreError::Io { path: meta_path, source: e }.into()),
+        };
+        let damaged =
+            |message: String| IndexError::Damaged { path: dir.clone(), dataset: dataset.dir.clone(), message };
+        let meta: IndexMeta = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("{INDEX_FILE}: {e}")))?;
+        if meta.distance != DISTANCE {
+            return Err(damaged(format!("distance {:?} is not {DISTANCE:?}", meta.distance)));
+        }
+        for file in &meta.files {
+            let (bytes, hash) = match hash_file(&dir.join(&file.name)) {
+                Ok(found) => found,
+                // Replaced by a newer index since index.json was read: not damage (the caller may look again).
+                Err(e) if e.is_not_found() => return Err(e.into()),
+                Err(e) => return Err(damaged(Chain(&e).to_string())),
+            };
+            if bytes != file.bytes || hash != file.blake3 {
+                return Err(damaged(format!("{} does not match its checksum", file.name)));
+            }
+        }
+        let io = HnswIo::new(&dir, &meta.basename);
+        let graph = LoadedGraph::try_new(io, |io| io.load_hnsw_with_dist::<f32, DistUnitDot>(DistUnitDot))
+            .map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+        Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
     }
 
     /// Whether the graph holds exactly the rows of `manifest` (so its own dead-row list is the whole filter).
@@ -452,42 +479,6 @@ pub fn meta_path(dir: &Path) -> PathBuf {
 pub fn existing_params(dir: &Path) -> Option<IndexParams> {
     let bytes = std::fs::read(meta_path(dir)).ok()?;
     serde_json::from_slice::<IndexMeta>(&bytes).ok().map(|m| m.params)
-}
-
-/// Loads `<dataset>/index` after checking its files against their checksums, without asking whether it is current.
-fn load_checked(dataset: &Dataset) -> Result<SearchIndex, IndexError> {
-    {
-        let dir = dataset.dir.join(INDEX_DIR);
-        let meta_path = dir.join(INDEX_FILE);
-        let bytes = match std::fs::read(&meta_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IndexError::Missing { path: dir, dataset: dataset.dir.clone() });
-            }
-            Err(e) => return Err(StoreError::Io { path: meta_path, source: e }.into()),
-        };
-        let damaged =
-            |message: String| IndexError::Damaged { path: dir.clone(), dataset: dataset.dir.clone(), message };
-        let meta: IndexMeta = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("{INDEX_FILE}: {e}")))?;
-        if meta.distance != DISTANCE {
-            return Err(damaged(format!("distance {:?} is not {DISTANCE:?}", meta.distance)));
-        }
-        for file in &meta.files {
-            let (bytes, hash) = match hash_file(&dir.join(&file.name)) {
-                Ok(found) => found,
-                // Replaced by a newer index since index.json was read: not damage (the caller may look again).
-                Err(e) if e.is_not_found() => return Err(e.into()),
-                Err(e) => return Err(damaged(Chain(&e).to_string())),
-            };
-            if bytes != file.bytes || hash != file.blake3 {
-                return Err(damaged(format!("{} does not match its checksum", file.name)));
-            }
-        }
-        let io = HnswIo::new(&dir, &meta.basename);
-        let graph = LoadedGraph::try_new(io, |io| io.load_hnsw_with_dist::<f32, DistUnitDot>(DistUnitDot))
-            .map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
-        Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
-    }
 }
 
 #[cfg(test)]

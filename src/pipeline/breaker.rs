@@ -18,10 +18,12 @@ pub struct Breaker {
 impl Breaker {
     /// Takes one batch's outcome; returns the error that stops the run when the breaker opens.
     pub fn observe(&mut self, outcome: &BatchOutcome) -> Option<EmbedError> {
-        if !outcome.embedded.is_empty() {
+        let outage = outcome.exhausted.as_ref().filter(|(cause, _)| cause.is_outage() && outcome.embedded.is_empty());
+        let Some((cause, last)) = outage else {
+            // A success, or a failure that does not say the endpoint is down, ends the streak.
             *self = Self::default();
-        }
-        let (cause, last) = outcome.exhausted.as_ref().filter(|(cause, _)| cause.is_outage())?;
+            return None;
+        };
         if self.cause.is_some_and(|known| known.same_outage(cause)) {
             self.in_a_row += 1;
         } else {
@@ -74,11 +76,12 @@ mod tests {
         ] {
             assert!(breaker.observe(&outcome).is_none());
         }
-        // Neither rate limits nor input failures say the endpoint is down.
+        // Neither rate limits nor input failures say the endpoint is down, and they end a streak.
         let mut breaker = Breaker::default();
-        for _ in 0..5 {
-            assert!(breaker.observe(&failed(Transient::RateLimited)).is_none());
-            assert!(breaker.observe(&BatchOutcome::default()).is_none());
+        for other in [failed(Transient::RateLimited), BatchOutcome::default()] {
+            assert!(breaker.observe(&failed(Transient::Transport)).is_none());
+            assert!(breaker.observe(&failed(Transient::Transport)).is_none());
+            assert!(breaker.observe(&other).is_none());
         }
         assert!(breaker.observe(&failed(Transient::Transport)).is_none());
     }

@@ -12,14 +12,14 @@ pub enum DeleteLimit {
     Unlimited,
     /// At most this many documents.
     Count(u64),
-    /// At most this share (0..=1) of the dataset's documents.
-    Share(f64),
+    /// At most this percentage (0 to 100) of the dataset's documents.
+    Percent(f64),
 }
 
 impl Default for DeleteLimit {
     /// Half of the dataset: a run that finds no documents where the dataset has some is always refused.
     fn default() -> Self {
-        DeleteLimit::Share(0.5)
+        DeleteLimit::Percent(50.0)
     }
 }
 
@@ -34,7 +34,7 @@ impl DeleteLimit {
                 if !(0.0..=100.0).contains(&pct) {
                     return Err(format!("{text:?} is not a percentage between 0% and 100%"));
                 }
-                Ok(DeleteLimit::Share(pct / 100.0))
+                Ok(DeleteLimit::Percent(pct))
             }
             None => text.parse().map(DeleteLimit::Count).map_err(|_| bad()),
         }
@@ -45,7 +45,7 @@ impl DeleteLimit {
         match *self {
             DeleteLimit::Unlimited => true,
             DeleteLimit::Count(max) => deleted <= max,
-            DeleteLimit::Share(share) => deleted == 0 || (deleted as f64) <= share * documents as f64,
+            DeleteLimit::Percent(pct) => deleted == 0 || 100.0 * deleted as f64 <= pct * documents as f64,
         }
     }
 }
@@ -55,7 +55,7 @@ impl fmt::Display for DeleteLimit {
         match self {
             DeleteLimit::Unlimited => write!(f, "no limit"),
             DeleteLimit::Count(n) => write!(f, "{n} {}", plural(*n, "document")),
-            DeleteLimit::Share(share) => write!(f, "{}%", share * 100.0),
+            DeleteLimit::Percent(pct) => write!(f, "{pct}%"),
         }
     }
 }
@@ -86,7 +86,8 @@ mod tests {
     #[test]
     fn limits_parse_and_apply() {
         assert_eq!(DeleteLimit::parse("10"), Ok(DeleteLimit::Count(10)));
-        assert_eq!(DeleteLimit::parse(" 25% "), Ok(DeleteLimit::Share(0.25)));
+        assert_eq!(DeleteLimit::parse(" 25% "), Ok(DeleteLimit::Percent(25.0)));
+        assert_eq!(DeleteLimit::parse("7%").expect("valid").to_string(), "7%");
         assert!(DeleteLimit::parse("lots").is_err());
         assert!(DeleteLimit::parse("150%").is_err());
         assert!(DeleteLimit::parse("-1").is_err());
@@ -98,7 +99,8 @@ mod tests {
         assert!(half.allows(0, 0));
         assert!(DeleteLimit::Count(3).allows(3, 4));
         assert!(!DeleteLimit::Count(3).allows(4, 1000));
-        assert!(DeleteLimit::Share(1.0).allows(10, 10));
+        assert!(DeleteLimit::Percent(100.0).allows(10, 10));
+        assert!(DeleteLimit::Percent(29.0).allows(29, 100) && !DeleteLimit::Percent(29.0).allows(30, 100));
         assert!(DeleteLimit::Unlimited.allows(10, 10));
     }
 

@@ -18,7 +18,7 @@ mod guard;
 mod isolate;
 mod previous;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +145,7 @@ pub async fn run_embed<E: Embedder>(
     let source = if job.retry_failed { None } else { Some(FileSource::new(job.source.clone())?) };
     let load = {
         let (out, settings, fresh, dry_run) = (job.out.clone(), settings.clone(), job.fresh, job.dry_run);
+        let guarded = job.max_delete != DeleteLimit::Unlimited;
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let space = vector_space(&settings);
             let cache = if dry_run {
@@ -152,7 +153,7 @@ pub async fn run_embed<E: Embedder>(
             } else {
                 EmbeddingCache::open(&out, &space)?
             };
-            let previous = Previous::load(&out, &settings, fresh, &cache, dry_run)?;
+            let previous = Previous::load(&out, &settings, fresh, &cache, dry_run, guarded)?;
             let writer = if dry_run {
                 None
             } else {
@@ -165,7 +166,8 @@ pub async fn run_embed<E: Embedder>(
     let published_before = previous.manifest.clone();
     let appends = previous.appends();
     let base = previous.dataset.take();
-    let base_docs = if appends { previous.docs.clone() } else { Default::default() };
+    let base_docs: HashMap<String, DocRecord> =
+        if appends { previous.docs.clone().into_iter().collect() } else { Default::default() };
     let base_failed = if appends { previous.failed.clone() } else { Default::default() };
     let previous = Arc::new(previous);
 
@@ -261,16 +263,13 @@ pub async fn run_embed<E: Embedder>(
                 interrupted = true;
                 break;
             }
-            refusal = &mut guard_rx, if guard_open => match refusal {
-                Ok(refusal) => {
-                    mass_delete = Some(refusal);
-                    break;
-                }
-                Err(_) => {
-                    guard_open = false;
-                    continue;
-                }
-            },
+            // The planner sends no more batches after a refusal; those under way are paid for, so they finish and
+            // go to the cache.
+            refusal = &mut guard_rx, if guard_open => {
+                mass_delete = refusal.ok();
+                guard_open = false;
+                continue;
+            }
         };
         let Some(outcome) = next else { break };
         let tripped = breaker.observe(&outcome);
@@ -347,9 +346,14 @@ pub async fn run_embed<E: Embedder>(
         }
         (None, false) => RunStatus::Complete,
     };
+    // A version that replaces the published one (a new model, --overwrite) would lack what could not be read.
+    let unread = !appends && published_before.is_some() && Stats::get(&stats.read_errors) > 0;
+    if unread && !dry_run {
+        tracing::warn!("the new version would lack the documents that could not be read: the previous one is kept");
+    }
     let published = match assembled {
         // Refused: the published version stays as it is; what was embedded is in the cache for the next run.
-        Some(_) if mass_delete.is_some() => None,
+        Some(_) if mass_delete.is_some() || unread => None,
         Some(assembled) => tokio::task::spawn_blocking({
             let status = status.clone();
             move || assemble::publish(assembled, published_before.as_ref(), appends, status)
@@ -375,8 +379,12 @@ enum Input {
     Doc(Document),
     /// A file not read because it is unchanged.
     Unchanged(String),
-    /// A file or directory (its file key) that could not be read: its documents keep their previous version.
-    ReadError(String),
+    /// A file or directory (its file key, and its dataset name when it has one) that could not be read: its
+    /// documents keep their previous version.
+    ReadError {
+        key: String,
+        name: Option<String>,
+    },
     /// A document of the dataset whose failed chunks are to be sent again (`retry-failed`).
     Retry(String),
     /// Every input was listed: with `all_documents`, the whole source (so documents not seen were deleted).
@@ -406,11 +414,13 @@ fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, s
                 stats.not_read(origin.to_string(), reason.to_string());
                 continue;
             }
-            SourceItem::ReadError { path, error } => {
-                let key = file_key(&path);
-                tracing::error!("{key}: could not be read ({error}); what was read from it before is kept");
-                stats.read_error(key.clone(), error.to_string());
-                Input::ReadError(key)
+            SourceItem::ReadError { path, name, error } => {
+                tracing::error!(
+                    "{}: could not be read ({error}); what was read from it before is kept",
+                    path.display()
+                );
+                stats.read_error(path.display().to_string(), error.to_string());
+                Input::ReadError { key: file_key(&path), name }
             }
             SourceItem::SkippedRecord { origin, reason } => {
                 Stats::add(&stats.records_skipped, 1);
@@ -475,7 +485,7 @@ impl Planner {
             }
             let sent = match input {
                 Input::Unchanged(file) => self.keep_file(&file, &mut seen, writer),
-                Input::ReadError(key) => self.keep_unreadable(&key, &mut seen, writer),
+                Input::ReadError { key, name } => self.keep_unreadable(&key, name.as_deref(), &mut seen, writer),
                 Input::Doc(doc) => self.plan(doc, &mut seen, &mut batcher, batches, writer),
                 Input::Retry(name) => match self.previous.docs.get(&name) {
                     Some(record) if seen.insert(name.clone()) => {
@@ -528,14 +538,35 @@ impl Planner {
         })
     }
 
-    /// The documents read from a file or directory that could not be read this time keep their previous version.
+    /// The documents read from a file or directory that could not be read this time keep their previous version:
+    /// those read from it (by file key), and those named as its entries are (so that a dataset whose files were
+    /// recorded under other keys, by an earlier version or from another mount point, loses nothing either).
     /// Returns false when the run is stopping.
-    fn keep_unreadable(&self, key: &str, seen: &mut HashSet<String>, writer: &mpsc::Sender<WriterMsg>) -> bool {
+    fn keep_unreadable(
+        &self,
+        key: &str,
+        name: Option<&str>,
+        seen: &mut HashSet<String>,
+        writer: &mpsc::Sender<WriterMsg>,
+    ) -> bool {
         let below = format!("{}/", key.trim_end_matches('/'));
         let exact = self.previous.by_file.get(key).into_iter();
         let under = self.previous.by_file.range(below.clone()..).take_while(|(file, _)| file.starts_with(&below));
-        let names = exact.chain(under.map(|(_, names)| names)).flatten();
-        self.keep(names, &self.stats.docs_unreadable, seen, writer)
+        let by_file = exact.chain(under.map(|(_, names)| names)).flatten();
+        let docs = &self.previous.docs;
+        // The entry itself, what is below it (`dir/…`), and the records of a JSONL file named by line (`file:…`).
+        let by_name: Vec<&String> = match name {
+            None => Vec::new(),
+            Some("") => docs.keys().collect(),
+            Some(name) => {
+                let below = |sep: char| {
+                    let prefix = format!("{name}{sep}");
+                    docs.range(prefix.clone()..).map(|(doc, _)| doc).take_while(move |doc| doc.starts_with(&prefix))
+                };
+                docs.get_key_value(name).map(|(doc, _)| doc).into_iter().chain(below('/')).chain(below(':')).collect()
+            }
+        };
+        self.keep(by_file.chain(by_name), &self.stats.docs_unreadable, seen, writer)
     }
 
     /// The documents of an unchanged file keep their rows. Returns false when the run is stopping.

@@ -31,7 +31,8 @@ pub struct Previous {
     pub manifest: Option<Manifest>,
     /// Set when the new version builds on the published one (same vector space, no `--overwrite`).
     pub dataset: Option<Dataset>,
-    pub docs: HashMap<String, DocRecord>,
+    /// By name, ordered (to find every document below a folder).
+    pub docs: BTreeMap<String, DocRecord>,
     /// File key → names of the documents read from it (ordered, to find every file under a directory).
     pub by_file: BTreeMap<String, Vec<String>>,
     pub vectors: HashMap<TextKey, VectorLoc>,
@@ -46,13 +47,15 @@ pub struct Previous {
 
 impl Previous {
     /// Reads what `dir` holds for a run with the settings in `settings`. `fresh` (`--overwrite`) reuses nothing and,
-    /// unless `read_only` (`--dry-run`), empties the cache.
+    /// unless `read_only` (`--dry-run`), empties the cache. `guarded`: deletions are limited, so the documents a
+    /// new version replaces must be counted (an unreadable documents table is then an error).
     pub fn load(
         dir: &Path,
         settings: &Manifest,
         fresh: bool,
         cache: &EmbeddingCache,
         read_only: bool,
+        guarded: bool,
     ) -> Result<Self, StoreError> {
         let manifest = match Manifest::load(dir) {
             Ok(m) => Some(m),
@@ -64,19 +67,29 @@ impl Previous {
             Err(e) => return Err(e),
         };
         let mut previous = Previous { manifest: manifest.clone(), ..Previous::default() };
-        let replaced_names = |manifest: &Manifest| {
+        let replaced_names = |manifest: &Manifest| -> Result<Vec<String>, StoreError> {
             let mut names = Vec::new();
             let dataset = Dataset { dir: dir.to_path_buf(), manifest: manifest.clone() };
-            if let Err(e) = dataset.for_each_doc(|record| names.push(record.doc)) {
-                tracing::warn!("could not count the documents the new version replaces: {}", Chain(&e));
+            match dataset.for_each_doc(|record| names.push(record.doc)) {
+                Ok(()) => Ok(names),
+                Err(e) if guarded => {
+                    tracing::error!(
+                        "the documents the new version replaces cannot be counted for --max-delete; pass \
+                         --allow-mass-delete to replace the dataset anyway"
+                    );
+                    Err(e)
+                }
+                Err(e) => {
+                    tracing::warn!("could not count the documents the new version replaces: {}", Chain(&e));
+                    Ok(names)
+                }
             }
-            names
         };
         if fresh {
+            previous.replaced = manifest.as_ref().map(replaced_names).transpose()?.unwrap_or_default();
             if cache.segments() > 0 && !read_only {
                 cache.clear()?;
             }
-            previous.replaced = manifest.as_ref().map(replaced_names).unwrap_or_default();
             return Ok(previous);
         }
         cache.scan(|hash, loc| {
@@ -94,7 +107,7 @@ impl Previous {
                 settings.model,
                 settings.requested_dimensions
             );
-            previous.replaced = replaced_names(&manifest);
+            previous.replaced = replaced_names(&manifest)?;
             return Ok(previous);
         }
         previous.rechunk = manifest.chunking != settings.chunking;

@@ -40,6 +40,8 @@ pub enum ScanReason {
     NoIndex,
     /// The index is from before the dataset was compacted or embedded again from scratch.
     OtherLineage,
+    /// The index is of a newer version than the dataset's manifest (a dataset restored without its index).
+    IndexAhead,
 }
 
 /// A search's answer.
@@ -59,6 +61,20 @@ pub struct SearchHit {
     pub chunk: StoredChunk,
 }
 
+/// What to search for.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The query's embedding, made with `model` (and `requested_dimensions`): the dataset must still be in that
+    /// vector space when it is searched.
+    pub vector: &'a [f32],
+    pub model: &'a str,
+    pub requested_dimensions: Option<u32>,
+    /// Hits wanted.
+    pub k: usize,
+    /// Candidates examined per graph search.
+    pub ef: usize,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error(transparent)]
@@ -67,22 +83,22 @@ pub enum QueryError {
     Index(#[from] IndexError),
     #[error("{path}: the dataset was replaced {MAX_ATTEMPTS} times while searching; run the search again", path = path.display())]
     Unsettled { path: std::path::PathBuf },
-    #[error(
-        "the query vector has {got} dimensions and the dataset's vectors {want} (was it embedded again with another \
-         model since the query was embedded?)"
-    )]
+    #[error("the query vector has {got} dimensions and the dataset's vectors {want}")]
     Dimensions { got: usize, want: usize },
+    #[error("the dataset was embedded again with {now} while the query was embedded with {was}; run the search again")]
+    OtherModel { was: String, now: String },
 }
 
-/// The `k` rows nearest to `query` in the newest version of the dataset in `dir` (`ef`: candidates examined per
-/// graph search).
-pub fn search(dir: &Path, query: &[f32], k: usize, ef: usize) -> Result<Answer, QueryError> {
+/// The `query.k` rows nearest to `query` in the newest version of the dataset in `dir`.
+pub fn search(dir: &Path, query: &Query<'_>) -> Result<Answer, QueryError> {
+    let mut use_index = true;
     for _ in 0..MAX_ATTEMPTS {
         let before = Stamp::read(dir);
-        match attempt(dir, query, k, ef) {
+        match attempt(dir, query, use_index) {
             Ok(Some(answer)) => return Ok(answer),
-            // An index newer than the manifest read: the manifest has moved on too.
-            Ok(None) => continue,
+            // An index newer than the manifest read: the manifest has moved on too, unless the index is simply
+            // ahead of it (a dataset restored without its index, say): then every row is scored instead.
+            Ok(None) => use_index = Stamp::read(dir) != before,
             // A failure while the dataset changed (a file the old version needed removed by the new one): look at
             // the new version. A writer publishes before it removes anything, so the change is visible by now.
             Err(_) if Stamp::read(dir) != before => continue,
@@ -104,24 +120,30 @@ impl Stamp {
 }
 
 /// One search of one version; `None` when the index read is newer than the manifest read.
-fn attempt(dir: &Path, query: &[f32], k: usize, ef: usize) -> Result<Option<Answer>, QueryError> {
+fn attempt(dir: &Path, query: &Query<'_>, use_index: bool) -> Result<Option<Answer>, QueryError> {
+    let (k, ef) = (query.k, query.ef);
     let dataset = Dataset::open(dir)?;
+    let manifest = &dataset.manifest;
+    if manifest.model != query.model || manifest.requested_dimensions != query.requested_dimensions {
+        return Err(QueryError::OtherModel { was: query.model.to_owned(), now: manifest.model.clone() });
+    }
     let dims = dataset.dimensions()?;
+    let query = query.vector;
     if query.len() != dims {
         return Err(QueryError::Dimensions { got: query.len(), want: dims });
     }
-    let manifest = &dataset.manifest;
     let index = match SearchIndex::load(&dataset) {
         Ok(index) => Some(index),
         Err(IndexError::Missing { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let same_lineage = index.as_ref().filter(|i| i.meta.lineage == manifest.lineage && i.meta.dimensions == dims);
+    let same_lineage =
+        index.as_ref().filter(|i| use_index && i.meta.lineage == manifest.lineage && i.meta.dimensions == dims);
     if same_lineage.is_some_and(|i| i.meta.generation > manifest.generation) {
         return Ok(None);
     }
     let (hits, method) = match (index.as_ref(), same_lineage) {
-        (Some(index), _) if index.covers(manifest) => (index.search(query, k, ef)?, Method::Index),
+        (Some(index), _) if use_index && index.covers(manifest) => (index.search(query, k, ef)?, Method::Index),
         (_, Some(index)) => {
             let live = dataset.live_rows()?;
             let end = manifest.next_row();
@@ -136,7 +158,11 @@ fn attempt(dir: &Path, query: &[f32], k: usize, ef: usize) -> Result<Option<Answ
             let live = dataset.live_rows()?;
             let is_live = |row: u64| live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok());
             let (hits, rows) = scan(&dataset, query, k, 0, &is_live)?;
-            let reason = if index.is_some() { ScanReason::OtherLineage } else { ScanReason::NoIndex };
+            let reason = match index {
+                None => ScanReason::NoIndex,
+                Some(_) if !use_index => ScanReason::IndexAhead,
+                Some(_) => ScanReason::OtherLineage,
+            };
             (hits, Method::Scan { reason, rows_scanned: rows })
         }
     };
@@ -259,6 +285,10 @@ mod tests {
         writer.finish(&docs, &[], RunStatus::Complete).expect("finish")
     }
 
+    fn query(vector: &[f32], k: usize) -> Query<'_> {
+        Query { vector, model: "m", requested_dimensions: None, k, ef: 64 }
+    }
+
     fn docs_of(answer: &Answer) -> Vec<String> {
         answer.hits.iter().map(|h| h.chunk.doc.clone()).collect()
     }
@@ -267,16 +297,16 @@ mod tests {
     fn a_version_newer_than_its_index_is_searched_in_full() {
         let dir = tempfile::tempdir().expect("tempdir");
         let v1 = publish(dir.path(), None, &[], &[0, 1, 2, 3]);
-        let found = search(dir.path(), &axis(1), 1, 64).expect("search");
+        let found = search(dir.path(), &query(&axis(1), 1)).expect("search");
         assert_eq!(found.method, Method::Scan { reason: ScanReason::NoIndex, rows_scanned: 4 });
         assert_eq!(docs_of(&found), ["doc-1"]);
 
         update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
-        assert_eq!(search(dir.path(), &axis(1), 1, 64).expect("search").method, Method::Index);
+        assert_eq!(search(dir.path(), &query(&axis(1), 1)).expect("search").method, Method::Index);
 
         // Version 2 (the index still at 1): doc-1 deleted, doc-9 (axis 1) added.
         let v2 = publish(dir.path(), Some(&v1), &[0, 2, 3], &[9]);
-        let found = search(dir.path(), &axis(1), 2, 64).expect("search");
+        let found = search(dir.path(), &query(&axis(1), 2)).expect("search");
         assert_eq!(found.method, Method::IndexAndScan { index_generation: 1, rows_scanned: 1 });
         assert_eq!(found.generation, 2);
         assert_eq!(docs_of(&found)[0], "doc-9", "the row added since the index is found");
@@ -286,13 +316,13 @@ mod tests {
         let v3 = publish(dir.path(), Some(&v2), &[9], &[10, 11]);
         assert_eq!(v3.files.len(), 2, "{v3:?}");
         for probe in 0..DIMS {
-            let found = search(dir.path(), &axis(probe), 3, 64).expect("search");
+            let found = search(dir.path(), &query(&axis(probe), 3)).expect("search");
             assert!(found.hits.iter().all(|h| ["doc-9", "doc-10", "doc-11"].contains(&h.chunk.doc.as_str())));
         }
         // Brought up to date, the index answers alone again, with the same result.
-        let before = docs_of(&search(dir.path(), &axis(2), 3, 64).expect("search"));
+        let before = docs_of(&search(dir.path(), &query(&axis(2), 3)).expect("search"));
         update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
-        let after = search(dir.path(), &axis(2), 3, 64).expect("search");
+        let after = search(dir.path(), &query(&axis(2), 3)).expect("search");
         assert_eq!((after.method.clone(), docs_of(&after)), (Method::Index, before));
     }
 
@@ -310,7 +340,7 @@ mod tests {
             writer.finish(&docs, &[], RunStatus::Complete).expect("finish")
         };
         assert_ne!(fresh.lineage, current.lineage);
-        let found = search(dir.path(), &axis(1), 2, 64).expect("search");
+        let found = search(dir.path(), &query(&axis(1), 2)).expect("search");
         assert_eq!(found.method, Method::Scan { reason: ScanReason::OtherLineage, rows_scanned: 1 });
         assert_eq!(docs_of(&found), ["doc-5"]);
     }
@@ -320,15 +350,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let v1 = publish(dir.path(), None, &[], &[0, 1]);
         std::fs::remove_file(dir.path().join(&v1.files[0].path)).expect("rm");
-        let err = search(dir.path(), &axis(1), 1, 64).expect_err("missing file");
+        let err = search(dir.path(), &query(&axis(1), 1)).expect_err("missing file");
         assert!(err.to_string().contains(&v1.files[0].path), "{err}");
+    }
+
+    #[test]
+    fn an_index_ahead_of_a_settled_manifest_is_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v1 = publish(dir.path(), None, &[], &[0, 1]);
+        let v1_bytes = std::fs::read(dir.path().join(crate::store::MANIFEST_FILE)).expect("manifest");
+        publish(dir.path(), Some(&v1), &[0, 1], &[2]);
+        update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
+        // Restored from an older backup, without restoring the index.
+        std::fs::write(dir.path().join(crate::store::MANIFEST_FILE), v1_bytes).expect("restore");
+        let found = search(dir.path(), &query(&axis(1), 2)).expect("search");
+        assert_eq!(found.method, Method::Scan { reason: ScanReason::IndexAhead, rows_scanned: 2 });
+        assert_eq!(docs_of(&found)[0], "doc-1");
+        let probe = axis(1);
+        let other = Query { model: "another", ..query(&probe, 2) };
+        assert!(matches!(search(dir.path(), &other), Err(QueryError::OtherModel { .. })));
     }
 
     #[test]
     fn a_query_of_the_wrong_size_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         publish(dir.path(), None, &[], &[0]);
-        let err = search(dir.path(), &[1.0, 0.0], 1, 64).expect_err("wrong size");
+        let err = search(dir.path(), &query(&[1.0, 0.0], 1)).expect_err("wrong size");
         assert!(matches!(err, QueryError::Dimensions { got: 2, want: DIMS }), "{err}");
     }
 }

@@ -63,8 +63,15 @@ pub struct FileSource {
     /// Items produced while handling one file but not yet returned (a lossy-UTF-8 note precedes its document).
     queued: VecDeque<SourceItem>,
     unchanged: Option<UnchangedFilter>,
-    /// Hidden entries the walk pruned (counted inside walkdir's filter).
-    hidden: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Entries the walk pruned (counted inside walkdir's filter).
+    pruned: std::sync::Arc<Pruned>,
+}
+
+#[derive(Default)]
+struct Pruned {
+    hidden: std::sync::atomic::AtomicU64,
+    /// Directories `--exclude` leaves out whole.
+    excluded: std::sync::atomic::AtomicU64,
 }
 
 struct Walk {
@@ -89,7 +96,7 @@ impl FileSource {
             options,
             queued: VecDeque::new(),
             unchanged: None,
-            hidden: Default::default(),
+            pruned: Default::default(),
         })
     }
 
@@ -125,7 +132,7 @@ impl FileSource {
                     }
                     Some(Err(err)) => {
                         let root = walk.root.clone();
-                        if let Some(next) = walk_error(err, &root) {
+                        if let Some(next) = self.walk_error(err, &root) {
                             return Some(next);
                         }
                         continue;
@@ -135,17 +142,29 @@ impl FileSource {
             }
             let root = self.pending_roots.pop_front()?;
             if root.is_dir() {
-                let hidden = std::sync::Arc::clone(&self.hidden);
+                let (pruned, exclude, top) = (std::sync::Arc::clone(&self.pruned), self.exclude.clone(), root.clone());
                 let entries = walkdir::WalkDir::new(&root)
                     .follow_links(self.options.follow_links)
                     .sort_by_file_name()
                     .into_iter()
                     .filter_entry(move |e| {
-                        let keep = e.depth() == 0 || !is_hidden(e.file_name());
-                        if !keep {
-                            hidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if e.depth() == 0 {
+                            return true;
                         }
-                        keep
+                        let counter = if is_hidden(e.file_name()) {
+                            &pruned.hidden
+                        } else if e.file_type().is_dir()
+                            && exclude
+                                .as_ref()
+                                .is_some_and(|x| excludes_dir(x, e.path().strip_prefix(&top).unwrap_or(e.path())))
+                        {
+                            // Not walked at all: an excluded folder that cannot be read (`lost+found`) is no error.
+                            &pruned.excluded
+                        } else {
+                            return true;
+                        };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        false
                     });
                 self.walk = Some(Walk { root, entries: Box::new(entries) });
             } else {
@@ -179,10 +198,11 @@ impl FileSource {
                     };
                 }
                 Ok(_) => false,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return not_read(entry.path(), SkipReason::BrokenLink);
+                // A broken link (its target on a share that is gone, perhaps) keeps what was read through it.
+                Err(error) => {
+                    let name = Some(path_name(relative));
+                    return Some(Next::Item(SourceItem::ReadError { path: entry.into_path(), name, error }));
                 }
-                Err(error) => return Some(Next::Item(SourceItem::ReadError { path: entry.into_path(), error })),
             }
         } else {
             kind.is_file()
@@ -211,7 +231,7 @@ impl FileSource {
         if is_jsonl(&path) {
             match JsonlReader::open(&path, &name, &self.options) {
                 Ok(reader) => self.jsonl = Some(reader),
-                Err(error) => self.queued.extend(read_error(path, error)),
+                Err(error) => self.queued.extend(read_error(path, Some(name), error)),
             }
             return;
         }
@@ -229,9 +249,32 @@ impl FileSource {
                 }));
             }
             Ok(Read::Skipped(reason)) => self.queued.push_back(SourceItem::NotRead { origin, reason }),
-            Err(error) => self.queued.extend(read_error(path, error)),
+            Err(error) => self.queued.extend(read_error(path, Some(name), error)),
         }
     }
+
+    /// What a walk error means: a link loop (with `--follow`) is an entry not read; a directory that cannot be
+    /// listed, or a link whose target is missing, is a read error for everything under it; an entry gone since its
+    /// directory was listed is gone.
+    fn walk_error(&self, err: walkdir::Error, root: &Path) -> Option<Next> {
+        let path = err.path().map_or_else(|| root.to_path_buf(), Path::to_path_buf);
+        let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        if self.exclude.as_ref().is_some_and(|x| x.is_match(&relative) || excludes_dir(x, &relative)) {
+            return Some(Next::Item(SourceItem::Excluded(Excluded::Glob)));
+        }
+        if err.loop_ancestor().is_some() {
+            let origin = Origin { path, line: None };
+            return Some(Next::Item(SourceItem::NotRead { origin, reason: SkipReason::LinkLoop }));
+        }
+        let error = err.into_io_error()?;
+        read_error(path, Some(path_name(&relative)), error).map(Next::Item)
+    }
+}
+
+/// Whether `exclude` leaves out everything below the directory `relative` (`dir/**`), so it need not be walked.
+fn excludes_dir(exclude: &GlobSet, relative: &Path) -> bool {
+    // A child named `*` stands for any child: `dir/**` and `**/dir/*` match it, `dir/*.md` does not.
+    exclude.is_match(relative) || exclude.is_match(relative.join("*"))
 }
 
 /// What the walk found next.
@@ -241,29 +284,23 @@ enum Next {
     Item(SourceItem),
 }
 
-/// A failed read, unless the file is simply gone (deleted since it was listed): then it is treated as deleted.
-fn read_error(path: PathBuf, error: std::io::Error) -> Option<SourceItem> {
-    if error.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(&path).is_err() {
-        tracing::debug!("{}: removed while the run was reading", path.display());
-        return None;
+/// A failed read, unless the file is simply gone (deleted since it was listed): then it is treated as deleted. A
+/// link to a missing target is a read error: what was read through it is kept.
+fn read_error(path: PathBuf, name: Option<String>, error: std::io::Error) -> Option<SourceItem> {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        match std::fs::symlink_metadata(&path) {
+            Ok(link) if link.file_type().is_symlink() => {
+                let error = std::io::Error::new(error.kind(), "symbolic link to a missing target");
+                return Some(SourceItem::ReadError { path, name, error });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::debug!("{}: removed while the run was reading", path.display());
+                return None;
+            }
+        }
     }
-    Some(SourceItem::ReadError { path, error })
-}
-
-/// What a walk error means: a link loop or a broken link (with `--follow`) is an entry not read; a directory that
-/// cannot be listed is a read error for everything under it; an entry gone since its directory was listed is gone.
-fn walk_error(err: walkdir::Error, root: &Path) -> Option<Next> {
-    let path = err.path().map_or_else(|| root.to_path_buf(), Path::to_path_buf);
-    let origin = Origin { path: path.clone(), line: None };
-    if err.loop_ancestor().is_some() {
-        return Some(Next::Item(SourceItem::NotRead { origin, reason: SkipReason::LinkLoop }));
-    }
-    let error = err.into_io_error()?;
-    let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-    if error.kind() == std::io::ErrorKind::NotFound && is_link {
-        return Some(Next::Item(SourceItem::NotRead { origin, reason: SkipReason::BrokenLink }));
-    }
-    read_error(path, error).map(Next::Item)
+    Some(SourceItem::ReadError { path, name, error })
 }
 
 impl Iterator for FileSource {
@@ -284,12 +321,14 @@ impl Iterator for FileSource {
                 Some(Next::File(path, name)) => self.read_file(path, name),
                 Some(Next::Item(item)) => return Some(item),
                 None => {
-                    let hidden = self.hidden.swap(0, std::sync::atomic::Ordering::Relaxed);
-                    if hidden == 0 {
+                    // Counted while walking; reported once the walks are over.
+                    let take = |n: &std::sync::atomic::AtomicU64| n.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    let (hidden, excluded) = (take(&self.pruned.hidden), take(&self.pruned.excluded));
+                    if hidden + excluded == 0 {
                         return None;
                     }
-                    // Counted while walking; reported once each walk is over.
                     self.queued.extend((0..hidden).map(|_| SourceItem::Excluded(Excluded::Hidden)));
+                    self.queued.extend((0..excluded).map(|_| SourceItem::Excluded(Excluded::Glob)));
                 }
             }
         }
@@ -457,22 +496,48 @@ mod tests {
         skipped.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             skipped,
-            [
-                ("broken.txt".to_owned(), SkipReason::BrokenLink),
-                ("linked".to_owned(), SkipReason::LinkToDirectory),
-                ("loop".to_owned(), SkipReason::LinkToDirectory),
-            ]
+            [("linked".to_owned(), SkipReason::LinkToDirectory), ("loop".to_owned(), SkipReason::LinkToDirectory)]
         );
+        // A link to a missing target (a share gone) keeps what was read through it: a read error, by name.
+        assert_eq!(read_errors(&items), [(root.join("broken.txt"), Some("broken.txt".to_owned()))]);
 
         let items = collect(SourceOptions { follow_links: true, ..options });
         assert_eq!(docs(&items), ["a.txt", "linked/a.txt", "linked/deep/b.txt"]);
         let mut skipped = not_read(&items);
         skipped.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(
-            skipped,
-            [("broken.txt".to_owned(), SkipReason::BrokenLink), ("loop".to_owned(), SkipReason::LinkLoop)],
-            "the loop is reported once and not walked"
-        );
+        assert_eq!(skipped, [("loop".to_owned(), SkipReason::LinkLoop)], "the loop is reported once and not walked");
+        assert_eq!(read_errors(&items), [(root.join("broken.txt"), Some("broken.txt".to_owned()))]);
+    }
+
+    fn read_errors(items: &[SourceItem]) -> Vec<(PathBuf, Option<String>)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                SourceItem::ReadError { path, name, .. } => Some((path.clone(), name.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn excluded_folders_are_not_walked_so_an_unreadable_one_is_no_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("lost+found/deep")).expect("mkdir");
+        std::fs::write(dir.path().join("lost+found/deep/x.txt"), "x").expect("write");
+        std::fs::write(dir.path().join("a.txt"), "a").expect("write");
+        // Unreadable for everyone but root; for root, the folder is simply never opened.
+        std::fs::set_permissions(dir.path().join("lost+found"), std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        let items = collect(SourceOptions {
+            inputs: vec![dir.path().to_path_buf()],
+            exclude: vec!["lost+found/**".into()],
+            ..Default::default()
+        });
+        std::fs::set_permissions(dir.path().join("lost+found"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(docs(&items), ["a.txt"]);
+        assert!(read_errors(&items).is_empty());
+        assert_eq!(items.iter().filter(|i| matches!(i, SourceItem::Excluded(Excluded::Glob))).count(), 1);
     }
 
     #[cfg(unix)]

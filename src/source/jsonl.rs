@@ -123,7 +123,7 @@ impl Iterator for JsonlReader {
                     // The rest of the file is not reached: its records keep their previous version (a read error
                     // may persist, so this reader stops here).
                     self.done = true;
-                    return Some(SourceItem::ReadError { path: self.path.clone(), error });
+                    return Some(SourceItem::ReadError { path: self.path.clone(), name: None, error });
                 }
             }
             self.line += 1;

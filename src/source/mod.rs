@@ -11,9 +11,11 @@ use std::path::PathBuf;
 
 pub use files::{FileSource, SourceOptions};
 
-/// The key a file is known by between runs: its path as the run saw it.
+/// The key a file is known by between runs: its absolute, normalised path, however the input was spelled (`docs`,
+/// `./docs`, `/srv/docs`), since it decides what an unreadable folder keeps.
 pub fn file_key(path: &std::path::Path) -> String {
-    path.to_string_lossy().into_owned()
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    crate::config::normal_path(&absolute).to_string_lossy().into_owned()
 }
 
 /// How a document's text is structured, which decides how it is split.
@@ -85,8 +87,6 @@ pub enum SkipReason {
     TooLarge { bytes: u64, limit: u64 },
     /// A symbolic link to a directory, and links are not followed (`--follow`).
     LinkToDirectory,
-    /// A symbolic link whose target does not exist.
-    BrokenLink,
     /// A symbolic link that leads back to a directory above it (with `--follow`).
     LinkLoop,
     /// A FIFO, socket or device.
@@ -105,7 +105,6 @@ impl fmt::Display for SkipReason {
                 write!(f, "file is {bytes} bytes, over the {limit}-byte limit")
             }
             SkipReason::LinkToDirectory => write!(f, "symbolic link to a directory (pass --follow to read it)"),
-            SkipReason::BrokenLink => write!(f, "broken symbolic link"),
             SkipReason::LinkLoop => write!(f, "symbolic link loop"),
             SkipReason::NotRegular => write!(f, "not a regular file (FIFO, socket or device)"),
             SkipReason::InvalidJson(e) => write!(f, "not a JSON object: {e}"),
@@ -136,10 +135,14 @@ pub enum SourceItem {
         origin: Origin,
         reason: SkipReason,
     },
-    /// A file or directory that could not be read (permissions, an I/O error, a share gone): what was read from it
-    /// before must be kept, not taken for deleted. For a directory, that is everything under it.
+    /// A file or directory that could not be read (permissions, an I/O error, a share gone, a link whose target
+    /// is missing): what was read from it before must be kept, not taken for deleted. For a directory, that is
+    /// everything under it.
     ReadError {
         path: PathBuf,
+        /// The dataset name the entry has (its path relative to the input directory), when it has one: documents
+        /// named so, or below it, are kept too.
+        name: Option<String>,
         error: std::io::Error,
     },
     /// One JSONL record was skipped.

@@ -54,7 +54,7 @@ pub fn repair(dataset: &Dataset) -> Result<Repair, StoreError> {
     let mut damaged_rows: Vec<(u64, u64)> = Vec::new();
     for (i, file) in manifest.files.iter().enumerate() {
         repair.files_checked += 1;
-        if let Err(e) = dataset.check_file(i) {
+        if let Some(e) = damage(dataset.check_file(i))? {
             damaged_rows.push((file.first_row, file.first_row + file.rows));
             repair.rows_dropped += file.rows;
             repair.damaged.push(DamagedFile { path: file.path.clone(), error: Chain(&e).to_string() });
@@ -64,12 +64,10 @@ pub fn repair(dataset: &Dataset) -> Result<Repair, StoreError> {
     let docs_damaged = match &manifest.docs_file {
         Some(relative) => {
             repair.files_checked += 1;
-            match dataset.for_each_doc(|d| {
+            let read = dataset.for_each_doc(|d| {
                 docs.insert(d.doc.clone(), d);
-            }) {
-                Ok(()) => None,
-                Err(e) => Some(DamagedFile { path: relative.clone(), error: Chain(&e).to_string() }),
-            }
+            });
+            damage(read)?.map(|e| DamagedFile { path: relative.clone(), error: Chain(&e).to_string() })
         }
         None => None,
     };
@@ -77,13 +75,8 @@ pub fn repair(dataset: &Dataset) -> Result<Repair, StoreError> {
     let failed_damaged = match &manifest.failed_file {
         Some(relative) => {
             repair.files_checked += 1;
-            match dataset.failed_chunks() {
-                Ok(entries) => {
-                    failed = entries;
-                    None
-                }
-                Err(e) => Some(DamagedFile { path: relative.clone(), error: Chain(&e).to_string() }),
-            }
+            let read = dataset.failed_chunks().map(|entries| failed = entries);
+            damage(read)?.map(|e| DamagedFile { path: relative.clone(), error: Chain(&e).to_string() })
         }
         None => None,
     };
@@ -137,6 +130,16 @@ pub fn repair(dataset: &Dataset) -> Result<Repair, StoreError> {
     let published = writer.finish(&docs, &failed, RunStatus::Aborted { reason })?;
     repair.generation = Some(published.generation);
     Ok(repair)
+}
+
+/// The damage a check found, if any. Other errors (a permission, a passing I/O error) are not damage: the file may
+/// be fine, so they stop the repair rather than drop the file.
+fn damage(checked: Result<(), StoreError>) -> Result<Option<StoreError>, StoreError> {
+    match checked {
+        Ok(()) => Ok(None),
+        Err(e) if e.is_damage() || e.is_not_found() => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Links (or copies) the damaged files into `damaged/` before the new version removes them.
