@@ -37,12 +37,14 @@ fn chunker(c: &mut Criterion) {
     group.finish();
 }
 
-/// Text without whitespace (one line of DNA, minified JSON) at two sizes: equal throughput at both means chunking
+/// Text without boundaries (one line of DNA, minified JSON, one long paragraph) at two sizes: equal throughput at both means chunking
 /// time is linear in the length. The peer is text-splitter run over the whole text, as the chunker did before it
 /// split long documents a window at a time.
 fn unbroken(c: &mut Criterion) {
     let dna = |kb: usize| "ACGT".repeat(kb * 256);
     let json = |kb: usize| "{\"k\":[1,2,3],\"v\":\"abc\"},".repeat(kb * 1024 / 24);
+    // One paragraph of words with no sentence punctuation and no line breaks.
+    let paragraph = |kb: usize| ["alpha", "beta", "gamma", "delta", "epsilon"].repeat(kb * 1024 / 30).join(" ");
     let mut group = c.benchmark_group("chunker_unbroken");
     group.sample_size(10);
     let chunker = TokenChunker::new(ChunkSettings::new(512, 64).expect("valid"));
@@ -51,6 +53,8 @@ fn unbroken(c: &mut Criterion) {
         ("dna_line_1m", dna(1024)),
         ("minified_json_256k", json(256)),
         ("minified_json_1m", json(1024)),
+        ("paragraph_256k", paragraph(256)),
+        ("paragraph_1m", paragraph(1024)),
     ] {
         group.throughput(Throughput::Bytes(text.len() as u64));
         let doc = document(text, TextFormat::Plain);
@@ -58,7 +62,12 @@ fn unbroken(c: &mut Criterion) {
     }
     let config = ChunkConfig::new(512).with_sizer(TokenCounter::Cl100k).with_overlap(64).expect("valid");
     let whole = TextSplitter::new(config);
-    for (name, text) in [("dna_line_64k_whole_text", dna(64)), ("dna_line_128k_whole_text", dna(128))] {
+    for (name, text) in [
+        ("dna_line_64k_whole_text", dna(64)),
+        ("dna_line_128k_whole_text", dna(128)),
+        ("paragraph_256k_whole_text", paragraph(256)),
+        ("paragraph_1m_whole_text", paragraph(1024)),
+    ] {
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function(name, |b| b.iter(|| whole.chunk_indices(black_box(&text)).count()));
     }
