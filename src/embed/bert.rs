@@ -11,12 +11,108 @@
 //! - GELU (with bias), softmax and layer norm are single passes compiled for the CPU found at run time (pulp).
 //!
 //! Same weights, same arithmetic up to float rounding: the reference test holds it to sentence-transformers.
+//!
+//! The weights are read straight from `model.safetensors` with the `safetensors` crate, and `config.json` into
+//! [`BertConfig`]: no tensor library is needed for that.
 
-use candle_core::{Result, bail};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{Config, HiddenAct};
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+/// What `config.json` says of the architecture (Hugging Face's BERT configuration; other keys are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default)]
+    pub hidden_act: HiddenAct,
+    pub max_position_embeddings: usize,
+    #[serde(default = "one")]
+    pub type_vocab_size: usize,
+    #[serde(default = "layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn layer_norm_eps() -> f64 {
+    1e-12
+}
+
+/// The feed-forward activation, by the names Hugging Face configurations use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HiddenAct {
+    /// GELU with the exact erf.
+    #[default]
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// GELU's tanh approximation.
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast", alias = "geluapproximate")]
+    GeluApproximate,
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// Why the encoder could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BertError {
+    #[error("the weights: {0}")]
+    Weights(#[from] safetensors::SafeTensorError),
+    #[error("tensor {name:?}: {message}")]
+    Tensor { name: String, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+type Result<T> = std::result::Result<T, BertError>;
+
+/// The tensors of a safetensors file under a name prefix (`bert.encoder.layer.0.`…).
+#[derive(Clone)]
+pub struct Weights<'a> {
+    tensors: &'a SafeTensors<'a>,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(tensors: &'a SafeTensors<'a>) -> Self {
+        Self { tensors, prefix: String::new() }
+    }
+
+    /// The tensors under `name.`.
+    fn pp(&self, name: impl AsRef<str>) -> Self {
+        Self { tensors: self.tensors, prefix: format!("{}{}.", self.prefix, name.as_ref()) }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.tensor(&format!("{}{name}", self.prefix)).is_ok()
+    }
+
+    /// Tensor `name` as float32 values in row-major order, checked to have `shape`.
+    fn get(&self, shape: &[usize], name: &str) -> Result<Vec<f32>> {
+        let name = format!("{}{name}", self.prefix);
+        let fail = |message: String| BertError::Tensor { name: name.clone(), message };
+        let view = self.tensors.tensor(&name).map_err(|e| fail(e.to_string()))?;
+        if view.shape() != shape {
+            return Err(fail(format!("shape {:?}, expected {shape:?}", view.shape())));
+        }
+        // Half-precision checkpoints are widened once at load: inference runs in f32 either way.
+        let data = view.data();
+        match view.dtype() {
+            Dtype::F32 => Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            Dtype::F16 => Ok(data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+            Dtype::BF16 => Ok(data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+            other => Err(fail(format!("{other:?} values; the encoder reads F32, F16 and BF16 weights"))),
+        }
+    }
+}
 
 /// Rows per task in element-wise passes: enough work to amortise scheduling, enough tasks to balance the cores.
 const ROWS_PER_TASK: usize = 16;
@@ -30,9 +126,16 @@ struct Dense {
 }
 
 impl Dense {
-    fn load(vb: &VarBuilder, inputs: usize, outputs: usize) -> Result<Self> {
-        let weight = vb.get((outputs, inputs), "weight")?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Self { weight, bias: vb.get(outputs, "bias")?.to_vec1()?, inputs, outputs })
+    /// A PyTorch linear layer, whose weight is stored as (out, in): transposed here, once.
+    fn load(vb: &Weights<'_>, inputs: usize, outputs: usize) -> Result<Self> {
+        let stored = vb.get(&[outputs, inputs], "weight")?;
+        let mut weight = vec![0f32; inputs * outputs];
+        for (o, row) in stored.chunks_exact(inputs).enumerate() {
+            for (i, w) in row.iter().enumerate() {
+                weight[i * outputs + o] = *w;
+            }
+        }
+        Ok(Self { weight, bias: vb.get(&[outputs], "bias")?, inputs, outputs })
     }
 
     /// Layers with the same inputs side by side: (in, Σ out), one product instead of several.
@@ -91,8 +194,8 @@ struct Norm {
 }
 
 impl Norm {
-    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?.to_vec1()?, bias: vb.get(size, "bias")?.to_vec1()?, eps: eps as f32 })
+    fn load(vb: Weights<'_>, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vb.get(&[size], "weight")?, bias: vb.get(&[size], "bias")?, eps: eps as f32 })
     }
 
     /// Layer norm of every row of `x` in place.
@@ -171,17 +274,18 @@ pub struct Bert {
 }
 
 impl Bert {
-    pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
+    pub fn load(vb: Weights<'_>, config: &BertConfig) -> Result<Self> {
         // Some checkpoints nest the weights under "bert." (or the model type).
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
+        let vb = if vb.contains("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         if config.num_attention_heads == 0 || h % config.num_attention_heads != 0 {
-            bail!("hidden_size {h} is not a multiple of num_attention_heads {}", config.num_attention_heads);
+            return Err(BertError::Config(format!(
+                "hidden_size {h} is not a multiple of num_attention_heads {}",
+                config.num_attention_heads
+            )));
         }
         let e = vb.pp("embeddings");
-        let table = |name: &str, rows: usize| -> Result<Vec<f32>> {
-            e.pp(name).get((rows, h), "weight")?.flatten_all()?.to_vec1()
-        };
+        let table = |name: &str, rows: usize| -> Result<Vec<f32>> { e.pp(name).get(&[rows, h], "weight") };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let l = vb.pp(format!("encoder.layer.{i}"));
@@ -223,10 +327,13 @@ impl Bert {
         let mut rows = 0;
         for ids in texts {
             if ids.len() > positions {
-                bail!("{} tokens, more than the model's {positions} positions", ids.len());
+                return Err(BertError::Input(format!(
+                    "{} tokens, more than the model's {positions} positions",
+                    ids.len()
+                )));
             }
             if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
-                bail!("token id {id} is outside the vocabulary of {vocab}");
+                return Err(BertError::Input(format!("token id {id} is outside the vocabulary of {vocab}")));
             }
             spans.push(Span { start: rows, len: ids.len() });
             rows += ids.len();
@@ -430,6 +537,63 @@ fn softmax_row(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, dtype, shape, data)| {
+                (name.to_string(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).expect("view"))
+            })
+            .collect();
+        safetensors::serialize(views, None).expect("serialize")
+    }
+
+    #[test]
+    fn weights_are_read_as_f32_from_any_float_width_and_checked() {
+        let values = [1.5f32, -2.0, 0.25, 65504.0];
+        let f32s: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16s: Vec<u8> = values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let bf16s: Vec<u8> = values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        let ints: Vec<u8> = [1i32, 2, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = stored(&[
+            ("a.full", Dtype::F32, vec![2, 2], f32s),
+            ("a.half", Dtype::F16, vec![2, 2], f16s),
+            ("a.brain", Dtype::BF16, vec![2, 2], bf16s),
+            ("a.ints", Dtype::I32, vec![4], ints),
+        ]);
+        let tensors = SafeTensors::deserialize(&bytes).expect("deserialize");
+        let w = Weights::new(&tensors).pp("a");
+        assert_eq!(w.get(&[2, 2], "full").expect("tensor"), values);
+        assert_eq!(w.get(&[2, 2], "half").expect("tensor"), values);
+        // bf16 keeps 8 bits of mantissa: 65504 rounds to 65536.
+        assert_eq!(w.get(&[2, 2], "brain").expect("tensor"), [1.5, -2.0, 0.25, 65536.0]);
+        let wrong_shape = w.get(&[4], "full").expect_err("refused").to_string();
+        assert!(wrong_shape.contains("\"a.full\"") && wrong_shape.contains("[2, 2]"), "{wrong_shape}");
+        let ints = w.get(&[4], "ints").expect_err("refused").to_string();
+        assert!(ints.contains("I32"), "{ints}");
+        assert!(w.get(&[4], "absent").expect_err("refused").to_string().contains("\"a.absent\""));
+        assert!(w.contains("full") && !w.contains("absent"));
+    }
+
+    #[test]
+    fn configurations_name_activations_as_hugging_face_does() {
+        let config = |act: &str| -> BertConfig {
+            serde_json::from_str(&format!(
+                r#"{{"vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "intermediate_size": 8, "max_position_embeddings": 16, "hidden_act": "{act}"}}"#
+            ))
+            .expect("config")
+        };
+        assert_eq!(config("gelu").hidden_act, HiddenAct::Gelu);
+        assert_eq!(config("gelu_new").hidden_act, HiddenAct::GeluApproximate);
+        assert_eq!(config("gelu_pytorch_tanh").hidden_act, HiddenAct::GeluApproximate);
+        assert_eq!(config("relu").hidden_act, HiddenAct::Relu);
+        let defaults = config("gelu");
+        assert_eq!((defaults.type_vocab_size, defaults.layer_norm_eps), (1, 1e-12));
+        let unknown = r#"{"vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 8, "max_position_embeddings": 16, "hidden_act": "swish"}"#;
+        assert!(serde_json::from_str::<BertConfig>(unknown).expect_err("unknown").to_string().contains("swish"));
+    }
 
     #[test]
     fn exp_fast_matches_std_closely() {

@@ -1,5 +1,5 @@
-//! The embedded local model: a BERT-family sentence-transformers model run in-process on CPU (weights read with
-//! candle, inference by the encoder in `bert.rs`).
+//! The embedded local model: a BERT-family sentence-transformers model run in-process on CPU (weights read from
+//! safetensors, inference by the encoder in `bert.rs`).
 //!
 //! `local/all-minilm-l6-v2` is sentence-transformers/all-MiniLM-L6-v2 (384 dimensions, mean pooling, L2-normalised),
 //! installed by `scripts/fetch-model.sh`; `local/<DIR>` loads any BERT-family sentence-transformers folder. Inference
@@ -10,14 +10,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::Config;
-
-use super::bert::Bert;
+use safetensors::SafeTensors;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use super::bert::{Bert, BertConfig, Weights};
 use super::{EmbedError, Embedder, Embeddings};
 use crate::stats::Stats;
 
@@ -138,7 +135,7 @@ impl LocalModel {
         if !dir.is_dir() {
             return Err(LocalModelError::Missing { dir: dir.to_path_buf() });
         }
-        let config: Config = read_json(&dir.join("config.json"))?;
+        let config: BertConfig = read_json(&dir.join("config.json"))?;
         let pooling_path = dir.join("1_Pooling/config.json");
         let pooling_config: PoolingConfig =
             if pooling_path.exists() { read_json(&pooling_path)? } else { PoolingConfig::default() };
@@ -163,9 +160,8 @@ impl LocalModel {
 
         let weights_path = dir.join("model.safetensors");
         let weights = std::fs::read(&weights_path).map_err(|e| file_error(&weights_path, e))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
-            .map_err(|e| file_error(&weights_path, e))?;
-        let model = Bert::load(vb, &config).map_err(|e| file_error(&weights_path, e))?;
+        let tensors = SafeTensors::deserialize(&weights).map_err(|e| file_error(&weights_path, e))?;
+        let model = Bert::load(Weights::new(&tensors), &config).map_err(|e| file_error(&weights_path, e))?;
         Ok(Self { model, counter: Arc::new(counter), dims: config.hidden_size, window, pooling, normalize })
     }
 
