@@ -6,12 +6,13 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rayon::prelude::*;
 use tars_index::chunk::{ChunkSettings, Chunker, TokenChunker, TokenCounter, count_tokens};
-use tars_index::source::{Document, Origin, TextFormat};
+use tars_index::source::{Document, TextFormat};
 use text_splitter::{ChunkConfig, TextSplitter};
 
 fn document(text: String, format: TextFormat) -> Document {
-    Document { doc: "bench".into(), text, format, origin: Origin { path: "bench".into(), line: None }, stat: None }
+    Document::new("bench", text, format)
 }
 
 fn chunker(c: &mut Criterion) {
@@ -74,5 +75,42 @@ fn unbroken(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chunker, unbroken);
+/// Real man pages rendered to text (`scripts/man-corpus.sh`, 1,000 pages): one document per page, chunked one after
+/// another, then on every core (documents in parallel, as the pipeline does), against the exact splitter (every
+/// candidate tokenised, as the chunker did before) and against one cl100k_base tokenisation of every page, the floor.
+fn man_pages(c: &mut Criterion) {
+    let dir = std::env::var("MAN_CORPUS").unwrap_or_else(|_| "target/bench-corpus/man-1000".to_owned());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("chunker_man_pages: no corpus at {dir}: run scripts/man-corpus.sh (or set MAN_CORPUS)");
+        return;
+    };
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    paths.retain(|p| p.extension().is_some_and(|x| x == "txt"));
+    paths.sort();
+    let docs: Vec<Document> =
+        paths.iter().map(|p| document(std::fs::read_to_string(p).expect("man page text"), TextFormat::Plain)).collect();
+    let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+    eprintln!("chunker_man_pages: {} pages, {bytes} bytes from {dir}", docs.len());
+    let mut group = c.benchmark_group("chunker_man_pages");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes as u64));
+    let chunker = TokenChunker::new(ChunkSettings::new(512, 64).expect("valid"));
+    group.bench_function("one_thread", |b| {
+        b.iter(|| docs.iter().map(|d| chunker.chunk(black_box(d)).len()).sum::<usize>())
+    });
+    group.bench_function("all_cores", |b| {
+        b.iter(|| docs.par_iter().map(|d| chunker.chunk(black_box(d)).len()).sum::<usize>())
+    });
+    let config = ChunkConfig::new(512).with_sizer(TokenCounter::Cl100k).with_overlap(64).expect("valid");
+    let exact = TextSplitter::new(config);
+    group.bench_function("exact_splitter_one_thread", |b| {
+        b.iter(|| docs.iter().map(|d| exact.chunk_indices(black_box(&d.text)).count()).sum::<usize>())
+    });
+    group.bench_function("tokenize_only_one_thread", |b| {
+        b.iter(|| docs.iter().map(|d| count_tokens(black_box(&d.text))).sum::<usize>())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chunker, unbroken, man_pages);
 criterion_main!(benches);

@@ -8,7 +8,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::collections::HashMap;
 use tars_index::chunk::{ChunkSettings, Chunker, TokenChunker};
 use tars_index::embed::Embeddings;
-use tars_index::source::{Document, Origin, TextFormat};
+use tars_index::source::{Document, TextFormat};
 
 use tars_index::store::{ChunkingInfo, DatasetWriter, Manifest, RunStatus};
 
@@ -16,13 +16,7 @@ const DIMS: usize = 1536;
 
 fn parquet_write(c: &mut Criterion) {
     let text = common::prose(2 << 20, 2);
-    let doc = Document {
-        doc: "bench.txt".into(),
-        text,
-        format: TextFormat::Plain,
-        origin: Origin { path: "b".into(), line: None },
-        stat: None,
-    };
+    let doc = Document::new("bench.txt", text, TextFormat::Plain);
     let chunks = TokenChunker::new(ChunkSettings::new(512, 0).expect("valid")).chunk(&doc);
     let vectors = common::clustered(chunks.len(), DIMS, 16, 3);
     let embeddings = Embeddings { dimensions: DIMS, vectors, usage_tokens: None };

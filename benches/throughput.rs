@@ -5,6 +5,8 @@
 //! cargo bench --bench throughput              # fixed 50 ms latency: chunks/s against concurrency × batch / latency
 //! cargo bench --bench throughput -- tpm       # a mock enforcing 600k tokens/min over a sliding minute (~6 min)
 //! cargo bench --bench throughput -- serve     # the same mock for scripts/bench_clients.py (prints its base URL)
+//! cargo bench --bench throughput -- man-pages # real man pages on disk (scripts/man-corpus.sh), -j 8, 16 per
+//!                                             # request, 100 ms: chunks/s against the ideal 1,280/s
 //! ```
 //!
 //! Figures in BENCHMARKS.md. Settings via environment: `LATENCY_MS` (50), `SECS` (8 per latency case, 180 per TPM
@@ -24,7 +26,7 @@ use tars_index::batch::BatchLimits;
 use tars_index::chunk::{ChunkSettings, TokenCounter, count_tokens};
 use tars_index::embed::{ApiConfig, OpenAiEmbedder, RateLimits};
 use tars_index::pipeline::{EmbedJob, RunOutcome, run_embed};
-use tars_index::source::SourceOptions;
+use tars_index::source::{RecordMapping, SourceOptions};
 use tars_index::stats::Stats;
 use tars_index::store::RunStatus;
 
@@ -53,6 +55,17 @@ fn corpus(dir: &Path, n: usize, bytes: usize) -> (PathBuf, u64) {
 
 /// Embeds the corpus through the whole pipeline into a fresh dataset.
 fn embed(base: &str, input: &Path, concurrency: usize, batch: usize, limits: RateLimits) -> (RunOutcome, Duration) {
+    embed_with(base, input, concurrency, batch, limits, ChunkSettings::new(512, 0).expect("chunking"))
+}
+
+fn embed_with(
+    base: &str,
+    input: &Path,
+    concurrency: usize,
+    batch: usize,
+    limits: RateLimits,
+    chunking: ChunkSettings,
+) -> (RunOutcome, Duration) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let out = tempfile::tempdir().expect("tempdir");
     runtime.block_on(async {
@@ -65,10 +78,10 @@ fn embed(base: &str, input: &Path, concurrency: usize, batch: usize, limits: Rat
         let job = EmbedJob {
             source: SourceOptions {
                 inputs: vec![input.to_path_buf()],
-                id_field: Some("id".into()),
+                records: RecordMapping::new("text".into(), Some("id".into()), Default::default(), Default::default()),
                 ..SourceOptions::default()
             },
-            chunking: ChunkSettings::new(512, 0).expect("chunking"),
+            chunking,
             counter: TokenCounter::Cl100k,
             batching: BatchLimits::new(batch, 300_000, 512).expect("batching"),
             concurrency,
@@ -196,6 +209,53 @@ fn round_trip() {
     });
 }
 
+/// The latency-bound run on a real corpus: chunking must keep `concurrency` requests of `batch` inputs in flight.
+/// `COPIES` copies of the man-page corpus (each page's first line names its copy, so every document is new).
+fn man_pages() {
+    let latency_ms: u64 = env_or("LATENCY_MS", 100);
+    let copies: usize = env_or("COPIES", 4);
+    let (concurrency, batch) = (8usize, 16usize);
+    let source = std::env::var("MAN_CORPUS").unwrap_or_else(|_| "target/bench-corpus/man-1000".to_owned());
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(&source)
+        .unwrap_or_else(|e| panic!("{source}: {e} (run scripts/man-corpus.sh, or set MAN_CORPUS)"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
+    pages.sort();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bytes = 0;
+    for copy in 0..copies {
+        let sub = dir.path().join(format!("copy-{copy}"));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        for page in &pages {
+            let text = std::fs::read_to_string(page).expect("page");
+            let text = format!("copy {copy}\n{text}");
+            bytes += text.len();
+            std::fs::write(sub.join(page.file_name().expect("name")), text).expect("write");
+        }
+    }
+    let ideal = (concurrency * batch) as f64 / (latency_ms as f64 / 1000.0);
+    let mock = mock::MockServer::start();
+    mock.set_delay(Duration::from_millis(latency_ms));
+    let chunking = ChunkSettings::new(512, 64).expect("chunking");
+    let (outcome, elapsed) = embed_with(&mock.base(), dir.path(), concurrency, batch, RateLimits::default(), chunking);
+    assert_eq!(outcome.status, RunStatus::Complete, "{:?}", outcome.status);
+    let chunks = outcome.published.as_ref().map_or(0, |m| m.live_rows);
+    let rate = chunks as f64 / elapsed.as_secs_f64();
+    println!(
+        "{} man pages ({copies} copies of {source}, {:.1} MB), 512-token chunks with 64 overlap, -j {concurrency}, \
+         {batch} per request, {latency_ms} ms",
+        pages.len() * copies,
+        bytes as f64 / 1e6
+    );
+    println!(
+        "{chunks} chunks in {:.2} s: {rate:.0} chunks/s, ideal {ideal:.0}/s: {:.1}% of ideal ({:.2} MB/s of text)",
+        elapsed.as_secs_f64(),
+        100.0 * rate / ideal,
+        bytes as f64 / 1e6 / elapsed.as_secs_f64()
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; the first other argument names the scenario.
     let scenario = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -203,6 +263,7 @@ fn main() {
         Some("round-trip") => round_trip(),
         Some("tpm") => tpm(),
         Some("serve") => serve(),
+        Some("man-pages") => man_pages(),
         _ => latency(),
     }
 }

@@ -107,9 +107,30 @@ pub struct InputSection {
     pub exclude: Vec<String>,
     pub text_field: Option<String>,
     pub id_field: Option<String>,
+    /// Metadata fields, `FIELD[:TYPE]` or `*`, as `--metadata`.
+    pub metadata: Option<Spanned<Vec<String>>>,
+    /// `FORMAT` or `GLOB=FORMAT` rules, as `--format`: one string or a list.
+    pub format: Option<Spanned<OneOrMany>>,
     /// Follow symbolic links to directories.
     #[serde(default)]
     pub follow: bool,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,6 +16,8 @@ pub struct Stats {
     pub docs_new: AtomicU64,
     pub docs_changed: AtomicU64,
     pub docs_unchanged: AtomicU64,
+    /// Documents whose text is unchanged but whose metadata changed: updated without re-embedding.
+    pub docs_metadata_updated: AtomicU64,
     pub docs_deleted: AtomicU64,
     pub docs_duplicate: AtomicU64,
     /// Documents whose missing chunks (from the dead-letter file) were sent again.
@@ -24,6 +26,8 @@ pub struct Stats {
     /// Entries not read (binary, too large, links to directories, broken links, special files).
     pub files_skipped: AtomicU64,
     pub records_skipped: AtomicU64,
+    /// Metadata values stored as null: of the wrong type, or missing from their record.
+    pub metadata_nulls: AtomicU64,
     /// Files and directories that could not be read.
     pub read_errors: AtomicU64,
     /// Documents that kept their previous version because their file could not be read.
@@ -55,6 +59,12 @@ pub struct Stats {
     pub rows_written: AtomicU64,
     /// Set once the source is exhausted, so the progress line can show an ETA.
     pub source_done: std::sync::atomic::AtomicBool,
+    /// Bytes of input read so far (or passed over as unchanged): the progress bar's position.
+    pub input_bytes_read: std::sync::Arc<AtomicU64>,
+    /// What the pre-scan found so far (files and bytes to read), and whether it is done: the bar's total.
+    pub input_files_total: AtomicU64,
+    pub input_bytes_total: AtomicU64,
+    pub prescan_done: std::sync::atomic::AtomicBool,
 }
 
 /// Entries named in the report: the first [`NAMED_ENTRIES`] of each kind (the counters have them all).
@@ -71,6 +81,10 @@ pub struct Entry {
 pub struct NamedEntries {
     pub not_read: Vec<Entry>,
     pub read_errors: Vec<Entry>,
+    /// Records skipped (`path:line` or `path row N`).
+    pub records_skipped: Vec<Entry>,
+    /// Metadata values stored as null, by record.
+    pub metadata_nulls: Vec<Entry>,
 }
 
 impl Stats {
@@ -94,6 +108,27 @@ impl Stats {
         }
     }
 
+    /// Records a record that was skipped.
+    pub fn record_skipped(&self, origin: String, reason: String) {
+        Self::add(&self.records_skipped, 1);
+        self.name(|n| &mut n.records_skipped, origin, reason);
+    }
+
+    /// Records a metadata value stored as null.
+    pub fn metadata_null(&self, origin: String, problem: String) {
+        Self::add(&self.metadata_nulls, 1);
+        self.name(|n| &mut n.metadata_nulls, origin, problem);
+    }
+
+    fn name(&self, list: impl FnOnce(&mut NamedEntries) -> &mut Vec<Entry>, path: String, reason: String) {
+        if let Ok(mut named) = self.named.lock() {
+            let list = list(&mut named);
+            if list.len() < NAMED_ENTRIES {
+                list.push(Entry { path, reason });
+            }
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -110,12 +145,14 @@ impl Stats {
             docs_new: g(&self.docs_new),
             docs_changed: g(&self.docs_changed),
             docs_unchanged: g(&self.docs_unchanged),
+            docs_metadata_updated: g(&self.docs_metadata_updated),
             docs_deleted: g(&self.docs_deleted),
             docs_duplicate: g(&self.docs_duplicate),
             docs_retried: g(&self.docs_retried),
             documents_lossy_utf8: g(&self.documents_lossy_utf8),
             files_skipped: g(&self.files_skipped),
             records_skipped: g(&self.records_skipped),
+            metadata_nulls: g(&self.metadata_nulls),
             read_errors: g(&self.read_errors),
             docs_unreadable: g(&self.docs_unreadable),
             entries_excluded: g(&self.entries_excluded),
@@ -147,6 +184,7 @@ pub struct Summary {
     pub docs_new: u64,
     pub docs_changed: u64,
     pub docs_unchanged: u64,
+    pub docs_metadata_updated: u64,
     pub docs_deleted: u64,
     /// Documents whose name repeated one read earlier in the run (skipped).
     pub docs_duplicate: u64,
@@ -154,6 +192,7 @@ pub struct Summary {
     pub documents_lossy_utf8: u64,
     pub files_skipped: u64,
     pub records_skipped: u64,
+    pub metadata_nulls: u64,
     pub read_errors: u64,
     pub docs_unreadable: u64,
     pub entries_excluded: u64,

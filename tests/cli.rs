@@ -420,13 +420,20 @@ fn dataset_reads_in_pyarrow_duckdb_and_polars() {
     );
     let mock = MockServer::start();
     let input = standard_corpus();
+    // Records with metadata, which the documents table carries as typed columns.
+    std::fs::write(
+        input.path().join("papers.csv"),
+        "id,text,year,venue,published\np1,Graphs for vector search,2019,VLDB,2019-05-01\np2,Quantised vectors,2021,,2021-07-10\n",
+    )
+    .expect("write");
+    let metadata = ["--metadata", "year:int64", "--metadata", "venue", "--metadata", "published:timestamp"];
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
-    let embedded = run(&mut embed_args(&mock, input.path(), &dataset));
+    let embedded = run(embed_args(&mock, input.path(), &dataset).args(metadata));
     assert_eq!(embedded.code, 0, "{}", embedded.all_output());
     // A second version without one document: its rows stay in the files but are no longer live.
     std::fs::remove_file(input.path().join("guides/astronomy.txt")).expect("remove");
-    let updated = run(&mut embed_args(&mock, input.path(), &dataset));
+    let updated = run(embed_args(&mock, input.path(), &dataset).args(metadata));
     assert_eq!(updated.code, 0, "{}", updated.all_output());
     let rows = read_rows(&dataset);
     let live = crate::util::live_rows(&dataset);
@@ -453,9 +460,19 @@ fn dataset_reads_in_pyarrow_duckdb_and_polars() {
             "tokens",
             "text",
             "hash",
-            "embedding"
+            "embedding",
+            "page"
         ])
     );
+    // The metadata columns, typed, in the documents table; joined to the chunks as the README shows.
+    let docs = &seen["docs"];
+    assert_eq!(docs["pyarrow_types"]["year"], "int64", "{seen}");
+    assert_eq!(docs["pyarrow_types"]["venue"], "string");
+    assert_eq!(docs["pyarrow_types"]["published"], "timestamp[us, tz=UTC]");
+    assert_eq!(docs["pyarrow_types"]["title"], "string");
+    assert_eq!(docs["pyarrow_types"]["modified"], "timestamp[ns, tz=UTC]");
+    assert_eq!(docs["duckdb_join"], serde_json::json!(["p1", 2019, "VLDB", "2019-05-01", "Graphs for vector search"]));
+    assert_eq!(docs["polars_null_venue"], serde_json::json!(["p2"]));
     assert_eq!(seen["pyarrow"]["list_size"], DEFAULT_DIMS, "{seen}");
     assert_eq!(seen["pyarrow"]["model"], "tars/text-embedding-3-small");
     assert_eq!(seen["pyarrow"]["dimensions"], DEFAULT_DIMS.to_string());

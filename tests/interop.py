@@ -32,6 +32,17 @@ duck_live = con.execute(
 ).fetchone()[0]
 duck_first = con.execute(f"SELECT id, embedding[1] FROM read_parquet('{pattern}') WHERE id = ?", [first["id"]]).fetchone()
 
+# The documents table: built-in and metadata columns, typed; joined to the live chunks by row id.
+docs_table = pq.read_table(glob.glob(docs)[0])
+docs_types = {f.name: str(f.type) for f in docs_table.schema}
+joined = con.execute(
+    f"""SELECT d.doc, d.year, d.venue, strftime(d.published, '%Y-%m-%d'), c.text
+        FROM read_parquet('{pattern}') c
+        JOIN (SELECT *, unnest(rows) AS row_id FROM read_parquet('{docs}')) d USING (row_id)
+        WHERE d.year = 2019"""
+).fetchone()
+null_venue = pl.read_parquet(docs).filter(pl.col("format") == "csv").filter(pl.col("venue").is_null())["doc"].to_list()
+
 frame = pl.read_parquet(pattern)
 polars_first = frame.filter(pl.col("id") == first["id"]).row(0, named=True)
 
@@ -47,6 +58,7 @@ print(json.dumps({
         "first_id": first["id"],
         "first_value": first["embedding"][0],
     },
+    "docs": {"pyarrow_types": docs_types, "duckdb_join": list(joined), "polars_null_venue": null_venue},
     "duckdb": {"rows": duck_rows, "live_rows": duck_live, "min_len": duck_min_len, "max_len": duck_max_len, "first_value": duck_first[1]},
     "polars": {
         "rows": frame.height,

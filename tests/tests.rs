@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod cost;
 mod faults;
+mod formats;
 mod gateway;
 mod incremental;
 mod pacing;

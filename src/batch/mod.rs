@@ -99,6 +99,7 @@ mod tests {
             tokens,
             text: String::new(),
             hash: String::new(),
+            page: None,
         }
     }
 

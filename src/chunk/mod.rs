@@ -30,6 +30,8 @@ pub struct Chunk {
     pub text: String,
     /// blake3 of `text`, hex.
     pub hash: String,
+    /// The 1-based page the chunk starts on, for a paged document (PDF).
+    pub page: Option<u32>,
 }
 
 /// Stage boundary: turns one document into its chunks.
@@ -75,6 +77,15 @@ pub fn cl100k() -> &'static CoreBPE {
     tiktoken_rs::cl100k_base_singleton()
 }
 
+/// The byte length of each cl100k_base token, by rank (0 for ranks that are not tokens), built once.
+fn cl100k_lengths() -> &'static [u32] {
+    static LENGTHS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    LENGTHS.get_or_init(|| {
+        // cl100k_base's ordinary tokens are ranks 0..100256; rarer ranks are decoded when met.
+        (0..100_256u32).map(|rank| cl100k().decode_bytes(&[rank]).map_or(0, |b| b.len() as u32)).collect()
+    })
+}
+
 /// cl100k_base token count of `text`, as the API counts it (special-token text is ordinary text).
 pub fn count_tokens(text: &str) -> usize {
     cl100k().encode_ordinary(text).len()
@@ -103,6 +114,34 @@ impl TokenCounter {
             // so keeps chunks within the window.
             TokenCounter::HuggingFace { tokenizer, .. } => {
                 tokenizer.encode_fast(text, false).map(|e| e.len()).unwrap_or(text.len())
+            }
+        }
+    }
+
+    /// The byte spans of `text`'s tokens, as starts and ends (ascending); `None` if the tokenizer cannot say.
+    fn spans(&self, text: &str) -> Option<(Vec<usize>, Vec<usize>)> {
+        match self {
+            TokenCounter::Cl100k => {
+                let ranks = cl100k().encode_ordinary(text);
+                let lengths = cl100k_lengths();
+                let (mut starts, mut ends) = (Vec::with_capacity(ranks.len()), Vec::with_capacity(ranks.len()));
+                let mut at = 0;
+                for rank in ranks {
+                    let len = match lengths.get(rank as usize) {
+                        Some(&len) if len > 0 => len as usize,
+                        _ => cl100k().decode_bytes(&[rank]).ok()?.len(),
+                    };
+                    starts.push(at);
+                    at += len;
+                    ends.push(at);
+                }
+                // The tokens' bytes are the text's bytes: anything else means the table is wrong, not the text.
+                (at == text.len()).then_some((starts, ends))
+            }
+            TokenCounter::HuggingFace { tokenizer, .. } => {
+                let encoding = tokenizer.encode(text, false).ok()?;
+                let (starts, ends) = encoding.get_offsets().iter().copied().unzip();
+                Some((starts, ends))
             }
         }
     }
@@ -146,17 +185,58 @@ impl TokenChunker {
         Self { settings, plain: TextSplitter::new(config()), markdown: MarkdownSplitter::new(config()), counter }
     }
 
+    /// The splitter's chunks of `text`, sized against one tokenisation of it ([`Measured`]).
     fn split<'t>(&self, format: TextFormat, text: &'t str) -> Vec<(usize, &'t str)> {
+        let Some(sizer) = Measured::new(&self.counter, text) else {
+            return self.split_exact(format, text);
+        };
+        let Ok(config) =
+            ChunkConfig::new(self.settings.max_tokens).with_sizer(sizer).with_overlap(self.settings.overlap)
+        else {
+            return self.split_exact(format, text);
+        };
+        match format {
+            TextFormat::Plain => TextSplitter::new(config).chunk_indices(text).collect(),
+            TextFormat::Markdown => MarkdownSplitter::new(config).chunk_indices(text).collect(),
+        }
+    }
+
+    /// The splitter's chunks of `text`, every candidate tokenised on its own: exact, and several times slower.
+    fn split_exact<'t>(&self, format: TextFormat, text: &'t str) -> Vec<(usize, &'t str)> {
         match format {
             TextFormat::Plain => self.plain.chunk_indices(text).collect(),
             TextFormat::Markdown => self.markdown.chunk_indices(text).collect(),
         }
     }
 
-    /// The splitter's chunks of the whole document, found window by window (see [`windowed`]).
-    fn pieces<'t>(&self, document: &'t Document) -> Vec<(usize, &'t str)> {
+    /// The splitter's chunks of the whole document, found window by window (see [`windowed`]), sized by estimate
+    /// ([`Measured`]) or, with `exact`, by tokenising every candidate.
+    fn pieces<'t>(&self, document: &'t Document, exact: bool) -> Vec<(usize, &'t str)> {
         let window = (CHUNKS_PER_WINDOW * self.settings.max_tokens * 4).max(MIN_WINDOW_BYTES);
-        windowed(&document.text, window, |text| self.split(document.format, text))
+        if exact {
+            windowed(&document.text, window, |text| self.split_exact(document.format, text))
+        } else {
+            windowed(&document.text, window, |text| self.split(document.format, text))
+        }
+    }
+
+    /// Chunks of `document` with their exact token counts; `None` if a piece does not fit (an estimate was low).
+    fn counted<'t>(&self, document: &'t Document, exact: bool) -> Option<Vec<(usize, &'t str, usize)>> {
+        let max = self.settings.max_tokens;
+        let mut out = Vec::new();
+        for (offset, text) in self.pieces(document, exact) {
+            let tokens = self.counter.count(text);
+            if tokens > max {
+                if !exact {
+                    return None;
+                }
+                // Even the exact splitter overshot (it should not): halve until every piece fits.
+                out.extend(fit(&self.counter, offset, text, max));
+                continue;
+            }
+            out.push((offset, text, tokens));
+        }
+        Some(out)
     }
 }
 
@@ -222,21 +302,81 @@ fn floor_char_boundary(text: &str, at: usize) -> usize {
 impl Chunker for TokenChunker {
     fn chunk(&self, document: &Document) -> Vec<Chunk> {
         let doc: Arc<str> = Arc::from(document.doc.as_str());
-        let mut chunks = Vec::new();
-        for (offset, text) in self.pieces(document) {
-            for (offset, text, tokens) in fit(&self.counter, offset, text, self.settings.max_tokens) {
-                if text.trim().is_empty() {
-                    continue; // the API rejects empty inputs
-                }
-                let index = chunks.len() as u32;
-                chunks.push(make_chunk(&doc, index, offset, text, tokens));
+        // Each chosen chunk is counted exactly once. If an estimate came out low and a chunk does not fit, the
+        // document is chunked again measuring every candidate (rare: see `Measured`), so chunks always fit.
+        let pieces = match self.counted(document, false) {
+            Some(pieces) => pieces,
+            None => self.counted(document, true).unwrap_or_default(),
+        };
+        let mut chunks = Vec::with_capacity(pieces.len());
+        for (offset, text, tokens) in pieces {
+            if text.trim().is_empty() {
+                continue; // the API rejects empty inputs
             }
+            let index = chunks.len() as u32;
+            let mut chunk = make_chunk(&doc, index, offset, text, tokens);
+            chunk.page = document.meta.page_at(chunk.start);
+            chunks.push(chunk);
         }
         chunks
     }
 }
 
-/// Guarantees the token bound even if the splitter ever overshoots (it should not): halves at a char boundary
+/// Sizes pieces of one text by the tokens of a single tokenisation of the whole text that they overlap: two binary
+/// searches instead of tokenising every candidate the splitter tries (text-splitter measures each candidate chunk
+/// from its start, several per chunk, so chunking cost several tokenisations of the text).
+///
+/// A piece's own tokenisation can differ at its edges: a piece that starts or ends inside a token of the whole text
+/// tokenises that part afresh, which may take two tokens. An edge that cuts a token is therefore counted as two
+/// (except a start that only drops the token's leading space, as every word after the first of a trimmed piece
+/// does in cl100k, where the rest is one token). The estimate can still be low in rare text; every chosen chunk is
+/// counted exactly, and a document with a chunk over the limit is chunked again exactly.
+struct Measured<'a> {
+    text: &'a str,
+    counter: &'a TokenCounter,
+    /// Byte offsets where each token starts and ends, both ascending.
+    starts: Vec<usize>,
+    ends: Vec<usize>,
+}
+
+impl<'a> Measured<'a> {
+    /// `None` when the tokenizer's spans do not describe `text` (then every candidate is tokenised).
+    fn new(counter: &'a TokenCounter, text: &'a str) -> Option<Self> {
+        let (starts, ends) = counter.spans(text)?;
+        Some(Self { text, counter, starts, ends })
+    }
+}
+
+impl ChunkSizer for Measured<'_> {
+    fn size(&self, chunk: &str) -> usize {
+        // The splitter hands over slices of the text it splits; the slice's address gives its offset.
+        let at = (chunk.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+        if at > self.text.len() || self.text.len() - at < chunk.len() {
+            return self.counter.count(chunk);
+        }
+        let (start, end) = (at, at + chunk.len());
+        if start == end {
+            return 0;
+        }
+        let begun = self.starts.partition_point(|&s| s < end);
+        let finished = self.ends.partition_point(|&e| e <= start);
+        let mut size = begun - finished;
+        // The first token overlapping the piece begins before it by more than a space: it is cut.
+        if let Some(&first) = self.starts.get(finished)
+            && first < start
+            && start - first > 1
+        {
+            size += 1;
+        }
+        // The last token overlapping the piece ends after it: it is cut.
+        if begun > 0 && self.ends[begun - 1] > end && (begun - 1 > finished || self.starts[begun - 1] >= start) {
+            size += 1;
+        }
+        size
+    }
+}
+
+/// Guarantees the token bound if even the exact splitter overshoots (it should not): halves at a char boundary
 /// until every piece fits.
 fn fit<'t>(counter: &TokenCounter, offset: usize, text: &'t str, max_tokens: usize) -> Vec<(usize, &'t str, usize)> {
     let tokens = counter.count(text);
@@ -269,23 +409,17 @@ fn make_chunk(doc: &Arc<str>, chunk_index: u32, offset: usize, text: &str, token
         tokens: tokens as u32,
         text: text.to_owned(),
         hash: hash.to_hex().to_string(),
+        page: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Origin;
     use proptest::prelude::*;
 
     fn document(text: &str, format: TextFormat) -> Document {
-        Document {
-            doc: "d.txt".into(),
-            text: text.into(),
-            format,
-            origin: Origin { path: "d.txt".into(), line: None },
-            stat: None,
-        }
+        Document::new("d.txt", text, format)
     }
 
     fn chunk(text: &str, max: usize, overlap: usize) -> Vec<Chunk> {
@@ -449,6 +583,29 @@ mod tests {
             assert_eq!(last.0 + last.1.len(), text.trim_end().len(), "the document is chunked to its end");
             assert!(pieces.windows(2).all(|w| w[1].0 > w[0].0));
         }
+    }
+
+    #[test]
+    fn one_tokenisation_sizes_pieces_within_a_token_or_two() {
+        let text = "The splitter asks for the size of many candidate pieces.\n\nEach is measured here from \
+                    one tokenisation of the text, not tokenised again: naïve café, 日本語, 12345 and 3.14159!"
+            .repeat(20);
+        let sizer = Measured::new(&TokenCounter::Cl100k, &text).expect("cl100k spans cover the text");
+        assert_eq!(sizer.size(&text), count_tokens(&text), "the whole text is exact");
+        let boundaries: Vec<usize> =
+            text.char_indices().filter(|(_, c)| c.is_whitespace()).map(|(i, _)| i).chain([text.len()]).collect();
+        let mut worst = 0usize;
+        for (n, &start) in boundaries.iter().enumerate().step_by(7) {
+            for &end in boundaries[n..].iter().step_by(11) {
+                let piece = text[start..end].trim();
+                let offset = start + text[start..end].find(piece).unwrap_or(0);
+                let piece = &text[offset..offset + piece.len()];
+                worst = worst.max(sizer.size(piece).abs_diff(count_tokens(piece)));
+            }
+        }
+        assert!(worst <= 2, "an estimate was {worst} tokens off");
+        // A string that is not part of the text is tokenised on its own.
+        assert_eq!(sizer.size("elsewhere entirely"), count_tokens("elsewhere entirely"));
     }
 
     #[test]

@@ -76,12 +76,20 @@ pub struct JobFlags {
     /// Skip files whose path (relative to the input directory) matches; repeatable, wins over --include.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// JSONL field holding the text [default: text].
+    /// Field (JSONL) or column (CSV, TSV, Parquet) holding the text [default: text].
     #[arg(long, value_name = "FIELD")]
     pub text_field: Option<String>,
-    /// JSONL field holding the document id [default: <file>:<line>].
+    /// Field or column naming each record [default: <file>:<line>, <file>:<row> for Parquet].
     #[arg(long, value_name = "FIELD")]
     pub id_field: Option<String>,
+    /// Carry a record field into the dataset as a typed metadata column (TYPE: string, int64, float64, bool,
+    /// timestamp; without one, the field's own type); `*` carries every scalar field. Repeatable.
+    #[arg(long, value_name = "FIELD[:TYPE]")]
+    pub metadata: Vec<String>,
+    /// Read files as FORMAT (text, markdown, jsonl, csv, tsv, parquet, html, pdf) instead of by extension; with
+    /// GLOB=FORMAT only files whose path below the input matches. Repeatable, the first match wins.
+    #[arg(long, value_name = "[GLOB=]FORMAT")]
+    pub format: Vec<String>,
     /// Follow symbolic links to directories, detecting loops (links to files are always read).
     #[arg(short = 'L', long)]
     pub follow: bool,

@@ -12,7 +12,7 @@ use crate::embed::price::usd_per_million_tokens;
 use crate::embed::{FallbackError, RateLimits, check_fallback};
 use crate::index::{IndexParamError, IndexParams};
 use crate::pipeline::DeleteLimit;
-use crate::source::SourceOptions;
+use crate::source::{FormatRule, MetadataSpec, RecordMapping, SourceOptions};
 use crate::store::Manifest;
 
 pub const DEFAULT_MODEL: &str = "tars/text-embedding-3-small";
@@ -20,7 +20,12 @@ pub const DEFAULT_MODEL: &str = "tars/text-embedding-3-small";
 /// A job's settings, resolved but not yet checked against the model.
 #[derive(Debug)]
 pub struct JobSpec {
+    /// The inputs; formats and metadata are added by [`JobSpec::source_options`], which checks them.
     pub source: SourceOptions,
+    /// `--format` / `input.format`, as given.
+    pub formats: Option<Setting<Vec<String>>>,
+    /// `--metadata` / `input.metadata`, as given.
+    pub metadata: Option<Setting<Vec<String>>>,
     pub out: PathBuf,
     /// Where `out` came from, for messages about it.
     pub out_origin: Origin,
@@ -120,13 +125,29 @@ impl JobSpec {
                 inputs,
                 include: nonempty(flags.include, file_input.map(|i| &i.include)),
                 exclude: nonempty(flags.exclude, file_input.map(|i| &i.exclude)),
-                text_field: flags
-                    .text_field
-                    .or_else(|| file_input.and_then(|i| i.text_field.clone()))
-                    .unwrap_or_else(|| "text".to_owned()),
-                id_field: flags.id_field.or_else(|| file_input.and_then(|i| i.id_field.clone())),
+                records: RecordMapping::new(
+                    flags
+                        .text_field
+                        .or_else(|| file_input.and_then(|i| i.text_field.clone()))
+                        .unwrap_or_else(|| "text".to_owned()),
+                    flags.id_field.or_else(|| file_input.and_then(|i| i.id_field.clone())),
+                    MetadataSpec::default(),
+                    Default::default(),
+                ),
                 follow_links: flags.follow || file_input.is_some_and(|i| i.follow),
                 ..SourceOptions::default()
+            },
+            formats: if !flags.format.is_empty() {
+                Some(Setting::new(flags.format, Origin::Flag("--format")))
+            } else {
+                p.zip(file_input.and_then(|i| i.format.as_ref())).map(|(p, format)| {
+                    Setting::new(format.get_ref().clone().into_vec(), p.origin(format.span(), "input.format"))
+                })
+            },
+            metadata: if !flags.metadata.is_empty() {
+                Some(Setting::new(flags.metadata, Origin::Flag("--metadata")))
+            } else {
+                p.zip(file_input.and_then(|i| i.metadata.as_ref())).map(|(p, m)| p.setting(m, "input.metadata"))
             },
             out,
             out_origin,
@@ -346,6 +367,32 @@ impl JobSpec {
         self.token_budget()?;
         self.delete_limit()?;
         Ok(())
+    }
+
+    /// The inputs with their formats and metadata fields, checked.
+    pub fn source_options(&self) -> anyhow::Result<SourceOptions> {
+        let mut options = self.source.clone();
+        if let Some(formats) = &self.formats {
+            options.formats = formats
+                .value
+                .iter()
+                .map(|f| FormatRule::parse(f).map_err(|e| formats.error(e)))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(metadata) = &self.metadata {
+            let spec = MetadataSpec::parse(&metadata.value).map_err(|e| metadata.error(e))?;
+            let records = &options.records;
+            for field in [Some(&records.text_field), records.id_field.as_ref()].into_iter().flatten() {
+                if spec.declared(field).is_some() {
+                    return Err(metadata.error(format!(
+                        "{field:?} is the text or id field: it has its own column, so it cannot be metadata too"
+                    )));
+                }
+            }
+            options.records =
+                RecordMapping::new(records.text_field.clone(), records.id_field.clone(), spec, Default::default());
+        }
+        Ok(options)
     }
 
     /// How many of the dataset's documents the run may delete.

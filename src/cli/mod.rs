@@ -273,7 +273,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let price = spec.price().map_err(Failure::usage)?;
     if !spec.retry_failed {
         // Inputs are checked before the dataset's folder is made: a run that cannot start leaves nothing behind.
-        crate::source::FileSource::new(spec.source.clone()).map_err(Failure::usage)?;
+        crate::source::FileSource::new(spec.source_options().map_err(Failure::usage)?).map_err(Failure::usage)?;
     }
     // A dry run reads the dataset (to count only what would be sent) and writes nothing, so it takes no lock.
     let _lock = if spec.dry_run { None } else { Some(lock_dataset(&spec.out, command, spec.wait_lock).await?) };
@@ -284,7 +284,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         }
     }
     let job = EmbedJob {
-        source: spec.source.clone(),
+        source: spec.source_options().map_err(Failure::usage)?,
         chunking,
         counter,
         batching,
@@ -299,7 +299,20 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         max_delete: spec.delete_limit().map_err(Failure::usage)?,
     };
 
-    let progress = progress::wanted(quiet).then(|| progress::Progress::start(Arc::clone(&stats)));
+    let progress = progress::wanted(quiet).then(|| {
+        if !spec.retry_failed {
+            // The bar's total: a walk of the inputs that reads no file, alongside the run.
+            let (options, stats) = (job.source.clone(), Arc::clone(&stats));
+            tokio::task::spawn_blocking(move || {
+                let _ = crate::source::FileSource::prescan(options, |totals| {
+                    stats.input_files_total.store(totals.files, std::sync::atomic::Ordering::Relaxed);
+                    stats.input_bytes_total.store(totals.bytes, std::sync::atomic::Ordering::Relaxed);
+                });
+                stats.prescan_done.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+        progress::Progress::start(Arc::clone(&stats))
+    });
     let shutdown = stop_signal();
     let started = std::time::Instant::now();
     let run_stats = Arc::clone(&stats);
@@ -446,7 +459,7 @@ async fn validate_one(path: &Path) -> anyhow::Result<String> {
     let pipeline = Pipeline::load(path)?;
     let spec = JobSpec::from_pipeline(&pipeline, None, None, None, args::JobFlags::default());
     spec.check_general()?;
-    crate::source::FileSource::new(spec.source.clone())?;
+    crate::source::FileSource::new(spec.source_options()?)?;
     let limit = if spec.model.value.starts_with(LOCAL_PREFIX) {
         if let Some(d) = &spec.dimensions {
             return Err(d.error("not supported by local models"));
@@ -667,11 +680,14 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     for (rank, hit) in answer.hits.iter().enumerate() {
         let (rank, row) = (rank + 1, &hit.chunk);
         let line = if args.json {
-            serde_json::json!({
+            let mut line = serde_json::json!({
                 "rank": rank, "score": hit.score, "doc": row.doc, "chunk_index": row.chunk_index,
-                "start": row.start, "end": row.end, "id": row.id, "text": row.text,
-            })
-            .to_string()
+                "start": row.start, "end": row.end, "id": row.id, "text": row.text, "page": row.page,
+            });
+            if let (Some(document), Some(object)) = (&hit.document, line.as_object_mut()) {
+                object.extend(document_json(document));
+            }
+            line.to_string()
         } else {
             format!("{rank:>3}. {:.4}  {} #{}  {}", hit.score, row.doc, row.chunk_index, snippet(&row.text, 160))
         };
@@ -680,6 +696,30 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
         }
     }
     Ok(exit::SUCCESS)
+}
+
+/// A hit's document, for `search --json`: where it came from, its title and its metadata fields.
+fn document_json(record: &crate::store::DocRecord) -> serde_json::Map<String, serde_json::Value> {
+    use crate::source::{Value, meta::format_timestamp};
+    let value = |v: &Value| match v {
+        Value::Null => serde_json::Value::Null,
+        Value::String(s) => s.clone().into(),
+        Value::Int64(n) => (*n).into(),
+        Value::Float64(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
+        Value::Bool(b) => (*b).into(),
+        Value::Timestamp(t) => format_timestamp(*t).into(),
+    };
+    let metadata: serde_json::Map<String, serde_json::Value> =
+        record.fields.iter().map(|(k, v)| (k.to_string(), value(v))).collect();
+    let modified = (record.mtime_ns != 0).then(|| format_timestamp(record.mtime_ns.div_euclid(1000)));
+    let mut out = serde_json::Map::new();
+    out.insert("file".into(), record.file.clone().into());
+    out.insert("format".into(), record.format.map(|f| f.name()).into());
+    out.insert("title".into(), record.title.clone().into());
+    out.insert("size".into(), record.size.into());
+    out.insert("modified".into(), modified.into());
+    out.insert("metadata".into(), metadata.into());
+    out
 }
 
 /// The first `max` characters of `text` on one line.

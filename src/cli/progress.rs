@@ -1,6 +1,7 @@
 //! The live progress line (a terminal only) and a log writer that does not tear it.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,10 +30,7 @@ pub struct Progress {
 impl Progress {
     pub fn start(stats: Arc<Stats>) -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        bar.set_style(spinner_style());
         if let Ok(mut slot) = active().lock() {
             *slot = Some(bar.clone());
         }
@@ -41,15 +39,43 @@ impl Progress {
             async move {
                 let started = Instant::now();
                 let mut interval = tokio::time::interval(Duration::from_millis(200));
+                let mut with_total = false;
                 loop {
                     interval.tick().await;
-                    bar.set_message(status_line(&stats, started.elapsed()));
+                    // Once the pre-scan has the total, the line becomes a bar with percentage, rate and ETA
+                    // (indicatif's, from the bytes read over time).
+                    if !with_total && stats.prescan_done.load(Ordering::Relaxed) {
+                        let total = Stats::get(&stats.input_bytes_total);
+                        if total > 0 {
+                            bar.set_length(total);
+                            bar.set_style(bar_style());
+                            bar.reset_eta();
+                            with_total = true;
+                        }
+                    }
+                    let read = Stats::get(&stats.input_bytes_read);
+                    bar.set_position(if with_total { read.min(bar.length().unwrap_or(read)) } else { read });
+                    bar.set_message(status_line(&stats, started.elapsed(), with_total));
                     bar.tick();
                 }
             }
         });
         Self { bar, ticker }
     }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} \
+         eta {eta} | {msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| spinner_style())
 }
 
 impl Drop for Progress {
@@ -62,25 +88,27 @@ impl Drop for Progress {
     }
 }
 
-fn status_line(stats: &Stats, elapsed: Duration) -> String {
+fn status_line(stats: &Stats, elapsed: Duration, with_total: bool) -> String {
     let g = Stats::get;
     let (chunks, embedded, failed) = (g(&stats.chunks), g(&stats.chunks_embedded), g(&stats.chunks_failed));
+    let failed = if failed > 0 { format!(", {failed} failed") } else { String::new() };
+    let in_flight = g(&stats.requests_in_flight);
+    if with_total {
+        // The bar says how far and how fast; the message what is being done.
+        return format!("docs {} | chunks {embedded}/{chunks}{failed} | {in_flight} in flight", g(&stats.documents));
+    }
     let tokens = g(&stats.tokens_embedded);
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate = tokens as f64 / secs;
-    let eta = if stats.source_done.load(std::sync::atomic::Ordering::Relaxed) && embedded > 0 {
-        let left = chunks.saturating_sub(embedded + failed) as f64;
-        let per_chunk = secs / embedded as f64;
-        format!(" eta {:.0}s", left * per_chunk)
-    } else {
+    let scanned = if stats.prescan_done.load(Ordering::Relaxed) {
         String::new()
+    } else {
+        format!(" | scanning: {} files so far", g(&stats.input_files_total))
     };
     format!(
-        "docs {} | chunks {embedded}/{chunks} embedded{} | tokens {tokens} ({rate:.0}/s) | requests {} ({} in flight, {} retries){eta}",
+        "docs {} | chunks {embedded}/{chunks} embedded{failed} | tokens {tokens} ({rate:.0}/s) | requests {} ({in_flight} in flight, {} retries){scanned}",
         g(&stats.documents),
-        if failed > 0 { format!(", {failed} failed") } else { String::new() },
         g(&stats.requests),
-        g(&stats.requests_in_flight),
         g(&stats.retries),
     )
 }

@@ -54,6 +54,10 @@ pub struct RunReport {
     /// Files and directories that could not be read (the first 1000; `documents.read_errors` counts all). Their
     /// documents kept their previous version.
     pub read_errors: Vec<Entry>,
+    /// Records skipped (`file:line`, `file row N`), and why (the first 1000; `documents.records_skipped` counts all).
+    pub records_skipped: Vec<Entry>,
+    /// Metadata values stored as null, by record (the first 1000; `documents.metadata_nulls` counts all).
+    pub metadata_nulls: Vec<Entry>,
     /// Why the run refused to publish, when it would have deleted too many documents.
     pub mass_delete: Option<String>,
     /// Nothing was sent or written: the counts are what a run would do.
@@ -69,6 +73,8 @@ pub struct Documents {
     pub new: u64,
     pub changed: u64,
     pub unchanged: u64,
+    /// Documents whose text is unchanged and whose metadata changed: updated without embedding.
+    pub metadata_updated: u64,
     pub deleted: u64,
     pub duplicate_names: u64,
     /// Documents whose missing chunks were sent again.
@@ -78,6 +84,8 @@ pub struct Documents {
     /// Entries not read (listed in `not_read`).
     pub files_skipped: u64,
     pub records_skipped: u64,
+    /// Metadata values of the wrong type or missing, stored as null (listed in `metadata_nulls`).
+    pub metadata_nulls: u64,
     pub lossy_utf8: u64,
     /// Files and directories that could not be read (listed in `read_errors`).
     pub read_errors: u64,
@@ -133,12 +141,14 @@ impl RunReport {
                 new: s.docs_new,
                 changed: s.docs_changed,
                 unchanged: s.docs_unchanged,
+                metadata_updated: s.docs_metadata_updated,
                 deleted: s.docs_deleted,
                 duplicate_names: s.docs_duplicate,
                 retried: s.docs_retried,
                 incomplete: outcome.incomplete_docs as u64,
                 files_skipped: s.files_skipped,
                 records_skipped: s.records_skipped,
+                metadata_nulls: s.metadata_nulls,
                 lossy_utf8: s.documents_lossy_utf8,
                 read_errors: s.read_errors,
                 kept_unreadable: s.docs_unreadable,
@@ -175,6 +185,8 @@ impl RunReport {
                 .map(|f| spec.out.join(f).display().to_string()),
             not_read: s.named.not_read.clone(),
             read_errors: s.named.read_errors.clone(),
+            records_skipped: s.named.records_skipped.clone(),
+            metadata_nulls: s.named.metadata_nulls.clone(),
             mass_delete: outcome.mass_delete.as_ref().map(ToString::to_string),
             dry_run: spec.dry_run,
             budget_reached: outcome.budget_reached,
@@ -246,11 +258,16 @@ impl RunReport {
         let cost = self.estimated_cost_usd.map_or_else(|| "cost unknown".to_owned(), |usd| format!("≈ ${usd:.4}"));
         let _ = writeln!(
             out,
-            "documents: {} new, {} changed, {} unchanged, {} deleted ({} not read, {} records skipped, {} with \
+            "documents: {} new, {} changed, {} unchanged{}, {} deleted ({} not read, {} records skipped, {} with \
              invalid UTF-8 replaced; {} excluded by --include/--exclude, {} hidden)",
             d.new,
             d.changed,
             d.unchanged,
+            if d.metadata_updated > 0 {
+                format!(", {} with new metadata only", d.metadata_updated)
+            } else {
+                String::new()
+            },
             d.deleted,
             d.files_skipped,
             d.records_skipped,
@@ -308,11 +325,36 @@ impl RunReport {
         for (count, entries, what) in [
             (d.files_skipped, &self.not_read, "not read"),
             (d.read_errors, &self.read_errors, "could not be read (their documents keep their previous version)"),
+            (d.records_skipped, &self.records_skipped, "skipped"),
+            (d.metadata_nulls, &self.metadata_nulls, "stored as null"),
         ] {
             if count == 0 {
                 continue;
             }
-            let _ = writeln!(out, "{count} {} {what}:", if count == 1 { "entry" } else { "entries" });
+            let noun = match what {
+                "skipped" => {
+                    if count == 1 {
+                        "record"
+                    } else {
+                        "records"
+                    }
+                }
+                "stored as null" => {
+                    if count == 1 {
+                        "metadata value"
+                    } else {
+                        "metadata values"
+                    }
+                }
+                _ => {
+                    if count == 1 {
+                        "entry"
+                    } else {
+                        "entries"
+                    }
+                }
+            };
+            let _ = writeln!(out, "{count} {noun} {what}:");
             for entry in entries.iter().take(SHOWN) {
                 let _ = writeln!(out, "  {}: {}", entry.path, entry.reason);
             }

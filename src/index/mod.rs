@@ -558,6 +558,7 @@ mod tests {
                 tokens: 1,
                 text: format!("t{i}"),
                 hash: format!("{:064x}", i),
+                page: None,
             })
             .collect()
     }
@@ -576,6 +577,9 @@ mod tests {
                     content_hash: String::new(),
                     rows: Vec::new(),
                     missing: 0,
+                    format: None,
+                    title: None,
+                    fields: Default::default(),
                 })
                 .rows
                 .push(row);

@@ -123,6 +123,7 @@ mod tests {
                 tokens: 1,
                 text: (*t).to_owned(),
                 hash: String::new(),
+                page: None,
             })
             .collect();
         Batch { tokens: chunks.len(), chunks }

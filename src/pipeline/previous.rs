@@ -38,6 +38,9 @@ pub struct Previous {
     pub vectors: HashMap<TextKey, VectorLoc>,
     /// The chunking settings changed: every document is chunked again (vectors of identical texts are reused).
     pub rechunk: bool,
+    /// Other metadata fields are asked for than last time: every file is read again for them (nothing is embedded
+    /// again for that).
+    pub reread: bool,
     /// The dead-letter entries of the published version, by document.
     pub failed: HashMap<String, Vec<FailedChunk>>,
     /// The names of the published version's documents when the new version replaces it (`--overwrite`, a new
@@ -111,6 +114,10 @@ impl Previous {
             return Ok(previous);
         }
         previous.rechunk = manifest.chunking != settings.chunking;
+        previous.reread = manifest.metadata_spec != settings.metadata_spec;
+        if previous.reread && !previous.rechunk {
+            tracing::info!("other metadata fields asked for than last time: every file is read again for them");
+        }
         if previous.rechunk {
             tracing::info!(
                 "chunking settings changed: every document is chunked again; unchanged texts keep their vectors"
@@ -155,9 +162,14 @@ impl Previous {
         self.dataset.is_some()
     }
 
+    /// Whether a document read now must be chunked: it is new, its text changed, or the chunking did.
+    pub fn needs_chunks(&self, doc: &str, content_hash: &str) -> bool {
+        self.rechunk || self.docs.get(doc).is_none_or(|old| old.content_hash != content_hash)
+    }
+
     /// Whether a file may be skipped unread: every document read from it last time is unchanged if the file is.
     pub fn file_unchanged(&self, file: &str, size: u64, mtime_ns: i64) -> bool {
-        if self.rechunk {
+        if self.rechunk || self.reread {
             return false;
         }
         let Some(names) = self.by_file.get(file) else { return false };

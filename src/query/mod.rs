@@ -15,7 +15,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::index::{Hit, IndexError, SearchIndex, dot, normalize, top_k};
-use crate::store::{Dataset, StoreError, StoredChunk};
+use std::collections::{HashMap, HashSet};
+
+use crate::store::{Dataset, DocRecord, StoreError, StoredChunk};
 
 /// Versions a search tries before giving up on a dataset that keeps changing under it.
 pub const MAX_ATTEMPTS: usize = 5;
@@ -59,6 +61,9 @@ pub struct SearchHit {
     /// Cosine similarity.
     pub score: f32,
     pub chunk: StoredChunk,
+    /// The chunk's document as the version searched has it (its metadata; `rows` left empty), when the dataset has
+    /// a documents table.
+    pub document: Option<DocRecord>,
 }
 
 /// What to search for.
@@ -168,7 +173,26 @@ fn attempt(dir: &Path, query: &Query<'_>, use_index: bool) -> Result<Option<Answ
     };
     let rows: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
     let chunks = dataset.fetch(&rows)?;
-    let hits = hits.into_iter().zip(chunks).map(|(hit, chunk)| SearchHit { score: hit.score, chunk }).collect();
+    let mut documents: HashMap<String, DocRecord> = HashMap::new();
+    if manifest.docs_file.is_some() && !chunks.is_empty() {
+        let wanted: HashSet<&str> = chunks.iter().map(|c| c.doc.as_str()).collect();
+        let read = dataset.for_each_doc(|mut record| {
+            if wanted.contains(record.doc.as_str()) {
+                record.rows = Vec::new();
+                documents.insert(record.doc.clone(), record);
+            }
+        });
+        // The hits stand without their documents' metadata: say so, rather than fail the search.
+        if let Err(e) = read {
+            tracing::warn!("the documents' metadata could not be read: {e}");
+            documents.clear();
+        }
+    }
+    let hits = hits
+        .into_iter()
+        .zip(chunks)
+        .map(|(hit, chunk)| SearchHit { score: hit.score, document: documents.get(&chunk.doc).cloned(), chunk })
+        .collect();
     Ok(Some(Answer { generation: manifest.generation, method, hits }))
 }
 
@@ -242,6 +266,7 @@ mod tests {
             end: text.len() as u64,
             tokens: 2,
             hash: blake3::hash(text.as_bytes()).to_hex().to_string(),
+            page: None,
             text,
         }
     }
@@ -260,6 +285,9 @@ mod tests {
             content_hash: String::new(),
             rows: vec![row],
             missing: 0,
+            format: None,
+            title: None,
+            fields: Default::default(),
         }
     }
 

@@ -8,13 +8,43 @@ use std::path::{Path, PathBuf};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::jsonl::JsonlReader;
+use super::meta::RecordMapping;
 use super::{
-    Document, Excluded, FileStat, Origin, SkipReason, SourceError, SourceItem, TextFormat, UnchangedFilter, file_key,
+    DocMeta, Document, Excluded, FileStat, Format, Origin, SkipReason, SourceError, SourceItem, TextFormat,
+    UnchangedFilter, file_key,
 };
 
-/// Files larger than this are skipped rather than read whole into memory (JSONL files are streamed, so they have no
-/// limit).
+/// Files larger than this are skipped rather than read whole into memory (record files, JSONL, CSV and Parquet,
+/// are streamed, so they have no limit).
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `--format FORMAT` (every file) or `--format GLOB=FORMAT` (files whose path below their input matches): how a
+/// file is read, instead of what its extension says. The first rule that matches wins.
+#[derive(Debug, Clone)]
+pub struct FormatRule {
+    glob: Option<globset::GlobMatcher>,
+    pub format: Format,
+}
+
+impl FormatRule {
+    pub fn parse(text: &str) -> Result<Self, SourceError> {
+        let bad = || SourceError::Format(text.to_owned());
+        let (glob, format) = match text.rsplit_once('=') {
+            Some((glob, format)) => {
+                let glob = Glob::new(glob.trim())
+                    .map_err(|source| SourceError::Glob { glob: glob.to_owned(), source })?
+                    .compile_matcher();
+                (Some(glob), format)
+            }
+            None => (None, text),
+        };
+        Ok(Self { glob, format: Format::parse(format).ok_or_else(bad)? })
+    }
+
+    fn matches(&self, relative: &Path) -> bool {
+        self.glob.as_ref().is_none_or(|g| g.is_match(relative))
+    }
+}
 
 /// How many leading bytes are checked for NUL when deciding whether a file is binary (as git and ripgrep do).
 const BINARY_SNIFF_BYTES: usize = 8192;
@@ -25,10 +55,11 @@ pub struct SourceOptions {
     pub inputs: Vec<PathBuf>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
-    /// JSONL field holding the text.
-    pub text_field: String,
-    /// JSONL field holding the document id; without it, records are named `<file>:<line>`.
-    pub id_field: Option<String>,
+    /// How records (JSONL, CSV, Parquet) become documents: the text field, the id field (without one, records are
+    /// named `<file>:<line>`, `<file>:<row>` for Parquet) and the metadata fields.
+    pub records: RecordMapping,
+    /// Formats chosen by hand, over the extension's.
+    pub formats: Vec<FormatRule>,
     pub max_file_bytes: u64,
     /// Follow symbolic links to directories (`--follow`), as ripgrep's `-L`; loops are detected and reported.
     /// Links to files are always read.
@@ -41,8 +72,8 @@ impl Default for SourceOptions {
             inputs: Vec::new(),
             include: Vec::new(),
             exclude: Vec::new(),
-            text_field: "text".to_owned(),
-            id_field: None,
+            records: RecordMapping::default(),
+            formats: Vec::new(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             follow_links: false,
         }
@@ -56,7 +87,8 @@ impl Default for SourceOptions {
 pub struct FileSource {
     pending_roots: VecDeque<PathBuf>,
     walk: Option<Walk>,
-    jsonl: Option<JsonlReader>,
+    /// The record file being read (JSONL, CSV, Parquet), a record at a time.
+    records: Option<Box<dyn Iterator<Item = SourceItem> + Send>>,
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
     options: SourceOptions,
@@ -65,6 +97,15 @@ pub struct FileSource {
     unchanged: Option<UnchangedFilter>,
     /// Entries the walk pruned (counted inside walkdir's filter).
     pruned: std::sync::Arc<Pruned>,
+    /// Bytes of input read so far (or passed over unchanged), for the progress bar.
+    bytes_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a pre-scan found: files to read and their bytes (for the progress bar's total).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanTotals {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -90,14 +131,44 @@ impl FileSource {
         Ok(Self {
             pending_roots: options.inputs.iter().cloned().collect(),
             walk: None,
-            jsonl: None,
+            records: None,
             include: build_globset(&options.include)?,
             exclude: build_globset(&options.exclude)?,
             options,
             queued: VecDeque::new(),
             unchanged: None,
             pruned: Default::default(),
+            bytes_read: Default::default(),
         })
+    }
+
+    /// Counts the bytes read into `counter` as the source goes (a file's size once read whole, a record file's
+    /// bytes as its records are).
+    pub fn with_progress(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.bytes_read = counter;
+        self
+    }
+
+    /// Walks the inputs as a run would, without reading any file: the files it would read and their bytes,
+    /// reported to `seen` as it goes (directories of millions of files take a while to list).
+    pub fn prescan(options: SourceOptions, mut seen: impl FnMut(ScanTotals)) -> Result<ScanTotals, SourceError> {
+        let mut source = FileSource::new(options)?;
+        let mut totals = ScanTotals::default();
+        while let Some(next) = source.next_entry() {
+            if let Next::File(path, ..) = next {
+                totals.files += 1;
+                totals.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+                if totals.files % 256 == 0 {
+                    seen(totals);
+                }
+            }
+        }
+        seen(totals);
+        Ok(totals)
+    }
+
+    fn count_read(&self, bytes: u64) {
+        self.bytes_read.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Files `filter` says are unchanged are not read; an [`SourceItem::Unchanged`] stands in for them.
@@ -171,7 +242,8 @@ impl FileSource {
                 // A file named on the command line is read even when the globs would not select it: the user
                 // asked for it by name. Its dataset name is the path as given.
                 let name = path_name(&root);
-                return Some(Next::File(root, name));
+                let format = self.format_of(&root, Path::new(root.file_name().unwrap_or(root.as_os_str())));
+                return Some(Next::File(root, name, format));
             }
         }
     }
@@ -182,9 +254,8 @@ impl FileSource {
         if kind.is_dir() {
             return None;
         }
-        let not_read = |path: &Path, reason| {
-            Some(Next::Item(SourceItem::NotRead { origin: Origin { path: path.to_path_buf(), line: None }, reason }))
-        };
+        let not_read =
+            |path: &Path, reason| Some(Next::Item(SourceItem::NotRead { origin: Origin::file(path), reason }));
         // A link (only seen as such when links are not followed) is read if it leads to a file.
         let target_is_file = if kind.is_symlink() {
             match std::fs::metadata(entry.path()) {
@@ -214,43 +285,99 @@ impl FileSource {
             return not_read(entry.path(), SkipReason::NotRegular);
         }
         let name = path_name(relative);
-        Some(Next::File(entry.into_path(), name))
+        let format = self.format_of(entry.path(), relative);
+        Some(Next::File(entry.into_path(), name, format))
     }
 
-    fn read_file(&mut self, path: PathBuf, name: String) {
-        let origin = Origin { path: path.clone(), line: None };
+    /// The first `--format` rule matching the path below its input, else the extension's format.
+    fn format_of(&self, path: &Path, relative: &Path) -> Format {
+        self.options.formats.iter().find(|r| r.matches(relative)).map_or_else(|| Format::of_path(path), |r| r.format)
+    }
+
+    fn read_file(&mut self, path: PathBuf, name: String, format: Format) {
         if let Some(filter) = &self.unchanged
             && let Ok(metadata) = std::fs::metadata(&path)
         {
             let key = file_key(&path);
             if filter(&key, FileStat::of(&metadata)) {
+                self.count_read(metadata.len());
                 self.queued.push_back(SourceItem::Unchanged(key));
                 return;
             }
         }
-        if is_jsonl(&path) {
-            match JsonlReader::open(&path, &name, &self.options) {
-                Ok(reader) => self.jsonl = Some(reader),
-                Err(error) => self.queued.extend(read_error(path, Some(name), error)),
+        let (records, progress) = (&self.options.records, std::sync::Arc::clone(&self.bytes_read));
+        let opened: std::io::Result<Box<dyn Iterator<Item = SourceItem> + Send>> = match format {
+            Format::Jsonl => JsonlReader::open(&path, &name, records, progress).map(|r| Box::new(r) as _),
+            Format::Csv | Format::Tsv => super::csv::CsvReader::open(&path, &name, records, format, progress),
+            Format::Parquet => super::parquet::ParquetReader::open(&path, &name, records, progress),
+            Format::Text | Format::Markdown | Format::Html | Format::Pdf => {
+                self.read_whole(path, name, format);
+                return;
             }
-            return;
+        };
+        match opened {
+            Ok(reader) => self.records = Some(reader),
+            Err(error) => self.queued.extend(read_error(path, Some(name), error)),
         }
-        match read_text_file(&path, self.options.max_file_bytes) {
-            Ok(Read::Text { text, lossy, stat }) => {
+    }
+
+    /// A file that is one document: read whole, and its text extracted when it is HTML or PDF.
+    fn read_whole(&mut self, path: PathBuf, name: String, format: Format) {
+        let origin = Origin::file(path.clone());
+        let binary_ok = format == Format::Pdf;
+        let read = read_bytes(&path, self.options.max_file_bytes, binary_ok);
+        self.count_read(std::fs::metadata(&path).map_or(0, |m| m.len()));
+        let (bytes, stat) = match read {
+            Ok(Read::Bytes { bytes, stat }) => (bytes, stat),
+            Ok(Read::Skipped(reason)) => {
+                self.queued.push_back(SourceItem::NotRead { origin, reason });
+                return;
+            }
+            Err(error) => {
+                self.queued.extend(read_error(path, Some(name), error));
+                return;
+            }
+        };
+        let mut meta = DocMeta { source: Some(format), ..DocMeta::default() };
+        let (text, text_format) = match format {
+            Format::Pdf => match super::pdf::extract(&bytes) {
+                Ok(pdf) => {
+                    meta.title = pdf.title;
+                    meta.pages = pdf.pages;
+                    (pdf.text, TextFormat::Plain)
+                }
+                Err(reason) => {
+                    self.queued.push_back(SourceItem::NotRead { origin, reason });
+                    return;
+                }
+            },
+            _ => {
+                let (text, lossy) = decode_utf8(bytes);
                 if lossy {
                     self.queued.push_back(SourceItem::LossyUtf8(origin.clone()));
                 }
-                self.queued.push_back(SourceItem::Document(Document {
-                    doc: name,
-                    text,
-                    format: format_of(&path),
-                    origin,
-                    stat: Some(stat),
-                }));
+                match format {
+                    Format::Html => {
+                        let page = super::html::extract(&text);
+                        meta.title = page.title;
+                        (page.markdown, TextFormat::Markdown)
+                    }
+                    Format::Markdown => {
+                        meta.title = markdown_title(&text);
+                        (text, TextFormat::Markdown)
+                    }
+                    _ => (text, TextFormat::Plain),
+                }
             }
-            Ok(Read::Skipped(reason)) => self.queued.push_back(SourceItem::NotRead { origin, reason }),
-            Err(error) => self.queued.extend(read_error(path, Some(name), error)),
-        }
+        };
+        self.queued.push_back(SourceItem::Document(Document {
+            doc: name,
+            text,
+            format: text_format,
+            origin,
+            stat: Some(stat),
+            meta,
+        }));
     }
 
     /// What a walk error means: a link loop (with `--follow`) is an entry not read; a directory that cannot be
@@ -263,7 +390,7 @@ impl FileSource {
             return Some(Next::Item(SourceItem::Excluded(Excluded::Glob)));
         }
         if err.loop_ancestor().is_some() {
-            let origin = Origin { path, line: None };
+            let origin = Origin::file(path);
             return Some(Next::Item(SourceItem::NotRead { origin, reason: SkipReason::LinkLoop }));
         }
         let error = err.into_io_error()?;
@@ -279,8 +406,8 @@ fn excludes_dir(exclude: &GlobSet, relative: &Path) -> bool {
 
 /// What the walk found next.
 enum Next {
-    /// A file to read: its path on disk and its name in the dataset.
-    File(PathBuf, String),
+    /// A file to read: its path on disk, its name in the dataset and how to read it.
+    File(PathBuf, String, Format),
     Item(SourceItem),
 }
 
@@ -311,14 +438,14 @@ impl Iterator for FileSource {
             if let Some(item) = self.queued.pop_front() {
                 return Some(item);
             }
-            if let Some(reader) = &mut self.jsonl {
+            if let Some(reader) = &mut self.records {
                 match reader.next() {
                     Some(item) => return Some(item),
-                    None => self.jsonl = None,
+                    None => self.records = None,
                 }
             }
             match self.next_entry() {
-                Some(Next::File(path, name)) => self.read_file(path, name),
+                Some(Next::File(path, name, format)) => self.read_file(path, name, format),
                 Some(Next::Item(item)) => return Some(item),
                 None => {
                     // Counted while walking; reported once the walks are over.
@@ -351,19 +478,43 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
     name.to_str().is_some_and(|n| n.starts_with('.') && n != "." && n != "..")
 }
 
-fn extension(path: &Path) -> String {
-    path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default()
-}
-
-fn is_jsonl(path: &Path) -> bool {
-    matches!(extension(path).as_str(), "jsonl" | "ndjson")
-}
-
-fn format_of(path: &Path) -> TextFormat {
-    match extension(path).as_str() {
-        "md" | "markdown" | "mdx" => TextFormat::Markdown,
-        _ => TextFormat::Plain,
+/// A Markdown document's title: its first ATX heading (`# Title`), or a setext one (a line underlined with `=`).
+pub(super) fn markdown_title(text: &str) -> Option<String> {
+    let mut lines = text.lines().peekable();
+    let mut in_front_matter = text.starts_with("---\n") || text.starts_with("---\r\n");
+    let mut first = true;
+    while let Some(line) = lines.next() {
+        if in_front_matter {
+            // YAML front matter: its `title:` if it has one, else the first heading after it.
+            if !first && line.trim_end() == "---" {
+                in_front_matter = false;
+            } else if let Some(title) = line.strip_prefix("title:") {
+                let title = title.trim().trim_matches(|c| c == '"' || c == '\'').trim();
+                if !title.is_empty() {
+                    return Some(title.to_owned());
+                }
+            }
+            first = false;
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix('#') {
+            let rest = rest.trim_start_matches('#');
+            if rest.is_empty() || rest.starts_with(' ') || rest.starts_with('\t') {
+                let title = rest.trim().trim_end_matches('#').trim();
+                if !title.is_empty() {
+                    return Some(title.to_owned());
+                }
+            }
+        } else if !trimmed.is_empty()
+            && let Some(next) = lines.peek()
+            && next.trim().len() >= 3
+            && next.trim().chars().all(|c| c == '=')
+        {
+            return Some(trimmed.trim().to_owned());
+        }
     }
+    None
 }
 
 /// A dataset name for a path: forward slashes on every platform, so names are stable across machines.
@@ -376,15 +527,15 @@ fn path_name(path: &Path) -> String {
     parts.join("/")
 }
 
-/// A text file's contents, or why it is not read as text.
+/// A file's contents, or why it is not read.
 enum Read {
-    Text { text: String, lossy: bool, stat: FileStat },
+    Bytes { bytes: Vec<u8>, stat: FileStat },
     Skipped(SkipReason),
 }
 
-/// Reads a whole text file (`lossy` when invalid UTF-8 had to be replaced). The stat is taken before reading, so a
-/// write during the read shows up as a change next time.
-fn read_text_file(path: &Path, max_bytes: u64) -> std::io::Result<Read> {
+/// Reads a whole file; one with NUL bytes near its start is binary and skipped, unless `binary_ok`. The stat is
+/// taken before reading, so a write during the read shows up as a change next time.
+fn read_bytes(path: &Path, max_bytes: u64, binary_ok: bool) -> std::io::Result<Read> {
     let mut file = File::open(path)?;
     let metadata = file.metadata()?;
     let stat = FileStat::of(&metadata);
@@ -394,11 +545,10 @@ fn read_text_file(path: &Path, max_bytes: u64) -> std::io::Result<Read> {
     }
     let mut bytes = Vec::with_capacity(len as usize);
     file.read_to_end(&mut bytes)?;
-    if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
+    if !binary_ok && bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
         return Ok(Read::Skipped(SkipReason::Binary));
     }
-    let (text, lossy) = decode_utf8(bytes);
-    Ok(Read::Text { text, lossy, stat })
+    Ok(Read::Bytes { bytes, stat })
 }
 
 /// UTF-8 with invalid sequences replaced; `true` when any were. A UTF-8 byte-order mark is dropped.

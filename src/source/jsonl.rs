@@ -1,31 +1,40 @@
 //! JSONL input: one document per line, streamed so a file of any size reads in constant memory.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
-use super::files::{SourceOptions, decode_utf8};
-use super::{Document, Origin, SkipReason, SourceItem, TextFormat};
+use super::files::decode_utf8;
+use super::meta::{self, RecordMapping};
+use super::{DocMeta, Document, Format, Origin, SkipReason, SourceItem, TextFormat};
 
 pub(super) struct JsonlReader {
     reader: BufReader<File>,
     path: PathBuf,
     name: String,
     line: u64,
-    text_field: String,
-    id_field: Option<String>,
+    mapping: RecordMapping,
     buf: Vec<u8>,
     stat: Option<super::FileStat>,
-    /// A document waiting behind its lossy-UTF-8 note.
-    pending: Option<SourceItem>,
+    /// Items waiting behind the one returned (a lossy-UTF-8 note and metadata notes precede their document).
+    pending: VecDeque<SourceItem>,
     /// A read failed: nothing more comes from this file.
     done: bool,
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl JsonlReader {
-    pub(super) fn open(path: &Path, name: &str, options: &SourceOptions) -> std::io::Result<Self> {
+    pub(super) fn open(
+        path: &Path,
+        name: &str,
+        mapping: &RecordMapping,
+        bytes_read: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let stat = file.metadata().ok().map(|m| super::FileStat::of(&m));
         Ok(Self {
@@ -34,62 +43,62 @@ impl JsonlReader {
             path: path.to_path_buf(),
             name: name.to_owned(),
             line: 0,
-            text_field: options.text_field.clone(),
-            id_field: options.id_field.clone(),
+            mapping: mapping.clone(),
             buf: Vec::new(),
-            pending: None,
+            pending: VecDeque::new(),
             done: false,
+            bytes_read,
         })
     }
 
     fn origin(&self) -> Origin {
-        Origin { path: self.path.clone(), line: Some(self.line) }
+        Origin::line(self.path.clone(), self.line)
     }
 
     fn skip_item(&self, reason: SkipReason) -> SourceItem {
         SourceItem::SkippedRecord { origin: self.origin(), reason }
     }
 
-    fn parse_line(&self, text: &str) -> SourceItem {
+    /// The items of one line: a skipped record, or its metadata notes and its document.
+    fn parse_line(&mut self, text: &str) -> Vec<SourceItem> {
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,
-            Err(err) => return self.skip_item(SkipReason::InvalidJson(err.to_string())),
+            Err(err) => return vec![self.skip_item(SkipReason::InvalidJson(err.to_string()))],
         };
         let Value::Object(record) = value else {
-            return self.skip_item(SkipReason::InvalidJson("the line is JSON but not an object".into()));
+            return vec![self.skip_item(SkipReason::InvalidJson("the line is JSON but not an object".into()))];
         };
-        let body = match record.get(&self.text_field) {
+        let text_field = &self.mapping.text_field;
+        let body = match record.get(text_field) {
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
-                return self.skip_item(SkipReason::MissingField(format!(
-                    "field {:?} is {}, not a string",
-                    self.text_field,
-                    json_kind(other)
-                )));
+                let reason = format!("field {text_field:?} is {}, not a string", json_kind(other));
+                return vec![self.skip_item(SkipReason::MissingField(reason))];
             }
-            None => return self.skip_item(SkipReason::MissingField(format!("no field {:?}", self.text_field))),
+            None => return vec![self.skip_item(SkipReason::MissingField(format!("no field {text_field:?}")))],
         };
-        let doc = match &self.id_field {
+        let doc = match &self.mapping.id_field {
             None => format!("{}:{}", self.name, self.line),
             Some(field) => match record.get(field) {
                 Some(Value::String(s)) if !s.is_empty() => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 Some(other) => {
-                    return self.skip_item(SkipReason::MissingField(format!(
-                        "id field {field:?} is {}, not a string or number",
-                        json_kind(other)
-                    )));
+                    let reason = format!("id field {field:?} is {}, not a string or number", json_kind(other));
+                    return vec![self.skip_item(SkipReason::MissingField(reason))];
                 }
-                None => return self.skip_item(SkipReason::MissingField(format!("no id field {field:?}"))),
+                None => return vec![self.skip_item(SkipReason::MissingField(format!("no id field {field:?}")))],
             },
         };
-        SourceItem::Document(Document {
+        let (fields, problems) = self.mapping.collect(record.iter().map(|(k, v)| (k.as_str(), meta::from_json(v))));
+        let document = Document {
             doc,
             text: body,
             format: TextFormat::Plain,
             origin: self.origin(),
             stat: self.stat,
-        })
+            meta: DocMeta { source: Some(Format::Jsonl), fields, ..DocMeta::default() },
+        };
+        meta::record_items(document, problems).collect()
     }
 }
 
@@ -108,7 +117,7 @@ impl Iterator for JsonlReader {
     type Item = SourceItem;
 
     fn next(&mut self) -> Option<SourceItem> {
-        if let Some(item) = self.pending.take() {
+        if let Some(item) = self.pending.pop_front() {
             return Some(item);
         }
         if self.done {
@@ -118,7 +127,9 @@ impl Iterator for JsonlReader {
             self.buf.clear();
             match self.reader.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return None,
-                Ok(_) => {}
+                Ok(n) => {
+                    self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 Err(error) => {
                     // The rest of the file is not reached: its records keep their previous version (a read error
                     // may persist, so this reader stops here).
@@ -131,12 +142,12 @@ impl Iterator for JsonlReader {
             if text.trim().is_empty() {
                 continue;
             }
-            let item = self.parse_line(&text);
-            if lossy && matches!(item, SourceItem::Document(_)) {
-                self.pending = Some(item);
-                return Some(SourceItem::LossyUtf8(self.origin()));
+            let items = self.parse_line(&text);
+            if lossy && items.iter().any(|i| matches!(i, SourceItem::Document(_))) {
+                self.pending.push_back(SourceItem::LossyUtf8(self.origin()));
             }
-            return Some(item);
+            self.pending.extend(items);
+            return self.pending.pop_front();
         }
     }
 }
@@ -144,7 +155,7 @@ impl Iterator for JsonlReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::FileSource;
+    use crate::source::{FileSource, SourceOptions};
 
     #[test]
     fn reads_records_and_names_bad_lines() {
@@ -165,8 +176,7 @@ mod tests {
         .expect("write");
         let options = SourceOptions {
             inputs: vec![path],
-            text_field: "body".into(),
-            id_field: Some("id".into()),
+            records: RecordMapping::new("body".into(), Some("id".into()), Default::default(), Default::default()),
             ..Default::default()
         };
         let items: Vec<SourceItem> = FileSource::new(options).expect("valid").collect();
@@ -181,7 +191,7 @@ mod tests {
         let skipped_lines: Vec<u64> = items
             .iter()
             .filter_map(|i| match i {
-                SourceItem::SkippedRecord { origin, .. } => origin.line,
+                SourceItem::SkippedRecord { origin, .. } => origin.position(),
                 _ => None,
             })
             .collect();

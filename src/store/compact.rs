@@ -24,7 +24,8 @@ pub fn compact(dataset: &Dataset) -> Result<Manifest, StoreError> {
     dataset.for_each_doc(|d| {
         docs.insert(d.doc.clone(), d);
     })?;
-    let settings = Manifest::new(current.model.clone(), current.requested_dimensions, current.chunking.clone());
+    let mut settings = Manifest::new(current.model.clone(), current.requested_dimensions, current.chunking.clone());
+    settings.metadata_spec = current.metadata_spec.clone();
     let mut writer = DatasetWriter::begin(&dataset.dir, settings, Some(current), false)?;
     let mut renumbered: HashMap<u64, u64> = HashMap::with_capacity(live.len());
     dataset.for_each_chunk_batch(|row_ids, chunks, vectors| {
@@ -74,6 +75,7 @@ mod tests {
             tokens: 1,
             text: format!("t{i}"),
             hash: format!("{i:064x}"),
+            page: None,
         }
     }
 
@@ -87,6 +89,9 @@ mod tests {
             content_hash: format!("c{i}"),
             rows: vec![row],
             missing: 0,
+            format: None,
+            title: None,
+            fields: Default::default(),
         }
     }
 

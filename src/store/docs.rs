@@ -2,17 +2,23 @@
 //! needs to tell whether it changed (its source file's size and mtime, its content hash) and the row ids of its
 //! chunks. Rows of the data files that no document lists are dead: they belong to deleted or older versions of
 //! documents, and are skipped by search and dropped by compaction.
+//!
+//! It is also where a document's metadata lives, once per document rather than on every chunk: its format, title
+//! and modification time, and the metadata fields of its record as typed columns (`--metadata`), one per field, in
+//! name order after the built-in ones. A change to metadata alone rewrites only this table (it is rewritten by every
+//! publish anyway), never a data file, and a filter on metadata is a lookup here that yields row ids.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray, TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type, UInt64Type};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, UInt32Type, UInt64Type};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -20,11 +26,12 @@ use parquet::file::properties::WriterProperties;
 
 use super::StoreError;
 use super::manifest::sync_dir;
+use crate::source::{FieldType, Fields, Format, Value};
 
 pub const DOCS_DIR: &str = "docs";
 
 /// One live document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DocRecord {
     /// The document's name in the dataset (path relative to its input root, or the JSONL id).
     pub doc: String,
@@ -43,10 +50,30 @@ pub struct DocRecord {
     /// Chunks that failed for good and are listed in the dead-letter file; the document has
     /// `rows.len() + missing` chunks.
     pub missing: u32,
+    /// The format it was read as (absent in tables written before formats were recorded).
+    pub format: Option<Format>,
+    /// Its title: Markdown's first heading, HTML's `<title>`, a PDF's document title.
+    pub title: Option<String>,
+    /// Its record's metadata fields (`--metadata`).
+    pub fields: Fields,
 }
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+impl DocRecord {
+    /// Whether `other` says the same of the document besides its rows: the metadata a run compares.
+    pub fn same_metadata(&self, other: &DocRecord) -> bool {
+        self.format == other.format && self.title == other.title && self.fields == other.fields
+    }
+}
+
+/// The built-in columns, in order; the first seven are the oldest tables' whole schema.
+const FORMAT: &str = "format";
+const TITLE: &str = "title";
+const MODIFIED: &str = "modified";
+
+/// The built-in columns.
+fn base_fields() -> Vec<Field> {
+    let utc = Some(Arc::from("UTC"));
+    vec![
         Field::new("doc", DataType::Utf8, false),
         Field::new("file", DataType::Utf8, false),
         Field::new("size", DataType::UInt64, false),
@@ -55,13 +82,56 @@ fn schema() -> SchemaRef {
         Field::new("content_hash", DataType::Utf8, false),
         Field::new("rows", DataType::List(Arc::new(Field::new("item", DataType::UInt64, false))), false),
         Field::new("missing", DataType::UInt32, false),
-    ]))
+        Field::new(FORMAT, DataType::Utf8, true),
+        Field::new(TITLE, DataType::Utf8, true),
+        Field::new(MODIFIED, DataType::Timestamp(TimeUnit::Nanosecond, utc), true),
+    ]
+}
+
+/// The Arrow type of a metadata column.
+fn arrow_type(field_type: FieldType) -> DataType {
+    match field_type {
+        FieldType::String => DataType::Utf8,
+        FieldType::Int64 => DataType::Int64,
+        FieldType::Float64 => DataType::Float64,
+        FieldType::Bool => DataType::Boolean,
+        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC"))),
+    }
+}
+
+fn schema(types: &BTreeMap<String, FieldType>) -> SchemaRef {
+    let mut fields = base_fields();
+    fields.extend(types.iter().map(|(name, t)| Field::new(name, arrow_type(*t), true)));
+    Arc::new(Schema::new(fields))
+}
+
+/// The type of each metadata field of `docs`: its values' (the first non-null one, in name order, decides; a
+/// field that is null everywhere is a string). The run keeps each field's values of one type, so they agree.
+pub fn field_types(docs: &HashMap<String, DocRecord>) -> BTreeMap<String, FieldType> {
+    let mut names: Vec<&String> = docs.keys().collect();
+    names.sort_unstable();
+    let mut types: BTreeMap<String, Option<FieldType>> = BTreeMap::new();
+    for record in names.into_iter().filter_map(|n| docs.get(n)) {
+        for (field, value) in &record.fields {
+            let t = types.entry(field.to_string()).or_insert(None);
+            if t.is_none() {
+                *t = value.field_type();
+            }
+        }
+    }
+    types.into_iter().map(|(name, t)| (name, t.unwrap_or(FieldType::String))).collect()
 }
 
 const WRITE_BATCH: usize = 8192;
 
-/// Writes `docs` (sorted by name, so the file is reproducible) to `dir/relative`, atomically.
-pub fn write_docs(dir: &Path, relative: &str, docs: &HashMap<String, DocRecord>) -> Result<(), StoreError> {
+/// Writes `docs` (sorted by name, so the file is reproducible) to `dir/relative`, atomically, with a column for
+/// each of `types`.
+pub fn write_docs(
+    dir: &Path,
+    relative: &str,
+    docs: &HashMap<String, DocRecord>,
+    types: &BTreeMap<String, FieldType>,
+) -> Result<(), StoreError> {
     let path = dir.join(relative);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
@@ -71,12 +141,13 @@ pub fn write_docs(dir: &Path, relative: &str, docs: &HashMap<String, DocRecord>)
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(StoreError::parquet(&tmp))?;
+    let schema = schema(types);
+    let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(StoreError::parquet(&tmp))?;
     let mut names: Vec<&String> = docs.keys().collect();
     names.sort_unstable();
     for part in names.chunks(WRITE_BATCH) {
         let records: Vec<&DocRecord> = part.iter().filter_map(|n| docs.get(*n)).collect();
-        let batch = docs_batch(&records).map_err(StoreError::arrow(&tmp))?;
+        let batch = docs_batch(&schema, &records, types).map_err(StoreError::arrow(&tmp))?;
         writer.write(&batch).map_err(StoreError::parquet(&tmp))?;
     }
     let file = writer.into_inner().map_err(StoreError::parquet(&tmp))?;
@@ -87,13 +158,17 @@ pub fn write_docs(dir: &Path, relative: &str, docs: &HashMap<String, DocRecord>)
     Ok(())
 }
 
-fn docs_batch(records: &[&DocRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn docs_batch(
+    schema: &SchemaRef,
+    records: &[&DocRecord],
+    types: &BTreeMap<String, FieldType>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let strings = |f: fn(&DocRecord) -> &str| Arc::new(StringArray::from_iter_values(records.iter().map(|r| f(r))));
     let rows: Vec<u64> = records.iter().flat_map(|r| r.rows.iter().copied()).collect();
     let offsets = OffsetBuffer::from_lengths(records.iter().map(|r| r.rows.len()));
     let item = Arc::new(Field::new("item", DataType::UInt64, false));
     let list = ListArray::try_new(item, offsets, Arc::new(UInt64Array::from(rows)), None)?;
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         strings(|r| &r.doc),
         strings(|r| &r.file),
         Arc::new(UInt64Array::from_iter_values(records.iter().map(|r| r.size))),
@@ -102,8 +177,44 @@ fn docs_batch(records: &[&DocRecord]) -> Result<RecordBatch, arrow::error::Arrow
         strings(|r| &r.content_hash),
         Arc::new(list),
         Arc::new(UInt32Array::from_iter_values(records.iter().map(|r| r.missing))),
+        Arc::new(StringArray::from_iter(records.iter().map(|r| r.format.map(|f| f.name())))),
+        Arc::new(StringArray::from_iter(records.iter().map(|r| r.title.as_deref()))),
+        Arc::new(
+            TimestampNanosecondArray::from_iter(records.iter().map(|r| (r.mtime_ns != 0).then_some(r.mtime_ns)))
+                .with_timezone("UTC"),
+        ),
     ];
-    RecordBatch::try_new(schema(), columns)
+    for (name, t) in types {
+        // A value is stored as its column's type, converted if a run left one of another (null if it cannot be).
+        let value = |r: &&DocRecord| r.fields.get(name.as_str()).cloned().and_then(|v| v.convert(*t));
+        let column: ArrayRef = match t {
+            FieldType::String => Arc::new(StringArray::from_iter(records.iter().map(|r| match value(r) {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            }))),
+            FieldType::Int64 => Arc::new(Int64Array::from_iter(records.iter().map(|r| match value(r) {
+                Some(Value::Int64(n)) => Some(n),
+                _ => None,
+            }))),
+            FieldType::Float64 => Arc::new(Float64Array::from_iter(records.iter().map(|r| match value(r) {
+                Some(Value::Float64(x)) => Some(x),
+                _ => None,
+            }))),
+            FieldType::Bool => Arc::new(BooleanArray::from_iter(records.iter().map(|r| match value(r) {
+                Some(Value::Bool(b)) => Some(b),
+                _ => None,
+            }))),
+            FieldType::Timestamp => Arc::new(
+                TimestampMicrosecondArray::from_iter(records.iter().map(|r| match value(r) {
+                    Some(Value::Timestamp(t)) => Some(t),
+                    _ => None,
+                }))
+                .with_timezone("UTC"),
+            ),
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// Reads a documents table, calling `f` for every record.
@@ -118,14 +229,24 @@ pub fn read_docs(dir: &Path, relative: &str, mut f: impl FnMut(DocRecord)) -> Re
         .map_err(StoreError::parquet(&path))?;
     for batch in reader {
         let batch = batch.map_err(StoreError::arrow(&path))?;
-        // Tables written before `missing` existed have the first seven columns only.
-        let expected = schema();
-        let fields = batch.schema().fields().clone();
-        if fields.len() < 7 || fields.len() > expected.fields().len() || fields[..] != expected.fields()[..fields.len()]
-        {
+        // Tables written before `missing` existed have the first seven columns only, those before metadata the
+        // first eight; the built-in columns are checked, the metadata ones read by name and type.
+        let expected = base_fields();
+        let batch_schema = batch.schema();
+        let fields = batch_schema.fields();
+        let base = fields.len().min(expected.len());
+        if base < 7 || fields.iter().take(base).zip(&expected).any(|(f, e)| f.as_ref() != e) {
             return Err(corrupt(format!("unexpected columns: {fields:?}")));
         }
         let missing = batch.columns().get(7).map(|c| c.as_primitive::<UInt32Type>());
+        let format = batch.column_by_name(FORMAT).filter(|_| base > 8).map(|c| c.as_string::<i32>());
+        let title = batch.column_by_name(TITLE).filter(|_| base > 9).map(|c| c.as_string::<i32>());
+        let metadata: Vec<(Arc<str>, &ArrayRef)> = fields
+            .iter()
+            .zip(batch.columns())
+            .skip(expected.len())
+            .map(|(f, c)| (Arc::from(f.name().as_str()), c))
+            .collect();
         let doc = batch.column(0).as_string::<i32>();
         let file = batch.column(1).as_string::<i32>();
         let size = batch.column(2).as_primitive::<UInt64Type>();
@@ -145,6 +266,16 @@ pub fn read_docs(dir: &Path, relative: &str, mut f: impl FnMut(DocRecord)) -> Re
                 content_hash: hash.value(i).to_owned(),
                 rows: ids.values().to_vec(),
                 missing: missing.map_or(0, |m| m.value(i)),
+                format: format.filter(|f| f.is_valid(i)).and_then(|f| Format::parse(f.value(i))),
+                title: title.filter(|t| t.is_valid(i)).map(|t| t.value(i).to_owned()),
+                fields: metadata
+                    .iter()
+                    .map(|(name, column)| {
+                        let value = Value::from_arrow(column, i)
+                            .ok_or_else(|| corrupt(format!("column {name:?} is {}", column.data_type())))?;
+                        Ok((Arc::clone(name), value))
+                    })
+                    .collect::<Result<Fields, StoreError>>()?,
             });
         }
         debug_assert!(rows.null_count() == 0);
@@ -157,11 +288,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn documents_round_trip() {
+    fn documents_round_trip_with_typed_metadata() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut docs = HashMap::new();
         for i in 0..20_000u64 {
             let rows = (0..i % 4).map(|r| i * 10 + r).collect();
+            let mut fields = Fields::new();
+            fields.insert(Arc::from("year"), if i % 7 == 0 { Value::Null } else { Value::Int64(2000 + i as i64 % 25) });
+            fields.insert(Arc::from("lang"), Value::String(["en", "fr", "de"][i as usize % 3].into()));
+            fields.insert(Arc::from("score_x"), Value::Float64(i as f64 / 8.0));
+            fields.insert(Arc::from("draft"), Value::Bool(i % 2 == 0));
+            fields.insert(Arc::from("published"), Value::Timestamp(1_700_000_000_000_000 + i as i64));
             let record = DocRecord {
                 doc: format!("doc-{i:05}"),
                 file: format!("file-{}", i / 100),
@@ -171,15 +308,53 @@ mod tests {
                 content_hash: format!("{i:064x}"),
                 rows,
                 missing: (i % 5) as u32,
+                format: [Some(Format::Csv), None, Some(Format::Pdf)][i as usize % 3],
+                title: (i % 2 == 1).then(|| format!("Title {i}")),
+                fields,
             };
             docs.insert(record.doc.clone(), record);
         }
-        write_docs(dir.path(), "docs/docs-000001.parquet", &docs).expect("write");
+        let types = field_types(&docs);
+        assert_eq!(
+            types.iter().map(|(n, t)| format!("{n}:{t}")).collect::<Vec<_>>(),
+            ["draft:bool", "lang:string", "published:timestamp", "score_x:float64", "year:int64"]
+        );
+        write_docs(dir.path(), "docs/docs-000001.parquet", &docs, &types).expect("write");
         let mut back = HashMap::new();
         read_docs(dir.path(), "docs/docs-000001.parquet", |r| {
             back.insert(r.doc.clone(), r);
         })
         .expect("read");
         assert_eq!(back, docs);
+    }
+
+    #[test]
+    fn tables_of_older_versions_read_without_metadata() {
+        // The schema-2 table: the first eight columns only.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Arc::new(Schema::new(base_fields()[..8].to_vec()));
+        let record = DocRecord {
+            doc: "a.txt".into(),
+            file: "/in/a.txt".into(),
+            size: 3,
+            mtime_ns: 5,
+            stat_trusted: true,
+            content_hash: "h".into(),
+            rows: vec![1, 2],
+            missing: 0,
+            format: None,
+            title: None,
+            fields: Fields::new(),
+        };
+        let full = docs_batch(&schema(&BTreeMap::new()), &[&record], &BTreeMap::new()).expect("batch");
+        let batch = RecordBatch::try_new(Arc::clone(&old), full.columns()[..8].to_vec()).expect("old batch");
+        std::fs::create_dir_all(dir.path().join("docs")).expect("mkdir");
+        let file = File::create(dir.path().join("docs/old.parquet")).expect("create");
+        let mut writer = ArrowWriter::try_new(file, old, None).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let mut back = Vec::new();
+        read_docs(dir.path(), "docs/old.parquet", |r| back.push(r)).expect("read");
+        assert_eq!(back, [record]);
     }
 }

@@ -36,6 +36,9 @@ pub struct FailedChunk {
     pub failed_unix: u64,
     pub hash: String,
     pub text: String,
+    /// The page the chunk starts on (PDF); absent in files written before pages were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
 }
 
 impl FailedChunk {
@@ -53,6 +56,7 @@ impl FailedChunk {
             failed_unix: super::unix_now(),
             hash: chunk.hash,
             text: chunk.text,
+            page: chunk.page,
         }
     }
 
@@ -67,6 +71,7 @@ impl FailedChunk {
             tokens: self.tokens,
             text: self.text.clone(),
             hash: self.hash.clone(),
+            page: self.page,
         }
     }
 }
@@ -130,6 +135,7 @@ mod tests {
             tokens: 4,
             text: "line one\nline \"two\"".into(),
             hash: "ab".repeat(32),
+            page: Some(2),
         };
         let entries = vec![
             FailedChunk::new(chunk.clone(), "in/a/b.txt", "HTTP 400: too long".into(), 5),

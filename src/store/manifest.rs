@@ -4,13 +4,17 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::source::FieldType;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// 2 added generations, row ids (`DataFile::first_row`), the documents table and the lineage.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 2 added generations, row ids (`DataFile::first_row`), the documents table and the lineage; 3 the documents
+/// table's built-in and metadata columns and the data files' `page` (both read as absent in older datasets).
+pub const SCHEMA_VERSION: u32 = 3;
 const FORMAT: &str = "tars-index-dataset";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +63,13 @@ pub struct Manifest {
     pub created_unix: u64,
     #[serde(default)]
     pub updated_unix: u64,
+    /// The documents table's metadata columns (`--metadata`) and their types.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, FieldType>,
+    /// `--metadata` as the run that wrote this version gave it: a run asking for other fields reads every file
+    /// again (to rewrite the metadata, not to embed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata_spec: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +131,8 @@ impl Manifest {
             status: RunStatus::Complete,
             created_unix: unix_now(),
             updated_unix: unix_now(),
+            metadata: BTreeMap::new(),
+            metadata_spec: Vec::new(),
         }
     }
 

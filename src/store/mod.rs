@@ -116,6 +116,7 @@ mod tests {
             tokens: i + 1,
             text: format!("text number {i}"),
             hash: format!("h{i}"),
+            page: None,
         }
     }
 
@@ -145,6 +146,9 @@ mod tests {
                     content_hash: "h".into(),
                     rows: Vec::new(),
                     missing: 0,
+                    format: None,
+                    title: None,
+                    fields: Default::default(),
                 })
                 .rows
                 .push(*row);

@@ -36,6 +36,8 @@ pub struct StoredChunk {
     pub end: u64,
     pub tokens: u32,
     pub text: String,
+    /// The page the chunk starts on, for a PDF document.
+    pub page: Option<u32>,
 }
 
 impl Dataset {
@@ -230,6 +232,7 @@ impl Dataset {
                         tokens: s.tokens,
                         text: s.text,
                         hash: hashes.value(i).to_owned(),
+                        page: s.page,
                     })
                     .collect();
                 let ids: Vec<u64> = (next..next + chunks.len() as u64).collect();
@@ -399,6 +402,15 @@ fn decode_rows(batch: &RecordBatch, path: &Path) -> Result<Vec<StoredChunk>, Sto
     };
     let (chunk_index, tokens) = (u32_col(schema::CHUNK_INDEX)?, u32_col(schema::TOKENS)?);
     let (start, end) = (u64_col(schema::START)?, u64_col(schema::END)?);
+    // Files written before pages were kept have no page column.
+    let page = match batch.column_by_name(schema::PAGE) {
+        None => None,
+        Some(c) => Some(
+            c.as_primitive_opt::<UInt32Type>()
+                .cloned()
+                .ok_or_else(|| corrupt(path, "column \"page\" is not uint32"))?,
+        ),
+    };
     Ok((0..batch.num_rows())
         .map(|i| StoredChunk {
             ordinal: 0,
@@ -409,6 +421,7 @@ fn decode_rows(batch: &RecordBatch, path: &Path) -> Result<Vec<StoredChunk>, Sto
             end: end.value(i),
             tokens: tokens.value(i),
             text: text.value(i).to_owned(),
+            page: page.as_ref().and_then(|p| p.is_valid(i).then(|| p.value(i))),
         })
         .collect())
 }

@@ -15,6 +15,8 @@ pub const TOKENS: &str = "tokens";
 pub const TEXT: &str = "text";
 pub const HASH: &str = "hash";
 pub const EMBEDDING: &str = "embedding";
+/// The 1-based page a chunk starts on (PDF documents; null for others). Data files written before schema 3 lack it.
+pub const PAGE: &str = "page";
 
 /// Keys of the Parquet key-value metadata (the same facts as the manifest, so a lone file explains itself).
 pub const META_MODEL: &str = "tars_index.model";
@@ -38,5 +40,6 @@ pub fn dataset_schema(dimensions: usize) -> SchemaRef {
         Field::new(TEXT, DataType::Utf8, false),
         Field::new(HASH, DataType::Utf8, false),
         Field::new(EMBEDDING, embedding_type(dimensions), false),
+        Field::new(PAGE, DataType::UInt32, true),
     ]))
 }

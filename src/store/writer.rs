@@ -12,7 +12,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use super::docs::{DOCS_DIR, DocRecord, write_docs};
+use super::docs::{DOCS_DIR, DocRecord, field_types, write_docs};
 use super::failed::{FAILED_DIR, FailedChunk, write_failed};
 use super::manifest::{sync_dir, unix_now};
 use super::schema::{self, dataset_schema};
@@ -194,7 +194,8 @@ impl DatasetWriter {
         files.append(&mut self.new_files);
         let m = &mut self.manifest;
         let docs_file = format!("{DOCS_DIR}/docs-{:06}.parquet", m.generation);
-        write_docs(&self.dir, &docs_file, docs)?;
+        m.metadata = field_types(docs);
+        write_docs(&self.dir, &docs_file, docs, &m.metadata)?;
         m.failed_file = None;
         if !failed.is_empty() {
             let failed_file = format!("{FAILED_DIR}/failed-{:06}.jsonl", m.generation);
@@ -323,6 +324,7 @@ fn record_batch(
             strings(|c| &c.text),
             strings(|c| &c.hash),
             Arc::new(embedding),
+            Arc::new(UInt32Array::from_iter(chunks.iter().map(|c| c.page))),
         ],
     )
 }

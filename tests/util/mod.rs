@@ -234,3 +234,61 @@ pub fn cached_hashes(dataset: &Path) -> std::collections::HashSet<String> {
 pub fn text_hash(text: &str) -> String {
     blake3::hash(text.as_bytes()).to_hex().to_string()
 }
+
+/// The `page` of every stored row, by row id (None for rows without one).
+pub fn pages(dataset: &Path) -> std::collections::HashMap<u64, Option<u32>> {
+    let mut pages = std::collections::HashMap::new();
+    for path in data_files(dataset) {
+        let file = std::fs::File::open(&path).expect("data file");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet").build().expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let ids = batch.column_by_name("row_id").expect("row_id").as_primitive::<UInt64Type>().clone();
+            let page = batch.column_by_name("page").expect("page").as_primitive::<UInt32Type>().clone();
+            for i in 0..batch.num_rows() {
+                pages.insert(ids.value(i), arrow::array::Array::is_valid(&page, i).then(|| page.value(i)));
+            }
+        }
+    }
+    pages
+}
+
+/// A PDF with one line of text per page (Courier, a standard font) and, when given, a document title. No pages at
+/// all stands for a scan: nothing to extract.
+pub fn pdf(pages: &[&str], title: Option<&str>) -> Vec<u8> {
+    use lopdf::content::{Content, Operation};
+    use lopdf::{Document, Object, Stream, dictionary};
+    let mut doc = Document::with_version("1.5");
+    let pages_id = doc.new_object_id();
+    let font = doc.add_object(dictionary! { "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Courier" });
+    let resources = doc.add_object(dictionary! { "Font" => dictionary! { "F1" => font } });
+    let mut kids: Vec<Object> = Vec::new();
+    for text in pages {
+        let content = Content {
+            operations: vec![
+                Operation::new("BT", vec![]),
+                Operation::new("Tf", vec!["F1".into(), 10.into()]),
+                Operation::new("Td", vec![40.into(), 700.into()]),
+                Operation::new("Tj", vec![Object::string_literal(*text)]),
+                Operation::new("ET", vec![]),
+            ],
+        };
+        let stream = doc.add_object(Stream::new(dictionary! {}, content.encode().expect("content")));
+        kids.push(doc.add_object(dictionary! { "Type" => "Page", "Parent" => pages_id, "Contents" => stream }).into());
+    }
+    let count = kids.len() as i64;
+    let tree = dictionary! {
+        "Type" => "Pages", "Kids" => kids, "Count" => count, "Resources" => resources,
+        "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+    };
+    doc.objects.insert(pages_id, Object::Dictionary(tree));
+    let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+    doc.trailer.set("Root", catalog);
+    if let Some(title) = title {
+        let info = doc.add_object(dictionary! { "Title" => Object::string_literal(title) });
+        doc.trailer.set("Info", info);
+    }
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).expect("save pdf");
+    bytes
+}
