@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Figures in BENCHMARKS.md. Settings via environment: `LATENCY_MS` (50), `SECS` (8 per latency case, 180 per TPM
-//! case), `TPM` (600000).
+//! case), `TPM` (600000), `CASES` (TPM cases to run, by number: `4,5`).
 
 mod common;
 #[path = "../tests/util/mock.rs"]
@@ -146,17 +146,29 @@ fn tpm() {
     let n = (limit as f64 * secs / 60.0 / per_doc) as usize;
     let (input, tokens) = corpus(dir.path(), n, 480);
     println!(
-        "TPM limit {limit} over a sliding minute; {n} chunks, {tokens} tokens; -j {concurrency}, {batch} inputs per request"
+        "TPM limit {limit} over a sliding minute, or per second (a bucket of 2 s of the limit); {n} chunks, {tokens} \
+         tokens; -j {concurrency}, {batch} inputs per request"
     );
     println!("{:<34} {:>8} {:>12} {:>9} {:>6} {:>5}", "client", "secs", "tokens/min", "of limit", "429s", "lost");
+    let set = RateLimits { requests_per_minute: None, tokens_per_minute: Some(limit) };
     let cases = [
-        ("--tpm set to the limit", RateLimits { requests_per_minute: None, tokens_per_minute: Some(limit) }, true),
-        ("limit learned from headers", RateLimits::default(), true),
-        ("no --tpm, no headers (429s only)", RateLimits::default(), false),
+        ("--tpm set to the limit", set, true, false),
+        ("limit learned from headers", RateLimits::default(), true, false),
+        ("no --tpm, no headers (429s only)", RateLimits::default(), false, false),
+        ("per second: --tpm set to the limit", set, true, true),
+        ("per second: learned from headers", RateLimits::default(), true, true),
     ];
-    for (name, limits, headers) in cases {
+    let only = std::env::var("CASES").ok();
+    for (i, (name, limits, headers, quantised)) in cases.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.split(',').any(|c| c == (i + 1).to_string())) {
+            continue;
+        }
         let mock = mock::MockServer::start();
-        mock.set_tpm(limit, headers);
+        if quantised {
+            mock.set_tpm_quantised(limit, headers);
+        } else {
+            mock.set_tpm(limit, headers);
+        }
         let (outcome, elapsed) = embed(&mock.base(), &input, concurrency, batch, limits);
         let live = outcome.published.as_ref().map_or(0, |m| m.live_rows);
         let per_minute = tokens as f64 / elapsed.as_secs_f64() * 60.0;

@@ -59,8 +59,10 @@ pub struct Stats {
     pub rows_written: AtomicU64,
     /// Set once the source is exhausted, so the progress line can show an ETA.
     pub source_done: std::sync::atomic::AtomicBool,
-    /// Bytes of input read so far (or passed over as unchanged): the progress bar's position.
+    /// Bytes of input read so far (or passed over as unchanged).
     pub input_bytes_read: std::sync::Arc<AtomicU64>,
+    /// Of those, the bytes whose documents the planner has taken: the progress bar's position.
+    pub input_bytes_planned: AtomicU64,
     /// What the pre-scan found so far (files and bytes to read), and whether it is done: the bar's total.
     pub input_files_total: AtomicU64,
     pub input_bytes_total: AtomicU64,

@@ -273,10 +273,21 @@ fn format_flags_override_extensions_per_glob() {
         ("logs/a.txt", "{\"text\": \"record one\", \"id\": \"r1\"}\n{\"text\": \"record two\", \"id\": \"r2\"}\n"),
         ("notes/b.txt", "{\"text\": \"stays plain\"}\n"),
     ]);
-    let dataset = input.path().join("ds");
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    // Read as text first; the files then age (so their size and mtime would let a run skip them) and a rule reads
+    // logs/*.txt as JSONL: the files are read again, because they are read as another format now.
+    report(&embed(&mock, input.path(), &dataset, &["--id-field", "id"]));
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for file in ["logs/a.txt", "notes/b.txt"] {
+        let file = std::fs::File::options().write(true).open(input.path().join(file)).expect("open");
+        file.set_modified(past).expect("mtime");
+    }
+    report(&embed(&mock, input.path(), &dataset, &["--id-field", "id"]));
     let out = embed(&mock, input.path(), &dataset, &["--format", "logs/*.txt=jsonl", "--id-field", "id"]);
     let report = report(&out);
-    assert_eq!(report["documents"]["new"], 3, "{report:#}");
+    assert_eq!(report["documents"]["new"], 2, "{report:#}");
+    assert_eq!(report["documents"]["unchanged"], 1, "notes/b.txt is read as text as before: {report:#}");
     let docs: Vec<String> = column(&docs_table(&dataset), "doc").into_keys().collect();
     assert_eq!(docs, ["notes/b.txt", "r1", "r2"]);
     let bad = embed(&mock, input.path(), &dataset, &["--format", "docx"]);
@@ -317,6 +328,7 @@ fn a_metadata_only_change_is_written_without_embedding_and_then_nothing_is_sent(
     assert_eq!(mock.requests(), sent);
     assert_eq!(added["documents"]["metadata_updated"], 0, "the field set changed, the values did not: {added:#}");
     assert_eq!(column(&docs_table(&dataset), "stars")["c"], "3");
+    assert_eq!(manifest(&dataset)["metadata_spec"], serde_json::json!(["*"]), "the new field set is recorded");
     report(&embed(&mock, &file, &dataset, &["--id-field", "id"]));
     assert_eq!(mock.requests(), sent);
     assert!(docs_table(&dataset).column_by_name("stars").is_none(), "the column is gone");
@@ -346,4 +358,30 @@ fn pipeline_files_choose_formats_and_metadata_per_input_with_errors_at_their_lin
     let bad = run(cli(Some(&mock.base())).arg("run").arg(&file));
     assert_eq!(bad.code, 2, "{}", bad.all_output());
     assert!(bad.stderr.contains("job.toml:4: input.format") && bad.stderr.contains("\"rtf\""), "{}", bad.stderr);
+}
+
+#[test]
+fn a_fields_type_is_fixed_once_per_run_and_records_lacking_a_field_are_no_change() {
+    let mock = MockServer::start();
+    let input = corpus(&[
+        ("a.jsonl", "{\"id\": \"a1\", \"text\": \"first\", \"code\": \"A7\", \"n\": 1}\n"),
+        ("b.jsonl", "{\"id\": \"b1\", \"text\": \"second\", \"code\": 17, \"n\": 2.5, \"extra\": true}\n"),
+    ]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dataset = out.path().join("ds");
+    let args = ["--id-field", "id", "--metadata", "*"];
+    let first = report(&embed(&mock, input.path(), &dataset, &args));
+    let table = docs_table(&dataset);
+    // The first value seen in the run fixes the type, whichever file it is in; JSON integers widen to float.
+    assert_eq!(type_of(&table, "code"), DataType::Utf8);
+    assert_eq!(column(&table, "code")["b1"], "17");
+    assert_eq!(type_of(&table, "n"), DataType::Float64);
+    assert_eq!(column(&table, "n")["a1"], "1.0");
+    assert_eq!(first["documents"]["metadata_nulls"], 0, "{first:#}");
+    // a1 has no `extra`: null in the table, and no change when read again.
+    let again = report(&embed(&mock, input.path(), &dataset, &args));
+    assert_eq!(again["documents"]["metadata_updated"], 0, "{again:#}");
+    // (The second run may publish: the files' stat became trustworthy. The third has nothing to record.)
+    let third = report(&embed(&mock, input.path(), &dataset, &args));
+    assert_eq!(third["generation"], again["generation"], "nothing changed, nothing published: {third:#}");
 }

@@ -360,7 +360,7 @@ impl ChunkSizer for Measured<'_> {
         }
         let begun = self.starts.partition_point(|&s| s < end);
         let finished = self.ends.partition_point(|&e| e <= start);
-        let mut size = begun - finished;
+        let mut size = begun.saturating_sub(finished);
         // The first token overlapping the piece begins before it by more than a space: it is cut.
         if let Some(&first) = self.starts.get(finished)
             && first < start

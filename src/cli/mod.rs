@@ -299,18 +299,19 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         max_delete: spec.delete_limit().map_err(Failure::usage)?,
     };
 
+    // The bar's total: a walk of the inputs that reads no file, alongside the run (stopped with it).
+    let prescan_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = progress::wanted(quiet).then(|| {
-        if !spec.retry_failed {
-            // The bar's total: a walk of the inputs that reads no file, alongside the run.
-            let (options, stats) = (job.source.clone(), Arc::clone(&stats));
-            tokio::task::spawn_blocking(move || {
-                let _ = crate::source::FileSource::prescan(options, |totals| {
-                    stats.input_files_total.store(totals.files, std::sync::atomic::Ordering::Relaxed);
-                    stats.input_bytes_total.store(totals.bytes, std::sync::atomic::Ordering::Relaxed);
+        let (options, scanned, stop) = (job.source.clone(), Arc::clone(&stats), Arc::clone(&prescan_stop));
+        tokio::task::spawn_blocking(move || {
+            if !options.inputs.is_empty() {
+                let _ = crate::source::FileSource::prescan(options, &stop, |totals| {
+                    scanned.input_files_total.store(totals.files, std::sync::atomic::Ordering::Relaxed);
+                    scanned.input_bytes_total.store(totals.bytes, std::sync::atomic::Ordering::Relaxed);
                 });
-                stats.prescan_done.store(true, std::sync::atomic::Ordering::Relaxed);
-            });
-        }
+            }
+            scanned.prescan_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
         progress::Progress::start(Arc::clone(&stats))
     });
     let shutdown = stop_signal();
@@ -323,6 +324,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), run_stats, shutdown).await,
     };
     drop(progress);
+    prescan_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(crate::pipeline::PipelineError::Source(e)) => return Err(Failure::usage(e)),
@@ -640,6 +642,8 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
                 requested_dimensions: manifest.requested_dimensions,
                 k: usize::from(args.k),
                 ef: usize::from(args.ef),
+                // Metadata is printed with --json only; without it the documents table need not be read.
+                documents: args.json,
             };
             query::search(&dir, &query)
         })

@@ -47,13 +47,14 @@ impl Progress {
                     if !with_total && stats.prescan_done.load(Ordering::Relaxed) {
                         let total = Stats::get(&stats.input_bytes_total);
                         if total > 0 {
+                            bar.set_message(status_line(&stats, started.elapsed(), true));
                             bar.set_length(total);
                             bar.set_style(bar_style());
                             bar.reset_eta();
                             with_total = true;
                         }
                     }
-                    let read = Stats::get(&stats.input_bytes_read);
+                    let read = Stats::get(&stats.input_bytes_planned);
                     bar.set_position(if with_total { read.min(bar.length().unwrap_or(read)) } else { read });
                     bar.set_message(status_line(&stats, started.elapsed(), with_total));
                     bar.tick();
@@ -71,8 +72,8 @@ fn spinner_style() -> ProgressStyle {
 
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{elapsed_precise} [{wide_bar}] {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} \
-         eta {eta} | {msg}",
+        "{elapsed_precise} [{bar:24}] {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} \
+         eta {eta} {msg}",
     )
     .map(|s| s.progress_chars("=> "))
     .unwrap_or_else(|_| spinner_style())
@@ -95,7 +96,7 @@ fn status_line(stats: &Stats, elapsed: Duration, with_total: bool) -> String {
     let in_flight = g(&stats.requests_in_flight);
     if with_total {
         // The bar says how far and how fast; the message what is being done.
-        return format!("docs {} | chunks {embedded}/{chunks}{failed} | {in_flight} in flight", g(&stats.documents));
+        return format!("| {} docs, {embedded}/{chunks} chunks{failed}, {in_flight} in flight", g(&stats.documents));
     }
     let tokens = g(&stats.tokens_embedded);
     let secs = elapsed.as_secs_f64().max(0.001);

@@ -15,8 +15,10 @@ use tokio::time::Instant;
 
 use super::retry::parse_go_duration;
 
-/// Buckets hold this many seconds of their per-minute rate, so a run starts without a full minute's burst.
-const BURST_SECS: f64 = 10.0;
+/// Buckets hold this many seconds of their per-minute rate. Providers enforce per-minute limits over shorter
+/// periods too (OpenAI documents limits quantised to a second or two), so a burst of more than a second's worth is
+/// refused there even when the minute has room; a second's burst is what both kinds of server let through.
+const BURST_SECS: f64 = 1.0;
 /// Concurrent 429s from one overload halve the window once, not once each.
 const DECREASE_SPACING: Duration = Duration::from_secs(1);
 /// A 429 without a hint pauses new requests this long.
@@ -265,16 +267,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tokens_per_minute_are_paced_and_a_large_request_is_slowed_not_refused() {
-        // 6000 tokens per minute = 100 per second, bucket of 1000.
+        // 6000 tokens per minute = 100 per second, bucket of 100 (one second).
         let limiter = Limiter::new(RateLimits { requests_per_minute: None, tokens_per_minute: Some(6000) }, 4);
         assert!(limiter.counts_tokens());
         let start = Instant::now();
-        drop(limiter.acquire(1000).await); // the burst
-        drop(limiter.acquire(500).await); // 5 s of refill
-        drop(limiter.acquire(5000).await); // more than the bucket: waits for a full bucket (10 s), goes into debt
-        drop(limiter.acquire(100).await); // pays the debt back first: 4000 + 100 tokens, 41 s
+        drop(limiter.acquire(1000).await); // more than the bucket, which is full: sent at once, 900 in debt
+        drop(limiter.acquire(500).await); // the debt and a full bucket: 10 s; then 400 in debt
+        drop(limiter.acquire(5000).await); // 5 s; then 4900 in debt
+        drop(limiter.acquire(100).await); // pays the debt back first: 50 s
         let elapsed = start.elapsed().as_secs_f64();
-        assert!((55.9..56.5).contains(&elapsed), "took {elapsed} s");
+        assert!((64.9..65.5).contains(&elapsed), "took {elapsed} s");
     }
 
     #[tokio::test(start_paused = true)]
@@ -340,11 +342,14 @@ mod tests {
              Limit 6,000, Used 5,900, Requested 200. Please try again in 2s.",
         );
         assert!(limiter.counts_tokens());
-        // 6000 per minute = 100 per second, from an empty bucket.
+        // 6000 per minute = 100 per second, from an empty bucket of 100: a full bucket (1 s), then into debt.
         let start = Instant::now();
         drop(limiter.acquire(300).await);
         let waited = start.elapsed().as_secs_f64();
-        assert!((2.9..3.2).contains(&waited), "waited {waited} s");
+        assert!((0.9..1.2).contains(&waited), "waited {waited} s");
+        drop(limiter.acquire(100).await); // the debt of 200 and this request: 3 s more
+        let waited = start.elapsed().as_secs_f64();
+        assert!((3.9..4.2).contains(&waited), "waited {waited} s");
 
         let configured = Limiter::new(RateLimits { requests_per_minute: None, tokens_per_minute: Some(60_000) }, 4);
         configured.learn_from_message("on tokens per min (TPM): Limit 6000, Used 6000, Requested 1.");

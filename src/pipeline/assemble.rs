@@ -72,6 +72,15 @@ pub struct Assembler {
     stats: Arc<Stats>,
 }
 
+impl Assembler {
+    /// The run asks for other metadata fields than the published version records: publish even if no value
+    /// changed, so the manifest records the new fields (else every later run would read everything again).
+    pub fn with_spec_change(mut self, changed: bool) -> Self {
+        self.changed |= changed;
+        self
+    }
+}
+
 /// How the writer finished.
 pub struct Assembled {
     pub writer: DatasetWriter,
@@ -379,7 +388,11 @@ pub fn publish(
         return Ok(Some(current.clone()));
     }
     let dir = assembled.writer.dir().to_path_buf();
-    let mut manifest = assembled.writer.finish(&assembled.docs, &assembled.failed, status)?;
+    let mut writer = assembled.writer;
+    if let Some(published) = previous.filter(|_| appends && !assembled.source_done) {
+        writer.keep_settings_of(published);
+    }
+    let mut manifest = writer.finish(&assembled.docs, &assembled.failed, status)?;
     if complete {
         assembled.cache.clear()?;
         if needs_compaction(&manifest) {

@@ -203,8 +203,8 @@ pub async fn run_embed<E: Embedder>(
         move || match source {
             Some(source) if appends => {
                 let filter = Arc::clone(&previous);
-                let source = source.with_unchanged_filter(Box::new(move |file, stat| {
-                    filter.file_unchanged(file, stat.size, stat.mtime_ns)
+                let source = source.with_unchanged_filter(Box::new(move |file, stat, format| {
+                    filter.file_unchanged(file, stat.size, stat.mtime_ns, format)
                 }));
                 read_source(source, &doc_tx, &stats, &stop);
             }
@@ -232,8 +232,11 @@ pub async fn run_embed<E: Embedder>(
     let writer_task = tokio::task::spawn_blocking({
         let stats = Arc::clone(&stats);
         let previous_names: Vec<String> = if appends { base_docs.keys().cloned().collect() } else { Vec::new() };
-        let assembler =
-            writer.map(|w| assemble::Assembler::new(w, cache, base, base_docs, base_failed, Arc::clone(&stats)));
+        let spec_changed = previous.reread;
+        let assembler = writer.map(|w| {
+            assemble::Assembler::new(w, cache, base, base_docs, base_failed, Arc::clone(&stats))
+                .with_spec_change(spec_changed)
+        });
         move || match assembler {
             Some(assembler) => assembler.run(writer_rx).map(Some),
             None => {
@@ -346,7 +349,10 @@ pub async fn run_embed<E: Embedder>(
     drop(results);
     drop(writer_tx);
 
-    let assembled = writer_task.await.map_err(|e| PipelineError::Thread(e.to_string()))??;
+    let mut assembled = writer_task.await.map_err(|e| PipelineError::Thread(e.to_string()))??;
+    if let Some(assembled) = &mut assembled {
+        assembled.writer.set_field_types(job.source.records.field_types());
+    }
     for task in [source_task, prepare_task, plan_task] {
         task.await.map_err(|e| PipelineError::Thread(e.to_string()))?;
     }
@@ -399,9 +405,12 @@ pub async fn run_embed<E: Embedder>(
 
 /// What the source thread hands the planner (through [`prepare`]).
 enum Input {
-    Doc(Prepared),
-    /// A file not read because it is unchanged.
-    Unchanged(String),
+    Doc(Box<Prepared>),
+    /// A file not read because it is unchanged, and its bytes (for progress).
+    Unchanged {
+        file: String,
+        bytes: u64,
+    },
     /// A file or directory (its file key, and its dataset name when it has one) that could not be read: its
     /// documents keep their previous version.
     ReadError {
@@ -416,7 +425,17 @@ enum Input {
     },
 }
 
+/// Problems of one kind logged one by one, before the rest are left to the report.
+const LOGGED_PER_KIND: u64 = 20;
+
 fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, stop: &AtomicBool) {
+    // Input bytes read since the last document, carried with it to the planner: progress counts what is planned,
+    // not what is read ahead into the channels.
+    let mut counted = 0;
+    let mut bytes_since = || {
+        let read = Stats::get(&stats.input_bytes_read);
+        std::mem::replace(&mut counted, read).abs_diff(read)
+    };
     for item in source {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -424,9 +443,9 @@ fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, s
         let input = match item {
             SourceItem::Document(doc) => {
                 Stats::add(&stats.documents, 1);
-                Input::Doc(Prepared { doc, content_hash: String::new(), chunks: None })
+                Input::Doc(Box::new(Prepared { doc, content_hash: String::new(), chunks: None, bytes: bytes_since() }))
             }
-            SourceItem::Unchanged(file) => Input::Unchanged(file),
+            SourceItem::Unchanged(file) => Input::Unchanged { file, bytes: bytes_since() },
             SourceItem::LossyUtf8(origin) => {
                 Stats::add(&stats.documents_lossy_utf8, 1);
                 tracing::warn!("{origin}: invalid UTF-8 replaced with U+FFFD");
@@ -451,7 +470,13 @@ fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, s
                 continue;
             }
             SourceItem::FieldProblem { origin, problem } => {
-                tracing::warn!("{origin}: {problem}");
+                // A field missing from every row of a large table would otherwise log once per row.
+                let logged = Stats::get(&stats.metadata_nulls);
+                if logged < LOGGED_PER_KIND {
+                    tracing::warn!("{origin}: {problem}");
+                } else if logged == LOGGED_PER_KIND {
+                    tracing::warn!("more metadata values stored as null: the run report lists them");
+                }
                 stats.metadata_null(origin.to_string(), problem.to_string());
                 continue;
             }
@@ -477,6 +502,8 @@ struct Prepared {
     /// blake3 of the text, hex (empty until [`prepare`] has seen the document).
     content_hash: String,
     chunks: Option<Vec<Chunk>>,
+    /// Input bytes read for it (and for anything skipped since the previous document), for progress.
+    bytes: u64,
 }
 
 /// The chunking stage: hashes every document and chunks those whose text is not in the published version, on
@@ -506,8 +533,15 @@ async fn prepare(
         })
         .buffered(workers);
     while let Some(input) = prepared.next().await {
-        // A task that panicked (it should not) ends the stage; the planner then sees its input end early.
-        let Ok(input) = input else { return };
+        // A task that panicked (it should not) ends the stage; the planner then sees its input end early, and the
+        // run publishes as one that stopped before it read everything.
+        let input = match input {
+            Ok(input) => input,
+            Err(e) => {
+                tracing::error!("chunking failed: {e}; the run stops here");
+                return;
+            }
+        };
         if out.send(input).await.is_err() {
             return; // the run is stopping
         }
@@ -555,9 +589,15 @@ impl Planner {
                 return;
             }
             let sent = match input {
-                Input::Unchanged(file) => self.keep_file(&file, &mut seen, writer),
+                Input::Unchanged { file, bytes } => {
+                    Stats::add(&self.stats.input_bytes_planned, bytes);
+                    self.keep_file(&file, &mut seen, writer)
+                }
                 Input::ReadError { key, name } => self.keep_unreadable(&key, name.as_deref(), &mut seen, writer),
-                Input::Doc(doc) => self.plan(doc, &mut seen, &mut batcher, batches, writer),
+                Input::Doc(doc) => {
+                    Stats::add(&self.stats.input_bytes_planned, doc.bytes);
+                    self.plan(doc, &mut seen, &mut batcher, batches, writer)
+                }
                 Input::Retry(name) => match self.previous.docs.get(&name) {
                     Some(record) if seen.insert(name.clone()) => {
                         self.patch(record.clone(), &mut batcher, batches, writer).unwrap_or_else(|| {
@@ -568,6 +608,9 @@ impl Planner {
                     _ => true,
                 },
                 Input::End { all_documents } => {
+                    // Whatever was read after the last document (entries not read, skipped records) is done too.
+                    let read = Stats::get(&self.stats.input_bytes_read);
+                    self.stats.input_bytes_planned.store(read, Ordering::Relaxed);
                     if all_documents && let Some(refusal) = self.check_deletions(&seen) {
                         if let Some(guard) = self.guard.take() {
                             let _ = guard.send(refusal);
@@ -669,13 +712,13 @@ impl Planner {
 
     fn plan(
         &self,
-        prepared: Prepared,
+        prepared: Box<Prepared>,
         seen: &mut HashSet<String>,
         batcher: &mut Batcher,
         batches: &mpsc::Sender<Batch>,
         writer: &mpsc::Sender<WriterMsg>,
     ) -> bool {
-        let Prepared { doc, content_hash, chunks } = prepared;
+        let Prepared { doc, content_hash, chunks, .. } = *prepared;
         if !seen.insert(doc.doc.clone()) {
             Stats::add(&self.stats.docs_duplicate, 1);
             tracing::warn!("{}: skipped: a document named {:?} was already read in this run", doc.origin, doc.doc);

@@ -168,16 +168,17 @@ impl Previous {
     }
 
     /// Whether a file may be skipped unread: every document read from it last time is unchanged if the file is.
-    pub fn file_unchanged(&self, file: &str, size: u64, mtime_ns: i64) -> bool {
+    pub fn file_unchanged(&self, file: &str, size: u64, mtime_ns: i64, format: crate::source::Format) -> bool {
         if self.rechunk || self.reread {
             return false;
         }
         let Some(names) = self.by_file.get(file) else { return false };
         // A document missing chunks is read again, to send them.
         names.iter().all(|name| {
-            self.docs
-                .get(name)
-                .is_some_and(|d| d.stat_trusted && d.size == size && d.mtime_ns == mtime_ns && d.missing == 0)
+            self.docs.get(name).is_some_and(|d| {
+                // Read as another format last time (or before formats were recorded): read it again.
+                d.stat_trusted && d.size == size && d.mtime_ns == mtime_ns && d.missing == 0 && d.format == Some(format)
+            })
         })
     }
 }

@@ -78,6 +78,8 @@ pub struct Query<'a> {
     pub k: usize,
     /// Candidates examined per graph search.
     pub ef: usize,
+    /// Look up each hit's document (its metadata) in the documents table.
+    pub documents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +135,7 @@ fn attempt(dir: &Path, query: &Query<'_>, use_index: bool) -> Result<Option<Answ
         return Err(QueryError::OtherModel { was: query.model.to_owned(), now: manifest.model.clone() });
     }
     let dims = dataset.dimensions()?;
-    let query = query.vector;
+    let (query, with_documents) = (query.vector, query.documents);
     if query.len() != dims {
         return Err(QueryError::Dimensions { got: query.len(), want: dims });
     }
@@ -174,7 +176,7 @@ fn attempt(dir: &Path, query: &Query<'_>, use_index: bool) -> Result<Option<Answ
     let rows: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
     let chunks = dataset.fetch(&rows)?;
     let mut documents: HashMap<String, DocRecord> = HashMap::new();
-    if manifest.docs_file.is_some() && !chunks.is_empty() {
+    if with_documents && manifest.docs_file.is_some() && !chunks.is_empty() {
         let wanted: HashSet<&str> = chunks.iter().map(|c| c.doc.as_str()).collect();
         let read = dataset.for_each_doc(|mut record| {
             if wanted.contains(record.doc.as_str()) {
@@ -314,7 +316,7 @@ mod tests {
     }
 
     fn query(vector: &[f32], k: usize) -> Query<'_> {
-        Query { vector, model: "m", requested_dimensions: None, k, ef: 64 }
+        Query { vector, model: "m", requested_dimensions: None, k, ef: 64, documents: true }
     }
 
     fn docs_of(answer: &Answer) -> Vec<String> {

@@ -53,7 +53,15 @@ impl CsvReader {
             Box::new(std::iter::once(item))
         };
         let headers: Vec<String> = match reader.byte_headers() {
-            Ok(h) => h.iter().map(|f| String::from_utf8_lossy(f).trim().to_owned()).collect(),
+            // A spreadsheet's "CSV UTF-8" starts with a byte-order mark, which is not part of the first name.
+            Ok(h) => h
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let f = if i == 0 { f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) } else { f };
+                    String::from_utf8_lossy(f).trim().to_owned()
+                })
+                .collect(),
             Err(e) => return into_io(e).map(|message| not_read(format!("the header row does not parse: {message}"))),
         };
         if headers.iter().all(String::is_empty) {
@@ -284,7 +292,9 @@ mod tests {
         assert_eq!(docs, [("a", "first, with a comma", 2), ("b", "second", 3), ("d", "multi\nline", 6)]);
         let year = |doc: &str| {
             items.iter().find_map(|i| match i {
-                SourceItem::Document(d) if d.doc == doc => Some(d.meta.fields["year"].clone()),
+                SourceItem::Document(d) if d.doc == doc => {
+                    Some(d.meta.fields.get("year").cloned().unwrap_or(Value::Null))
+                }
                 _ => None,
             })
         };
@@ -308,6 +318,12 @@ mod tests {
             .collect();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].ends_with(r#"t.csv:3: field "year" is "soon", not int64: stored as null"#), "{problems:?}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_column_name() {
+        let items = read("x.csv", "\u{feff}text,id\nhello,1\n", RecordMapping::default());
+        assert!(items.iter().any(|i| matches!(i, SourceItem::Document(d) if d.text == "hello")), "{items:?}");
     }
 
     #[test]

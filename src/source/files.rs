@@ -150,11 +150,19 @@ impl FileSource {
     }
 
     /// Walks the inputs as a run would, without reading any file: the files it would read and their bytes,
-    /// reported to `seen` as it goes (directories of millions of files take a while to list).
-    pub fn prescan(options: SourceOptions, mut seen: impl FnMut(ScanTotals)) -> Result<ScanTotals, SourceError> {
+    /// reported to `seen` as it goes (directories of millions of files take a while to list). Stops early once
+    /// `stop` is set.
+    pub fn prescan(
+        options: SourceOptions,
+        stop: &std::sync::atomic::AtomicBool,
+        mut seen: impl FnMut(ScanTotals),
+    ) -> Result<ScanTotals, SourceError> {
         let mut source = FileSource::new(options)?;
         let mut totals = ScanTotals::default();
         while let Some(next) = source.next_entry() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             if let Next::File(path, ..) = next {
                 totals.files += 1;
                 totals.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -299,7 +307,7 @@ impl FileSource {
             && let Ok(metadata) = std::fs::metadata(&path)
         {
             let key = file_key(&path);
-            if filter(&key, FileStat::of(&metadata)) {
+            if filter(&key, FileStat::of(&metadata), format) {
                 self.count_read(metadata.len());
                 self.queued.push_back(SourceItem::Unchanged(key));
                 return;

@@ -20,11 +20,11 @@ pub enum FieldType {
 impl FieldType {
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name.to_ascii_lowercase().as_str() {
-            "string" | "str" | "utf8" | "text" => FieldType::String,
+            "string" | "str" | "utf8" => FieldType::String,
             "int64" | "int" | "integer" | "i64" => FieldType::Int64,
             "float64" | "float" | "double" | "f64" => FieldType::Float64,
             "bool" | "boolean" => FieldType::Bool,
-            "timestamp" | "datetime" | "date" => FieldType::Timestamp,
+            "timestamp" | "datetime" => FieldType::Timestamp,
             _ => return None,
         })
     }
@@ -84,9 +84,14 @@ impl Value {
             (FieldType::Int64, Value::Int64(n)) => Value::Int64(n),
             (FieldType::Int64, Value::String(s)) => Value::Int64(s.trim().parse().ok()?),
             (FieldType::Int64, Value::Float64(x)) if x.fract() == 0.0 && x.abs() < 9.0e15 => Value::Int64(x as i64),
+            // NaN is no value (and never equals itself, which would make every run see a change).
+            (FieldType::Float64, Value::Float64(x)) if x.is_nan() => Value::Null,
             (FieldType::Float64, Value::Float64(x)) => Value::Float64(x),
             (FieldType::Float64, Value::Int64(n)) => Value::Float64(n as f64),
-            (FieldType::Float64, Value::String(s)) => Value::Float64(s.trim().parse().ok()?),
+            (FieldType::Float64, Value::String(s)) => {
+                let x: f64 = s.trim().parse().ok()?;
+                if x.is_nan() { Value::Null } else { Value::Float64(x) }
+            }
             (FieldType::Bool, Value::Bool(b)) => Value::Bool(b),
             (FieldType::Bool, Value::String(s)) => Value::Bool(match s.trim().to_ascii_lowercase().as_str() {
                 "true" | "yes" | "1" => true,
@@ -154,7 +159,10 @@ pub struct MetadataSpec {
 /// A malformed `--metadata` value or a field that clashes with a built-in column.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MetadataError {
-    #[error("{0:?}: expected FIELD or FIELD:TYPE, TYPE one of string, int64, float64, bool, timestamp")]
+    #[error(
+        "{0:?}: expected FIELD or FIELD:TYPE, TYPE one of string, int64, float64, bool, timestamp (a field whose name \
+         has a colon takes a type: dc:title:string)"
+    )]
     Syntax(String),
     #[error("{field:?} is the name of a built-in column ({builtins}): rename it in the input, or leave it out")]
     Reserved { field: String, builtins: String },
@@ -273,7 +281,8 @@ pub struct RecordMapping {
     pub id_field: Option<String>,
     pub metadata: MetadataSpec,
     /// The type each field has in the dataset: declared, the dataset's from an earlier run, or the first value's.
-    types: BTreeMap<String, FieldType>,
+    /// Shared by the clones of a mapping (one per file read), so a type is fixed once per run, not once per file.
+    types: Arc<std::sync::Mutex<BTreeMap<String, FieldType>>>,
 }
 
 impl Default for RecordMapping {
@@ -297,21 +306,33 @@ impl RecordMapping {
                 types.insert(field.name.clone(), t);
             }
         }
-        Self { text_field, id_field, metadata, types }
+        Self { text_field, id_field, metadata, types: Arc::new(std::sync::Mutex::new(types)) }
     }
 
     /// The mapping with the types a dataset's fields have already, for fields this run does not declare.
-    pub fn with_known_types(mut self, known: &BTreeMap<String, FieldType>) -> Self {
-        for (name, t) in known {
-            if self.metadata.wants(name) && self.metadata.declared(name).and_then(|f| f.field_type).is_none() {
-                self.types.insert(name.clone(), *t);
+    pub fn with_known_types(self, known: &BTreeMap<String, FieldType>) -> Self {
+        if let Ok(mut types) = self.types.lock() {
+            for (name, t) in known {
+                if self.metadata.wants(name) && self.declared_type(name).is_none() {
+                    types.insert(name.clone(), *t);
+                }
             }
         }
         self
     }
 
-    pub fn field_types(&self) -> &BTreeMap<String, FieldType> {
-        &self.types
+    /// The type each field has in this run so far; a field asked for by name and never seen with a value is a
+    /// string (it still has its column).
+    pub fn field_types(&self) -> BTreeMap<String, FieldType> {
+        let mut types = self.types.lock().map(|t| t.clone()).unwrap_or_default();
+        for field in &self.metadata.fields {
+            types.entry(field.name.clone()).or_insert(FieldType::String);
+        }
+        types
+    }
+
+    fn declared_type(&self, name: &str) -> Option<FieldType> {
+        self.metadata.declared(name).and_then(|f| f.field_type)
     }
 
     /// Whether a record field is carried as metadata.
@@ -327,7 +348,17 @@ impl RecordMapping {
             fields.insert(key, Value::Null);
             return None;
         };
-        let to = *self.types.entry(name.to_owned()).or_insert(found);
+        let to = match self.types.lock() {
+            Ok(mut types) => {
+                let to = types.entry(name.to_owned()).or_insert(found);
+                // JSON has one kind of number: an undeclared field that met an integer first widens to float.
+                if *to == FieldType::Int64 && found == FieldType::Float64 && self.declared_type(name).is_none() {
+                    *to = FieldType::Float64;
+                }
+                *to
+            }
+            Err(_) => found,
+        };
         let kind = value.kind();
         let text = match &value {
             Value::String(s) => Some(s.chars().take(40).collect::<String>()),
@@ -374,6 +405,9 @@ impl RecordMapping {
             }
         }
         problems.extend(self.missing(&mut fields));
+        // Null and absent are one thing (the documents table has a null wherever a record lacks a field): only
+        // values are kept, so a record compares equal to itself read back from the table.
+        fields.retain(|_, v| *v != Value::Null);
         (fields, problems)
     }
 }
@@ -402,7 +436,10 @@ impl Value {
         Some(match column.data_type() {
             DataType::Utf8 => Value::String(column.as_string::<i32>().value(i).to_owned()),
             DataType::Int64 => Value::Int64(column.as_primitive::<Int64Type>().value(i)),
-            DataType::Float64 => Value::Float64(column.as_primitive::<Float64Type>().value(i)),
+            DataType::Float64 => {
+                let x = column.as_primitive::<Float64Type>().value(i);
+                if x.is_nan() { Value::Null } else { Value::Float64(x) }
+            }
             DataType::Boolean => Value::Bool(column.as_boolean().value(i)),
             DataType::Timestamp(TimeUnit::Microsecond, _) => {
                 Value::Timestamp(column.as_primitive::<TimestampMicrosecondType>().value(i))
@@ -469,5 +506,11 @@ mod tests {
         assert_eq!(problem.to_string(), r#"field "year" is "unknown", not int64: stored as null"#);
         assert_eq!(fields["year"], Value::Null);
         assert_eq!(mapping.field_types()["year"], FieldType::Int64);
+        // A clone (another file of the run) shares the types fixed so far; JSON numbers widen to float.
+        let mut other = mapping.clone();
+        assert!(other.put(&mut fields, "year", Value::Float64(2.5)).is_none());
+        assert_eq!(mapping.field_types()["year"], FieldType::Float64);
+        assert_eq!(other.put(&mut fields, "score_x", Value::String("NaN".into())), None);
+        assert_eq!(Value::String("NaN".into()).convert(FieldType::Float64), Some(Value::Null));
     }
 }

@@ -195,8 +195,9 @@ impl FileStat {
     }
 }
 
-/// Decides, from a file's path and stat, that it is unchanged since the last run and need not be read.
-pub type UnchangedFilter = Box<dyn Fn(&str, FileStat) -> bool + Send>;
+/// Decides, from a file's key, stat and the format it would be read as, that it is unchanged since the last run and
+/// need not be read (a file read as another format now, by a new `--format` rule, is read again).
+pub type UnchangedFilter = Box<dyn Fn(&str, FileStat, Format) -> bool + Send>;
 
 /// A file, or a record of one: a line of a JSONL or CSV file, a row of a Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]

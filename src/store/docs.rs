@@ -59,9 +59,13 @@ pub struct DocRecord {
 }
 
 impl DocRecord {
-    /// Whether `other` says the same of the document besides its rows: the metadata a run compares.
+    /// Whether `other` says the same of the document besides its rows: the metadata a run compares. A null field
+    /// and an absent one are the same (the table has a null wherever a record lacks a field).
     pub fn same_metadata(&self, other: &DocRecord) -> bool {
-        self.format == other.format && self.title == other.title && self.fields == other.fields
+        let set = |r: &DocRecord| -> Vec<(Arc<str>, Value)> {
+            r.fields.iter().filter(|(_, v)| **v != Value::Null).map(|(k, v)| (Arc::clone(k), v.clone())).collect()
+        };
+        self.format == other.format && self.title == other.title && set(self) == set(other)
     }
 }
 
@@ -105,12 +109,16 @@ fn schema(types: &BTreeMap<String, FieldType>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The type of each metadata field of `docs`: its values' (the first non-null one, in name order, decides; a
-/// field that is null everywhere is a string). The run keeps each field's values of one type, so they agree.
-pub fn field_types(docs: &HashMap<String, DocRecord>) -> BTreeMap<String, FieldType> {
+/// The type of each metadata field of `docs`: the run's (`preferred`: declared, or fixed by the first value seen),
+/// else its values' (the first non-null one, in name order; a field that is null everywhere is a string).
+pub fn field_types(
+    docs: &HashMap<String, DocRecord>,
+    preferred: &BTreeMap<String, FieldType>,
+) -> BTreeMap<String, FieldType> {
     let mut names: Vec<&String> = docs.keys().collect();
     names.sort_unstable();
-    let mut types: BTreeMap<String, Option<FieldType>> = BTreeMap::new();
+    // Fields the run knows of have a column even when every value is null.
+    let mut types: BTreeMap<String, Option<FieldType>> = preferred.keys().map(|k| (k.clone(), None)).collect();
     for record in names.into_iter().filter_map(|n| docs.get(n)) {
         for (field, value) in &record.fields {
             let t = types.entry(field.to_string()).or_insert(None);
@@ -119,7 +127,13 @@ pub fn field_types(docs: &HashMap<String, DocRecord>) -> BTreeMap<String, FieldT
             }
         }
     }
-    types.into_iter().map(|(name, t)| (name, t.unwrap_or(FieldType::String))).collect()
+    types
+        .into_iter()
+        .map(|(name, t)| {
+            let t = preferred.get(&name).copied().or(t).unwrap_or(FieldType::String);
+            (name, t)
+        })
+        .collect()
 }
 
 const WRITE_BATCH: usize = 8192;
@@ -270,10 +284,10 @@ pub fn read_docs(dir: &Path, relative: &str, mut f: impl FnMut(DocRecord)) -> Re
                 title: title.filter(|t| t.is_valid(i)).map(|t| t.value(i).to_owned()),
                 fields: metadata
                     .iter()
-                    .map(|(name, column)| {
-                        let value = Value::from_arrow(column, i)
-                            .ok_or_else(|| corrupt(format!("column {name:?} is {}", column.data_type())))?;
-                        Ok((Arc::clone(name), value))
+                    .filter_map(|(name, column)| match Value::from_arrow(column, i) {
+                        None => Some(Err(corrupt(format!("column {name:?} is {}", column.data_type())))),
+                        Some(Value::Null) => None,
+                        Some(value) => Some(Ok((Arc::clone(name), value))),
                     })
                     .collect::<Result<Fields, StoreError>>()?,
             });
@@ -294,7 +308,10 @@ mod tests {
         for i in 0..20_000u64 {
             let rows = (0..i % 4).map(|r| i * 10 + r).collect();
             let mut fields = Fields::new();
-            fields.insert(Arc::from("year"), if i % 7 == 0 { Value::Null } else { Value::Int64(2000 + i as i64 % 25) });
+            // A record without a field has none (null in the table, absent when read back).
+            if i % 7 != 0 {
+                fields.insert(Arc::from("year"), Value::Int64(2000 + i as i64 % 25));
+            }
             fields.insert(Arc::from("lang"), Value::String(["en", "fr", "de"][i as usize % 3].into()));
             fields.insert(Arc::from("score_x"), Value::Float64(i as f64 / 8.0));
             fields.insert(Arc::from("draft"), Value::Bool(i % 2 == 0));
@@ -314,7 +331,7 @@ mod tests {
             };
             docs.insert(record.doc.clone(), record);
         }
-        let types = field_types(&docs);
+        let types = field_types(&docs, &BTreeMap::new());
         assert_eq!(
             types.iter().map(|(n, t)| format!("{n}:{t}")).collect::<Vec<_>>(),
             ["draft:bool", "lang:string", "published:timestamp", "score_x:float64", "year:int64"]

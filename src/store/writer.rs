@@ -1,6 +1,6 @@
 //! Streams embedded chunks to Parquet files, rolling to a new file every `rows_per_file` rows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::manifest::{sync_dir, unix_now};
 use super::schema::{self, dataset_schema};
 use super::{DataFile, Manifest, RunStatus, StoreError};
 use crate::chunk::Chunk;
+use crate::source::FieldType;
 
 pub const DATA_DIR: &str = "data";
 /// Flush a row group once this much is buffered, so memory stays bounded whatever the vector size.
@@ -38,6 +39,8 @@ pub struct DatasetWriter {
     next_row: u64,
     /// Keep the base version's files even when no live row is left in them (see [`DatasetWriter::keep_base_files`]).
     keep_base: bool,
+    /// The type each metadata field has in this run (declared, known, or first seen), over what the values say.
+    field_types: BTreeMap<String, FieldType>,
 }
 
 struct OpenFile {
@@ -89,6 +92,7 @@ impl DatasetWriter {
             open: None,
             next_row,
             keep_base: false,
+            field_types: BTreeMap::new(),
         })
     }
 
@@ -101,6 +105,18 @@ impl DatasetWriter {
     /// keeps the rows for their vectors, which the next run reuses.
     pub fn keep_base_files(&mut self) {
         self.keep_base = true;
+    }
+
+    /// The types the run gave its metadata fields: they decide a column's type where its values cannot (all null).
+    pub fn set_field_types(&mut self, types: BTreeMap<String, FieldType>) {
+        self.field_types = types;
+    }
+
+    /// A run that stopped before it read every input publishes what it did under the settings the rest of the
+    /// dataset was made with (chunking, metadata fields), so that the next run still sees what is left to redo.
+    pub fn keep_settings_of(&mut self, published: &Manifest) {
+        self.manifest.chunking = published.chunking.clone();
+        self.manifest.metadata_spec = published.metadata_spec.clone();
     }
 
     pub fn with_rows_per_file(mut self, rows: u64) -> Self {
@@ -194,7 +210,7 @@ impl DatasetWriter {
         files.append(&mut self.new_files);
         let m = &mut self.manifest;
         let docs_file = format!("{DOCS_DIR}/docs-{:06}.parquet", m.generation);
-        m.metadata = field_types(docs);
+        m.metadata = field_types(docs, &self.field_types);
         write_docs(&self.dir, &docs_file, docs, &m.metadata)?;
         m.failed_file = None;
         if !failed.is_empty() {

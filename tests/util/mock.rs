@@ -117,7 +117,8 @@ pub struct MockState {
     pub observed: Mutex<Observed>,
 }
 
-/// Tokens accepted in the last minute.
+/// Tokens accepted in the last minute, or (quantised) a bucket of two seconds of the limit refilled continuously,
+/// as OpenAI documents its limits being enforced over shorter periods than a minute.
 #[derive(Debug)]
 pub struct TpmWindow {
     pub limit: u64,
@@ -125,6 +126,8 @@ pub struct TpmWindow {
     pub headers: bool,
     accepted: VecDeque<(std::time::Instant, u64)>,
     used: u64,
+    /// The quantised bucket: tokens available and when last refilled.
+    bucket: Option<(f64, std::time::Instant)>,
 }
 
 impl TpmWindow {
@@ -140,9 +143,29 @@ impl TpmWindow {
         }
     }
 
+    /// Seconds of the limit the quantised bucket holds.
+    const BUCKET_SECS: f64 = 2.0;
+
+    fn per_sec(&self) -> f64 {
+        self.limit as f64 / 60.0
+    }
+
     /// Accepts `tokens` if the window has room; else the wait until it would.
     fn take(&mut self, tokens: u64) -> Result<(), Duration> {
         let now = std::time::Instant::now();
+        if let Some((available, updated)) = self.bucket {
+            let capacity = self.per_sec() * Self::BUCKET_SECS;
+            let available = (available + now.duration_since(updated).as_secs_f64() * self.per_sec()).min(capacity);
+            let wanted = tokens as f64;
+            if available >= wanted {
+                self.bucket = Some((available - wanted, now));
+                self.used = (capacity - available + wanted) as u64;
+                return Ok(());
+            }
+            self.bucket = Some((available, now));
+            self.used = (capacity - available) as u64;
+            return Err(Duration::from_secs_f64((wanted - available) / self.per_sec()));
+        }
         self.expire(now);
         if self.used + tokens <= self.limit {
             self.accepted.push_back((now, tokens));
@@ -161,6 +184,15 @@ impl TpmWindow {
 
     /// `x-ratelimit-*-tokens` headers as OpenAI sends them (reset as a Go duration).
     fn rate_headers(&mut self) -> Vec<(&'static str, String)> {
+        if let Some((available, _)) = self.bucket {
+            let capacity = self.per_sec() * Self::BUCKET_SECS;
+            let reset = Duration::from_secs_f64((capacity - available).max(0.0) / self.per_sec());
+            return vec![
+                ("x-ratelimit-limit-tokens", self.limit.to_string()),
+                ("x-ratelimit-remaining-tokens", (available as u64).to_string()),
+                ("x-ratelimit-reset-tokens", format!("{}ms", reset.as_millis())),
+            ];
+        }
         self.expire(std::time::Instant::now());
         let reset = self.accepted.front().map_or(Duration::ZERO, |(at, _)| {
             (*at + Self::WINDOW).saturating_duration_since(std::time::Instant::now())
@@ -211,7 +243,18 @@ impl MockServer {
     /// Enforces `limit` tokens per minute from now on, with or without rate-limit headers.
     #[allow(dead_code)] // benches/throughput.rs
     pub fn set_tpm(&self, limit: u64, headers: bool) {
-        *self.state.tpm.lock().expect("lock") = Some(TpmWindow { limit, headers, accepted: VecDeque::new(), used: 0 });
+        *self.state.tpm.lock().expect("lock") =
+            Some(TpmWindow { limit, headers, accepted: VecDeque::new(), used: 0, bucket: None });
+    }
+
+    /// Enforces `limit` tokens per minute as a bucket of two seconds of it, refilled continuously: a burst of more
+    /// than two seconds' worth is refused even when the minute has room.
+    #[allow(dead_code)] // benches/throughput.rs
+    pub fn set_tpm_quantised(&self, limit: u64, headers: bool) {
+        let full = limit as f64 / 60.0 * TpmWindow::BUCKET_SECS;
+        let bucket = Some((full, std::time::Instant::now()));
+        *self.state.tpm.lock().expect("lock") =
+            Some(TpmWindow { limit, headers, accepted: VecDeque::new(), used: 0, bucket });
     }
 
     #[allow(dead_code)] // benches/throughput.rs
