@@ -93,21 +93,13 @@ impl Stats {
     /// Records an entry that was not read.
     pub fn not_read(&self, path: String, reason: String) {
         Self::add(&self.files_skipped, 1);
-        if let Ok(mut named) = self.named.lock()
-            && named.not_read.len() < NAMED_ENTRIES
-        {
-            named.not_read.push(Entry { path, reason });
-        }
+        self.name(|n| &mut n.not_read, path, reason);
     }
 
     /// Records a file or directory that could not be read.
     pub fn read_error(&self, path: String, reason: String) {
         Self::add(&self.read_errors, 1);
-        if let Ok(mut named) = self.named.lock()
-            && named.read_errors.len() < NAMED_ENTRIES
-        {
-            named.read_errors.push(Entry { path, reason });
-        }
+        self.name(|n| &mut n.read_errors, path, reason);
     }
 
     /// Records a record that was skipped.

@@ -48,10 +48,7 @@ impl CsvReader {
             .has_headers(true)
             .flexible(false)
             .from_reader(Lines::new(file));
-        let not_read = |message: String| -> Box<dyn Iterator<Item = SourceItem> + Send> {
-            let item = SourceItem::NotRead { origin: Origin::file(path), reason: SkipReason::Table(message) };
-            Box::new(std::iter::once(item))
-        };
+        let not_read = |message: String| super::table_not_read(path, message);
         let headers: Vec<String> = match reader.byte_headers() {
             // A spreadsheet's "CSV UTF-8" starts with a byte-order mark, which is not part of the first name.
             Ok(h) => h

@@ -333,11 +333,13 @@ impl FileSource {
     fn read_whole(&mut self, path: PathBuf, name: String, format: Format) {
         let origin = Origin::file(path.clone());
         let binary_ok = format == Format::Pdf;
-        let read = read_bytes(&path, self.options.max_file_bytes, binary_ok);
-        self.count_read(std::fs::metadata(&path).map_or(0, |m| m.len()));
-        let (bytes, stat) = match read {
-            Ok(Read::Bytes { bytes, stat }) => (bytes, stat),
+        let (bytes, stat) = match read_bytes(&path, self.options.max_file_bytes, binary_ok) {
+            Ok(Read::Bytes { bytes, stat }) => {
+                self.count_read(stat.size);
+                (bytes, stat)
+            }
             Ok(Read::Skipped(reason)) => {
+                self.count_read(std::fs::metadata(&path).map_or(0, |m| m.len()));
                 self.queued.push_back(SourceItem::NotRead { origin, reason });
                 return;
             }

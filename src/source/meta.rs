@@ -377,16 +377,12 @@ impl RecordMapping {
         }
     }
 
-    /// The fields asked for by name that `fields` lacks: stored as null, and reported.
-    pub fn missing(&self, fields: &mut Fields) -> Vec<FieldProblem> {
-        let mut problems = Vec::new();
-        for spec in &self.metadata.fields {
-            if !fields.contains_key(spec.name.as_str()) {
-                fields.insert(Arc::from(spec.name.as_str()), Value::Null);
-                problems.push(FieldProblem { field: spec.name.clone(), problem: "is missing: stored as null".into() });
-            }
-        }
-        problems
+    /// The fields asked for by name that `fields` lacks (null in the dataset), to report.
+    fn missing(&self, fields: &Fields) -> Vec<FieldProblem> {
+        let missing = self.metadata.fields.iter().filter(|spec| !fields.contains_key(spec.name.as_str()));
+        missing
+            .map(|spec| FieldProblem { field: spec.name.clone(), problem: "is missing: stored as null".into() })
+            .collect()
     }
 }
 
@@ -404,7 +400,7 @@ impl RecordMapping {
                 problems.extend(self.put(&mut fields, name, value));
             }
         }
-        problems.extend(self.missing(&mut fields));
+        problems.extend(self.missing(&fields));
         // Null and absent are one thing (the documents table has a null wherever a record lacks a field): only
         // values are kept, so a record compares equal to itself read back from the table.
         fields.retain(|_, v| *v != Value::Null);

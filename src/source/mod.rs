@@ -334,6 +334,12 @@ pub enum SourceItem {
     Excluded(Excluded),
 }
 
+/// A table file (CSV, TSV, Parquet) that cannot be read as asked, as the one item its reader yields.
+pub(super) fn table_not_read(path: &std::path::Path, message: String) -> Box<dyn Iterator<Item = SourceItem> + Send> {
+    let item = SourceItem::NotRead { origin: Origin::file(path), reason: SkipReason::Table(message) };
+    Box::new(std::iter::once(item))
+}
+
 /// Stage boundary: anything that yields [`SourceItem`]s, lazily, from a blocking thread.
 pub trait Source: Iterator<Item = SourceItem> + Send {}
 

@@ -89,10 +89,7 @@ impl ParquetReader {
     ) -> std::io::Result<Box<dyn Iterator<Item = SourceItem> + Send>> {
         let file = File::open(path)?;
         let stat = file.metadata().ok().map(|m| FileStat::of(&m));
-        let not_read = |message: String| -> Box<dyn Iterator<Item = SourceItem> + Send> {
-            let item = SourceItem::NotRead { origin: Origin::file(path), reason: SkipReason::Table(message) };
-            Box::new(std::iter::once(item))
-        };
+        let not_read = |message: String| super::table_not_read(path, message);
         let builder = match ParquetRecordBatchReaderBuilder::try_new(file) {
             Ok(builder) => builder,
             Err(parquet::errors::ParquetError::External(e)) => {
