@@ -12,7 +12,9 @@
 //! | write Parquet + manifest | [`store`] | [`store::DatasetWriter`] |
 //! | build, save, load and search the HNSW graph | [`index`] | [`index::SearchIndex`] |
 //!
-//! [`query`] answers searches from the newest version of a dataset, whether or not its index has caught up.
+//! [`query`] answers searches (filtered or not) from the newest version of a dataset, whether or not its index has
+//! caught up: [`query::Engine`] holds a dataset open, [`query::Searcher`] adds its model, for every caller (the CLI,
+//! later the server). [`embed::ModelEmbedder`] is the one place that knows which embedder a model name asks for.
 //! [`stats`] holds the counters every stage reports to; [`config`] reads pipeline files; [`cli`] is the only module
 //! that prints.
 

@@ -11,3 +11,4 @@ mod gateway;
 mod incremental;
 mod pacing;
 mod safety;
+mod search;

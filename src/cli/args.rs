@@ -255,6 +255,14 @@ pub struct SearchArgs {
     /// Candidate list size while searching (higher: better recall, slower).
     #[arg(long, default_value_t = DEFAULT_EF_SEARCH as u16, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub ef: u16,
+    /// Only chunks matching EXPR, over the metadata columns and the built-ins (doc, file, format, title,
+    /// modified, size, page, chunk_index): `year >= 2020 AND lang IN ('en', 'de')`, `doc LIKE 'guides/%'`,
+    /// `title IS NULL`. Repeated: all must match.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Vec<String>,
+    /// Say how the hits were found: the index used, the filter's matches and strategy, rows scored.
+    #[arg(long)]
+    pub explain: bool,
     /// One JSON object per result line.
     #[arg(long)]
     pub json: bool,

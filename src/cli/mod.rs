@@ -24,16 +24,15 @@ pub use progress::LogWriter;
 
 use std::path::Path;
 
-use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter, count_tokens};
-use crate::config::{Origin, Pipeline, Setting, normal_path};
+use crate::config::{Pipeline, Setting, normal_path};
 use crate::embed::{
-    ApiConfig, DEFAULT_API_BASE, DryRunEmbedder, EmbedError, Embedder, FallbackEmbedder, LOCAL_PREFIX, LocalEmbedder,
-    LocalModel, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
+    BuildError, DEFAULT_API_BASE, EmbedError, EmbedderSpec, ModelEmbedder, ModelShape, OpenAiEmbedder, RequestSettings,
+    api_config,
 };
 use crate::error::count;
 use crate::index::{self, IndexParams};
 use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
-use crate::query::{self, Method, Query, QueryError, ScanReason};
+use crate::query::{Filter, Method, QueryError, ScanReason, Searcher, TextQuery};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
 use report::RunReport;
@@ -112,120 +111,34 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-/// How requests to an endpoint are made: timeout, retries, pacing.
-#[derive(Debug, Clone, Copy)]
-struct RequestSettings {
-    timeout: Duration,
-    max_retries: u32,
-    limits: RateLimits,
-    concurrency: usize,
-}
-
-impl Default for RequestSettings {
-    fn default() -> Self {
-        Self { timeout: Duration::from_secs(60), max_retries: 3, limits: RateLimits::default(), concurrency: 1 }
-    }
-}
-
-fn api_config(model: &str, dimensions: Option<u32>, requests: RequestSettings) -> Result<ApiConfig, Failure> {
-    let mut config = ApiConfig::from_env(model, dimensions).map_err(Failure::usage)?;
-    config.request_timeout = requests.timeout;
-    config.retry.max_retries = requests.max_retries;
-    config.limits = requests.limits;
-    config.max_concurrency = requests.concurrency;
-    Ok(config)
-}
-
-fn check_dimensions(model: &Setting<String>, dimensions: Option<&Setting<u32>>) -> Result<(), Failure> {
-    let Some(setting) = dimensions else { return Ok(()) };
-    let (d, model) = (setting.value, model.value.as_str());
-    let wire = wire_model(model);
-    let max = match wire {
-        "text-embedding-3-small" => 1536,
-        "text-embedding-3-large" => 3072,
-        _ if wire.starts_with("text-embedding-3") => u32::MAX,
-        _ => {
-            return Err(Failure::usage(
-                setting.error(format!("only text-embedding-3 models take a size, not {model:?}")),
-            ));
-        }
-    };
-    if d == 0 || d > max {
-        return Err(Failure::usage(setting.error(format!("must be between 1 and {max} for {model} (got {d})"))));
-    }
-    Ok(())
-}
-
-/// The embedder a model name asks for.
-enum Provider {
-    Api(Box<OpenAiEmbedder>),
-    /// An endpoint's model with a second endpoint for it (`--fallback-base`).
-    Fallback(Box<FallbackEmbedder<OpenAiEmbedder, OpenAiEmbedder>>),
-    Local(LocalEmbedder),
-    /// `--dry-run` with an endpoint's model: no key, no requests.
-    DryRun(DryRunEmbedder),
-}
-
-/// Loads a `local/…` model (on a blocking thread: it reads ~90 MB of weights).
-async fn load_local(name: &str) -> Result<Arc<LocalModel>, Failure> {
-    let dir = resolve_local_model(name)
-        .ok_or_else(|| Failure::usage(anyhow::anyhow!("{name:?} is not a local model name")))?;
-    let model = tokio::task::spawn_blocking(move || LocalModel::load(&dir))
-        .await
-        .map_err(|e| Failure::run(anyhow::anyhow!("model load thread failed: {e}")))?
-        .map_err(Failure::usage)?;
-    Ok(Arc::new(model))
-}
-
-async fn provider(
+/// The embedder for `model`, with errors in the size pointing at where it was given.
+async fn build_embedder(
     model: &Setting<String>,
     dimensions: Option<&Setting<u32>>,
     requests: RequestSettings,
+    dry_run: bool,
     stats: &Arc<Stats>,
-) -> Result<Provider, Failure> {
-    if model.value.starts_with(LOCAL_PREFIX) {
-        if let Some(d) = dimensions {
-            return Err(Failure::usage(d.error("not supported by local models")));
-        }
-        let loaded = load_local(&model.value).await?;
-        return Ok(Provider::Local(LocalEmbedder::new(&model.value, loaded, Arc::clone(stats))));
-    }
-    check_dimensions(model, dimensions)?;
-    let config = api_config(&model.value, dimensions.map(|d| d.value), requests)?;
-    Ok(Provider::Api(Box::new(OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?)))
+) -> Result<ModelEmbedder, Failure> {
+    let spec = EmbedderSpec { model: model.value.clone(), dimensions: dimensions.map(|d| d.value), requests, dry_run };
+    ModelEmbedder::build(&spec, stats).await.map_err(|e| match (e, dimensions) {
+        (BuildError::Dimensions(message), Some(setting)) => Failure::usage(setting.error(message)),
+        (e @ BuildError::Thread(_), _) => Failure::run(e),
+        (e, _) => Failure::usage(e),
+    })
 }
 
 /// Adds the fallback endpoint the job names, once it is known to serve the same vector space.
-fn with_fallback(spec: &JobSpec, provider: Provider, stats: &Arc<Stats>) -> Result<Provider, Failure> {
-    match provider {
-        Provider::Api(primary) => match spec.fallback(&primary.config().base).map_err(Failure::usage)? {
-            Some((base, model)) => {
-                let config = primary.config().for_fallback(&base, &model).map_err(Failure::usage)?;
-                let fallback = OpenAiEmbedder::new(config, Arc::clone(stats)).map_err(Failure::usage)?;
-                Ok(Provider::Fallback(Box::new(FallbackEmbedder::new(*primary, fallback, Arc::clone(stats)))))
-            }
-            None => Ok(Provider::Api(primary)),
+fn with_fallback(spec: &JobSpec, embedder: ModelEmbedder, stats: &Arc<Stats>) -> Result<ModelEmbedder, Failure> {
+    match embedder.api_base().map(str::to_owned) {
+        Some(primary) => match spec.fallback(&primary).map_err(Failure::usage)? {
+            Some((base, model)) => embedder.with_fallback(&base, &model, stats).map_err(Failure::usage),
+            None => Ok(embedder),
         },
-        other => {
+        None => {
             // Refuses a fallback for a local model; a dry run sends nothing, so only the model is checked.
             spec.fallback(DEFAULT_API_BASE).map_err(Failure::usage)?;
-            Ok(other)
+            Ok(embedder)
         }
-    }
-}
-
-/// The chunk limit and tokenizer of a provider, and its default concurrency.
-fn model_shape(provider: &Provider, model: &str) -> (usize, TokenCounter, u16) {
-    match provider {
-        Provider::Api(_) | Provider::Fallback(_) | Provider::DryRun(_) => (MAX_INPUT_TOKENS, TokenCounter::Cl100k, 8),
-        Provider::Local(embedder) => (
-            embedder.local_model().max_input_tokens(),
-            TokenCounter::HuggingFace {
-                name: format!("{model}-tokenizer"),
-                tokenizer: embedder.local_model().counter(),
-            },
-            1,
-        ),
     }
 }
 
@@ -253,20 +166,15 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     spec.check_general().map_err(Failure::usage)?;
     let stats = Arc::new(Stats::default());
     let timeout = Duration::from_secs(spec.timeout.value);
-    let provider = if spec.dry_run && !spec.model.value.starts_with(LOCAL_PREFIX) {
-        check_dimensions(&spec.model, spec.dimensions.as_ref())?;
-        Provider::DryRun(DryRunEmbedder { model: spec.model.value.clone() })
-    } else {
-        let requests = RequestSettings {
-            timeout,
-            max_retries: spec.max_retries.value,
-            limits: spec.rate_limits(),
-            concurrency: usize::from(spec.concurrency.as_ref().map_or(8, |c| c.value)),
-        };
-        provider(&spec.model, spec.dimensions.as_ref(), requests, &stats).await?
+    let requests = RequestSettings {
+        timeout,
+        max_retries: spec.max_retries.value,
+        limits: spec.rate_limits(),
+        concurrency: usize::from(spec.concurrency.as_ref().map_or(8, |c| c.value)),
     };
-    let provider = with_fallback(&spec, provider, &stats)?;
-    let (limit, counter, default_concurrency) = model_shape(&provider, &spec.model.value);
+    let embedder = build_embedder(&spec.model, spec.dimensions.as_ref(), requests, spec.dry_run, &stats).await?;
+    let embedder = with_fallback(&spec, embedder, &stats)?;
+    let ModelShape { max_input_tokens: limit, counter, default_concurrency } = embedder.shape();
     let (chunking, batching) = spec.chunking(limit).map_err(Failure::usage)?;
     let index_params = spec.index_params().map_err(Failure::usage)?;
     let max_tokens = spec.token_budget().map_err(Failure::usage)?;
@@ -317,12 +225,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let shutdown = stop_signal();
     let started = std::time::Instant::now();
     let run_stats = Arc::clone(&stats);
-    let outcome = match provider {
-        Provider::Api(embedder) => run_embed(job, Arc::new(*embedder), run_stats, shutdown).await,
-        Provider::Fallback(embedder) => run_embed(job, Arc::new(*embedder), run_stats, shutdown).await,
-        Provider::Local(embedder) => run_embed(job, Arc::new(embedder), run_stats, shutdown).await,
-        Provider::DryRun(embedder) => run_embed(job, Arc::new(embedder), run_stats, shutdown).await,
-    };
+    let outcome = run_embed(job, Arc::new(embedder), run_stats, shutdown).await;
     drop(progress);
     prescan_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let outcome = match outcome {
@@ -462,16 +365,17 @@ async fn validate_one(path: &Path) -> anyhow::Result<String> {
     let spec = JobSpec::from_pipeline(&pipeline, None, None, None, args::JobFlags::default());
     spec.check_general()?;
     crate::source::FileSource::new(spec.source_options()?)?;
-    let limit = if spec.model.value.starts_with(LOCAL_PREFIX) {
-        if let Some(d) = &spec.dimensions {
-            return Err(d.error("not supported by local models"));
-        }
-        let model = load_local(&spec.model.value).await.map_err(|f| f.error)?;
-        model.max_input_tokens()
-    } else {
-        check_dimensions(&spec.model, spec.dimensions.as_ref()).map_err(|f| f.error)?;
-        MAX_INPUT_TOKENS
-    };
+    // A dry run's embedder: an endpoint's model needs no key; a local one is loaded (its limit is its own).
+    let embedder = build_embedder(
+        &spec.model,
+        spec.dimensions.as_ref(),
+        RequestSettings::default(),
+        true,
+        &Arc::new(Stats::default()),
+    )
+    .await
+    .map_err(|f| f.error)?;
+    let limit = embedder.shape().max_input_tokens;
     spec.chunking(limit)?;
     Ok(format!("{} input path(s) → {} with {}", spec.source.inputs.len(), spec.out.display(), spec.model.value))
 }
@@ -597,71 +501,33 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
 }
 
 async fn search(args: SearchArgs) -> Result<u8, Failure> {
-    let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
-    if args.query.trim().is_empty() {
-        return Err(Failure::usage(anyhow::anyhow!("the query is empty")));
-    }
-    let model = dataset.manifest.model.clone();
     let stats = Arc::new(Stats::default());
-    let query = [args.query.as_str()];
-    let model = Setting::new(model, Origin::Default);
-    let dimensions = dataset.manifest.requested_dimensions.map(|d| Setting::new(d, Origin::Default));
-    let embedding = match provider(&model, dimensions.as_ref(), RequestSettings::default(), &stats).await? {
-        Provider::Api(embedder) => {
-            let tokens = count_tokens(&args.query);
-            if tokens > MAX_INPUT_TOKENS {
-                return Err(Failure::usage(anyhow::anyhow!(
-                    "the query has {tokens} tokens; the limit is {MAX_INPUT_TOKENS}"
-                )));
-            }
-            embedder.embed(&query).await.map_err(Failure::api)?
-        }
-        Provider::Local(embedder) => {
-            let model = embedder.local_model();
-            let tokens =
-                TokenCounter::HuggingFace { name: String::new(), tokenizer: model.counter() }.count(&args.query);
-            if tokens > model.max_input_tokens() {
-                return Err(Failure::usage(anyhow::anyhow!(
-                    "the query has {tokens} tokens; {} takes at most {}",
-                    dataset.manifest.model,
-                    model.max_input_tokens()
-                )));
-            }
-            embedder.embed(&query).await.map_err(Failure::api)?
-        }
-        Provider::Fallback(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
-        Provider::DryRun(embedder) => embedder.embed(&query).await.map_err(Failure::api)?,
-    };
-    let answer = {
-        let (dir, vector) = (args.dataset.clone(), embedding.vector(0).to_vec());
-        let manifest = dataset.manifest.clone();
-        tokio::task::spawn_blocking(move || {
-            let query = Query {
-                vector: &vector,
-                model: &manifest.model,
-                requested_dimensions: manifest.requested_dimensions,
-                k: usize::from(args.k),
-                ef: usize::from(args.ef),
-                // Metadata is printed with --json only; without it the documents table need not be read.
-                documents: args.json,
+    let failure = |e: QueryError| match e {
+        e if e.is_usage() => Failure::usage(e),
+        QueryError::Embed(e) => Failure::api(e),
+        e => {
+            let advice = match &e {
+                QueryError::Store(e) => damage_advice(e, &args.dataset),
+                _ => None,
             };
-            query::search(&dir, &query)
-        })
-        .await
-        .map_err(|e| Failure::run(anyhow::anyhow!("search thread failed: {e}")))?
-        .map_err(|e| match e {
-            e @ (QueryError::Index(_) | QueryError::Dimensions { .. } | QueryError::OtherModel { .. }) => {
-                Failure::usage(e)
-            }
-            e => {
-                let advice = match &e {
-                    QueryError::Store(e) => damage_advice(e, &args.dataset),
-                    _ => None,
-                };
-                Failure { advice, ..Failure::run(e) }
-            }
-        })?
+            Failure { advice, ..Failure::run(e) }
+        }
     };
+    if args.query.trim().is_empty() {
+        return Err(Failure::usage(QueryError::EmptyQuery));
+    }
+    let searcher = Searcher::open(&args.dataset, RequestSettings::default(), &stats).await.map_err(failure)?;
+    let columns = searcher.engine().columns().map_err(failure)?;
+    let filter = Filter::parse_all(&args.filter, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
+    let query = TextQuery {
+        text: args.query.clone(),
+        k: usize::from(args.k),
+        ef: usize::from(args.ef),
+        // Metadata is printed with --json only; without it the documents table need not be read.
+        documents: args.json,
+        filter,
+    };
+    let answer = searcher.search(&query).await.map_err(failure)?;
     match &answer.method {
         Method::Index => {}
         Method::IndexAndScan { index_generation, rows_scanned } => tracing::info!(
@@ -681,6 +547,19 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     }
 
     let mut stdout = std::io::stdout().lock();
+    if args.explain {
+        let lines = if args.json {
+            let plan = serde_json::json!({
+                "explain": { "generation": answer.generation, "method": answer.method, "filter": answer.filter }
+            });
+            vec![plan.to_string()]
+        } else {
+            report::explain_lines(&answer)
+        };
+        for line in lines {
+            let _ = writeln!(stdout, "{line}");
+        }
+    }
     for (rank, hit) in answer.hits.iter().enumerate() {
         let (rank, row) = (rank + 1, &hit.chunk);
         let line = if args.json {
@@ -740,7 +619,8 @@ async fn models(args: ModelsArgs) -> Result<u8, Failure> {
         "",
         None,
         RequestSettings { timeout: Duration::from_secs(30), max_retries: 0, ..Default::default() },
-    )?;
+    )
+    .map_err(Failure::usage)?;
     let client = OpenAiEmbedder::new(config, Arc::new(Stats::default())).map_err(Failure::usage)?;
     let mut models = client.list_models().await.map_err(Failure::api)?;
     models.sort_by(|a, b| a.id.cmp(&b.id));

@@ -379,6 +379,37 @@ pub fn index_line(meta: &IndexMeta) -> String {
     )
 }
 
+/// `search --explain`: how the hits were found, as `# ` lines (so `grep -v '^#'` leaves the hits).
+pub fn explain_lines(answer: &crate::query::Answer) -> Vec<String> {
+    use crate::query::{FilterStrategy, Method};
+    let mut lines = vec![match &answer.method {
+        Method::Index => format!("# version {}: searched the index of this version", answer.generation),
+        Method::IndexAndScan { index_generation, rows_scanned } => format!(
+            "# version {}: searched the index of version {index_generation}, and scored the {rows_scanned} rows \
+             added since exactly",
+            answer.generation
+        ),
+        Method::Scan { reason, rows_scanned } => format!(
+            "# version {}: no usable index ({}), scored {rows_scanned} rows exactly",
+            answer.generation,
+            serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        ),
+    }];
+    if let Some(plan) = &answer.filter {
+        let share = 100.0 * plan.matched as f64 / plan.live_rows.max(1) as f64;
+        let how = match plan.strategy {
+            FilterStrategy::Exact => "few enough to score them all exactly",
+            FilterStrategy::Graph => "searched the graph with the filter applied inside it",
+            FilterStrategy::GraphThenExact => "the graph found fewer than k of them, so all were scored exactly",
+        };
+        lines.push(format!(
+            "# filter: matched {} of {} live rows ({share:.2}%); {how}; {} rows scored exactly",
+            plan.matched, plan.live_rows, plan.rows_scored
+        ));
+    }
+    lines
+}
+
 /// Keeps the newest [`KEPT_REPORTS`] reports (names start with the start time, so they sort by age).
 fn prune(dir: &Path) -> anyhow::Result<()> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?

@@ -4,6 +4,7 @@
 //! compatible endpoint), with the retry policy of [`retry`].
 
 mod bert;
+mod build;
 mod fallback;
 mod limiter;
 mod local;
@@ -15,12 +16,13 @@ use std::future::Future;
 
 use crate::error::{count, plural};
 
+pub use build::{BuildError, EmbedderSpec, ModelEmbedder, ModelShape, RequestSettings, api_config, check_dimensions};
 pub use fallback::{FallbackEmbedder, FallbackError, check_fallback};
 pub use limiter::{Limiter, RateLimits};
 pub use local::{
     DEFAULT_LOCAL_MODEL, LOCAL_PREFIX, LocalEmbedder, LocalModel, LocalModelError, model_cache_dir, resolve_local_model,
 };
-pub use openai::{ApiConfig, DEFAULT_API_BASE, ModelInfo, OpenAiEmbedder, wire_model};
+pub use openai::{ApiConfig, ApiConfigError, DEFAULT_API_BASE, ModelInfo, OpenAiEmbedder, wire_model};
 
 /// Vectors for one request, in input order, as one flat row-major buffer.
 #[derive(Debug, Clone, PartialEq)]

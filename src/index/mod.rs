@@ -444,6 +444,16 @@ impl SearchIndex {
         self
     }
 
+    /// The `k` best of the points `alive` accepts, every one of them scored exactly (`query` normalised here).
+    pub fn exact_where(&self, query: &[f32], k: usize, alive: &dyn Fn(u64) -> bool) -> Result<Vec<Hit>, IndexError> {
+        if query.len() != self.meta.dimensions {
+            return Err(IndexError::QueryDimensions { got: query.len(), want: self.meta.dimensions });
+        }
+        let mut q = query.to_vec();
+        normalize(&mut q);
+        Ok(self.exact_search(&q, k, alive))
+    }
+
     /// Scores every live point: exact, and at this size as fast as walking the graph. It also cannot miss an
     /// outlier that the graph links to nothing (HNSW's blind spot, most visible in small graphs).
     fn exact_search(&self, query: &[f32], k: usize, alive: &dyn Fn(u64) -> bool) -> Vec<Hit> {
@@ -481,19 +491,20 @@ pub fn existing_params(dir: &Path) -> Option<IndexParams> {
     serde_json::from_slice::<IndexMeta>(&bytes).ok().map(|m| m.params)
 }
 
+/// Vectors for tests of the index and the query engine.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::normalize;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     /// Clustered unit vectors: `clusters` centres (fixed by `seed`), points scattered widely around them so the
     /// clusters overlap (drawn from `seed + 1`, or from another seed for held-out queries).
-    fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    pub fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<f32> {
         clustered_from(n, dims, clusters, seed, seed + 1)
     }
 
-    fn clustered_from(n: usize, dims: usize, clusters: usize, centre_seed: u64, point_seed: u64) -> Vec<f32> {
+    pub fn clustered_from(n: usize, dims: usize, clusters: usize, centre_seed: u64, point_seed: u64) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(centre_seed);
         let centres: Vec<Vec<f32>> =
             (0..clusters).map(|_| (0..dims).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
@@ -507,6 +518,13 @@ mod tests {
         }
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::index::testing::{clustered, clustered_from};
 
     fn exact_top_k(data: &[f32], dims: usize, q: &[f32], k: usize) -> Vec<usize> {
         let mut scored: Vec<(f32, usize)> = data.chunks_exact(dims).enumerate().map(|(i, v)| (dot(q, v), i)).collect();

@@ -1,6 +1,10 @@
 //! The query side: searches answered from the newest version of a dataset that can be read consistently. It
 //! returns data; `cli/` prints it.
 //!
+//! [`Engine`] holds a dataset open (its manifest, index, documents and the last filter's rows) between searches and
+//! opens it again only when a run or an index update has published since, so a batch of queries or a server pays
+//! for opening once. [`Searcher`] adds the dataset's model, to search with text.
+//!
 //! Readers take no lock. Runs publish new versions, and index updates replace the graph, while searches go on, and
 //! each removes the files the version before it needed. So a search that finds a file gone, or an index newer than
 //! the manifest it read, starts again on the version that replaced it (at most [`MAX_ATTEMPTS`] times).
@@ -9,18 +13,37 @@
 //! (rows deleted since are filtered out) and the live rows added since are scored exactly; without a usable graph
 //! (none built yet, or one from before a compaction or a new model) every live row is scored exactly. So a search
 //! never fails just because a run published before the index caught up.
+//!
+//! A filter becomes the set of rows it matches, evaluated on the documents table (and on the chunks' own columns
+//! when it names them). When it matches few rows, those rows are scored exactly; otherwise the graph is searched
+//! with the filter applied inside it, and scored exactly after all if the graph found fewer than `k`. Either way,
+//! when at least `k` rows match, `k` are returned.
 
-use std::path::Path;
+pub mod filter;
+mod rows;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::index::{Hit, IndexError, SearchIndex, dot, normalize, top_k};
-use std::collections::{HashMap, HashSet};
+pub use filter::{Columns, Filter, FilterError};
+pub use rows::RowSet;
 
+use crate::embed::{BuildError, EmbedError, Embedder, EmbedderSpec, ModelEmbedder, RequestSettings};
+use crate::index::{EXACT_SEARCH_MAX_POINTS, Hit, IndexError, SearchIndex, dot, normalize, top_k};
+use crate::stats::Stats;
 use crate::store::{Dataset, DocRecord, StoreError, StoredChunk};
 
 /// Versions a search tries before giving up on a dataset that keeps changing under it.
 pub const MAX_ATTEMPTS: usize = 5;
+
+/// A filter matching at most this many rows is answered by scoring them all...
+pub const EXACT_FILTER_ROWS: u64 = 20_000;
+/// ...as is one matching at most this share of the live rows (the graph search visits ever more rows that the
+/// filter then drops as it gets more selective).
+pub const EXACT_FILTER_SHARE: f64 = 0.05;
 
 /// How the rows were found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,12 +69,36 @@ pub enum ScanReason {
     IndexAhead,
 }
 
+/// How a filtered search went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilterPlan {
+    /// Live rows the filter matched, of `live_rows`.
+    pub matched: u64,
+    pub live_rows: u64,
+    pub strategy: FilterStrategy,
+    /// Rows whose vectors were scored exactly (all the matched ones for `exact`).
+    pub rows_scored: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterStrategy {
+    /// The matched rows scored exactly: few matched.
+    Exact,
+    /// The graph searched with the filter applied inside it.
+    Graph,
+    /// The graph found fewer than `k` matching rows, so the matched rows were scored exactly.
+    GraphThenExact,
+}
+
 /// A search's answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
     /// The version searched.
     pub generation: u64,
     pub method: Method,
+    /// Present when the search was filtered.
+    pub filter: Option<FilterPlan>,
     /// Best first.
     pub hits: Vec<SearchHit>,
 }
@@ -61,8 +108,8 @@ pub struct SearchHit {
     /// Cosine similarity.
     pub score: f32,
     pub chunk: StoredChunk,
-    /// The chunk's document as the version searched has it (its metadata; `rows` left empty), when the dataset has
-    /// a documents table.
+    /// The chunk's document as the version searched has it (its metadata; `rows` left empty), when asked for and
+    /// the dataset has a documents table.
     pub document: Option<DocRecord>,
 }
 
@@ -80,6 +127,8 @@ pub struct Query<'a> {
     pub ef: usize,
     /// Look up each hit's document (its metadata) in the documents table.
     pub documents: bool,
+    /// Only rows this matches (parsed against the dataset's [`Columns`]).
+    pub filter: Option<&'a Filter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,34 +138,133 @@ pub enum QueryError {
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("{path}: the dataset was replaced {MAX_ATTEMPTS} times while searching; run the search again", path = path.display())]
-    Unsettled { path: std::path::PathBuf },
+    Unsettled { path: PathBuf },
     #[error("the query vector has {got} dimensions and the dataset's vectors {want}")]
     Dimensions { got: usize, want: usize },
     #[error("the dataset was embedded again with {now} while the query was embedded with {was}; run the search again")]
     OtherModel { was: String, now: String },
+    #[error(
+        "{path}: the dataset has no documents table (it was written by an older version), so it cannot be filtered; \
+         run `tars-index embed` on it once to add one", path = path.display()
+    )]
+    NoDocuments { path: PathBuf },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("the query is empty")]
+    EmptyQuery,
+    #[error("the query is too long for the model: {0}")]
+    QueryTooLong(String),
+    #[error("embedding the query failed: {0}")]
+    Embed(#[source] EmbedError),
+    #[error(transparent)]
+    Model(#[from] BuildError),
+    #[error("search thread failed: {0}")]
+    Thread(String),
 }
 
-/// The `query.k` rows nearest to `query` in the newest version of the dataset in `dir`.
+impl QueryError {
+    /// Whether the caller asked for something wrong (as opposed to the dataset or the endpoint failing).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            QueryError::Index(_)
+                | QueryError::Dimensions { .. }
+                | QueryError::OtherModel { .. }
+                | QueryError::NoDocuments { .. }
+                | QueryError::Filter(_)
+                | QueryError::EmptyQuery
+                | QueryError::QueryTooLong(_)
+                | QueryError::Model(_)
+        )
+    }
+}
+
+/// The `query.k` rows nearest to `query` in the newest version of the dataset in `dir` (opening it for this one
+/// search; hold an [`Engine`] to search it again).
 pub fn search(dir: &Path, query: &Query<'_>) -> Result<Answer, QueryError> {
-    let mut use_index = true;
-    for _ in 0..MAX_ATTEMPTS {
-        let before = Stamp::read(dir);
-        match attempt(dir, query, use_index) {
-            Ok(Some(answer)) => return Ok(answer),
-            // An index newer than the manifest read: the manifest has moved on too, unless the index is simply
-            // ahead of it (a dataset restored without its index, say): then every row is scored instead.
-            Ok(None) => use_index = Stamp::read(dir) != before,
-            // A failure while the dataset changed (a file the old version needed removed by the new one): look at
-            // the new version. A writer publishes before it removes anything, so the change is visible by now.
-            Err(_) if Stamp::read(dir) != before => continue,
-            Err(e) => return Err(e),
+    Engine::new(dir).search(query)
+}
+
+/// A server shares one engine and one searcher between its request handlers.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Engine>();
+    shared::<Searcher>();
+};
+
+/// A dataset held open for searching.
+pub struct Engine {
+    dir: PathBuf,
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+    exact_max_points: usize,
+    exact_filter_rows: u64,
+}
+
+impl Engine {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            snapshot: Mutex::new(None),
+            exact_max_points: EXACT_SEARCH_MAX_POINTS,
+            exact_filter_rows: EXACT_FILTER_ROWS,
         }
     }
-    Err(QueryError::Unsettled { path: dir.to_path_buf() })
+
+    /// Searches indexes of up to `points` points exhaustively (instead of [`EXACT_SEARCH_MAX_POINTS`]), and filters
+    /// matching up to `rows` rows (instead of [`EXACT_FILTER_ROWS`]) by scoring them: for tests of the graph paths.
+    pub fn with_thresholds(mut self, points: usize, rows: u64) -> Self {
+        self.exact_max_points = points;
+        self.exact_filter_rows = rows;
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The version searches would see now.
+    pub fn dataset(&self) -> Result<Dataset, QueryError> {
+        Ok(self.current(&Stamp::read(&self.dir), true)?.dataset.clone())
+    }
+
+    /// The columns filters can name, for the version searches would see now.
+    pub fn columns(&self) -> Result<Columns, QueryError> {
+        Ok(Columns::new(&self.dataset()?.manifest.metadata))
+    }
+
+    pub fn search(&self, query: &Query<'_>) -> Result<Answer, QueryError> {
+        let mut use_index = true;
+        for _ in 0..MAX_ATTEMPTS {
+            let before = Stamp::read(&self.dir);
+            match self.current(&before, use_index).and_then(|snapshot| snapshot.search(query)) {
+                Ok(Some(answer)) => return Ok(answer),
+                // An index newer than the manifest read: the manifest has moved on too, unless the index is simply
+                // ahead of it (a dataset restored without its index, say): then every row is scored instead.
+                Ok(None) => use_index = Stamp::read(&self.dir) != before,
+                // A failure while the dataset changed (a file the old version needed removed by the new one): look
+                // at the new version. A writer publishes before it removes anything, so the change is visible by now.
+                Err(_) if Stamp::read(&self.dir) != before => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(QueryError::Unsettled { path: self.dir.clone() })
+    }
+
+    /// The open version if it is still the one `stamp` describes, else the version on disk now.
+    fn current(&self, stamp: &Stamp, use_index: bool) -> Result<Arc<Snapshot>, QueryError> {
+        let mut held = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(snapshot) = held.as_ref().filter(|s| s.stamp == *stamp && s.use_index == use_index) {
+            return Ok(Arc::clone(snapshot));
+        }
+        *held = None;
+        let snapshot = Arc::new(Snapshot::open(self, stamp.clone(), use_index)?);
+        *held = Some(Arc::clone(&snapshot));
+        Ok(snapshot)
+    }
 }
 
-/// What the current version and index are, to tell whether they changed during a search.
-#[derive(PartialEq, Eq)]
+/// What the current version and index are, to tell whether they changed.
+#[derive(Clone, PartialEq, Eq)]
 struct Stamp(Option<blake3::Hash>, Option<blake3::Hash>);
 
 impl Stamp {
@@ -126,85 +274,243 @@ impl Stamp {
     }
 }
 
-/// One search of one version; `None` when the index read is newer than the manifest read.
-fn attempt(dir: &Path, query: &Query<'_>, use_index: bool) -> Result<Option<Answer>, QueryError> {
-    let (k, ef) = (query.k, query.ef);
-    let dataset = Dataset::open(dir)?;
-    let manifest = &dataset.manifest;
-    if manifest.model != query.model || manifest.requested_dimensions != query.requested_dimensions {
-        return Err(QueryError::OtherModel { was: query.model.to_owned(), now: manifest.model.clone() });
-    }
-    let dims = dataset.dimensions()?;
-    let (query, with_documents) = (query.vector, query.documents);
-    if query.len() != dims {
-        return Err(QueryError::Dimensions { got: query.len(), want: dims });
-    }
-    let index = match SearchIndex::load(&dataset) {
-        Ok(index) => Some(index),
-        Err(IndexError::Missing { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let same_lineage =
-        index.as_ref().filter(|i| use_index && i.meta.lineage == manifest.lineage && i.meta.dimensions == dims);
-    if same_lineage.is_some_and(|i| i.meta.generation > manifest.generation) {
-        return Ok(None);
-    }
-    let (hits, method) = match (index.as_ref(), same_lineage) {
-        (Some(index), _) if use_index && index.covers(manifest) => (index.search(query, k, ef)?, Method::Index),
-        (_, Some(index)) => {
-            let live = dataset.live_rows()?;
-            let end = manifest.next_row();
-            let is_live = |row: u64| row < end && live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok());
-            let mut hits = index.search_where(query, k, ef, &is_live)?;
-            let (scanned, rows) = scan(&dataset, query, k, index.meta.covered_rows, &is_live)?;
-            hits.extend(scanned);
-            let method = Method::IndexAndScan { index_generation: index.meta.generation, rows_scanned: rows };
-            (top_k(hits, k), method)
-        }
-        (index, None) => {
-            let live = dataset.live_rows()?;
-            let is_live = |row: u64| live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok());
-            let (hits, rows) = scan(&dataset, query, k, 0, &is_live)?;
-            let reason = match index {
-                None => ScanReason::NoIndex,
-                Some(_) if !use_index => ScanReason::IndexAhead,
-                Some(_) => ScanReason::OtherLineage,
-            };
-            (hits, Method::Scan { reason, rows_scanned: rows })
-        }
-    };
-    let rows: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
-    let chunks = dataset.fetch(&rows)?;
-    let mut documents: HashMap<String, DocRecord> = HashMap::new();
-    if with_documents && manifest.docs_file.is_some() && !chunks.is_empty() {
-        let wanted: HashSet<&str> = chunks.iter().map(|c| c.doc.as_str()).collect();
-        let read = dataset.for_each_doc(|mut record| {
-            if wanted.contains(record.doc.as_str()) {
-                record.rows = Vec::new();
-                documents.insert(record.doc.clone(), record);
-            }
-        });
-        // The hits stand without their documents' metadata: say so, rather than fail the search.
-        if let Err(e) = read {
-            tracing::warn!("the documents' metadata could not be read: {e}");
-            documents.clear();
-        }
-    }
-    let hits = hits
-        .into_iter()
-        .zip(chunks)
-        .map(|(hit, chunk)| SearchHit { score: hit.score, document: documents.get(&chunk.doc).cloned(), chunk })
-        .collect();
-    Ok(Some(Answer { generation: manifest.generation, method, hits }))
+/// One version of a dataset, open: what every search of it needs, and what some need, loaded when first asked.
+struct Snapshot {
+    stamp: Stamp,
+    use_index: bool,
+    dataset: Dataset,
+    index: Option<SearchIndex>,
+    exact_filter_rows: u64,
+    docs: Mutex<Option<Arc<Docs>>>,
+    /// The last filter's rows (a batch of queries or a server's clients often repeat one).
+    last_filter: Mutex<Option<(Filter, Arc<RowSet>)>>,
 }
 
-/// The `k` best live rows with ids from `from` on, scored exactly; and how many rows were scored.
+/// The documents table, in memory.
+struct Docs {
+    records: Vec<DocRecord>,
+    by_name: HashMap<String, usize>,
+    /// Sorted live row ids; `None` when every row id given out is live.
+    live: Option<Vec<u64>>,
+}
+
+impl Snapshot {
+    fn open(engine: &Engine, stamp: Stamp, use_index: bool) -> Result<Self, QueryError> {
+        let dataset = Dataset::open(&engine.dir)?;
+        let index = if use_index && dataset.manifest.rows > 0 {
+            match SearchIndex::load(&dataset) {
+                Ok(index) => Some(index.with_exact_max_points(engine.exact_max_points)),
+                Err(IndexError::Missing { .. }) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            stamp,
+            use_index,
+            dataset,
+            index,
+            exact_filter_rows: engine.exact_filter_rows,
+            docs: Mutex::new(None),
+            last_filter: Mutex::new(None),
+        })
+    }
+
+    fn docs(&self) -> Result<Arc<Docs>, QueryError> {
+        let mut held = self.docs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(docs) = held.as_ref() {
+            return Ok(Arc::clone(docs));
+        }
+        let manifest = &self.dataset.manifest;
+        let mut records = Vec::new();
+        if manifest.docs_file.is_some() {
+            self.dataset.for_each_doc(|record| records.push(record))?;
+        }
+        let by_name = records.iter().enumerate().map(|(i, r)| (r.doc.clone(), i)).collect();
+        let live = if manifest.all_rows_live() {
+            None
+        } else {
+            let mut live: Vec<u64> = records.iter().flat_map(|r| r.rows.iter().copied()).collect();
+            live.sort_unstable();
+            Some(live)
+        };
+        let docs = Arc::new(Docs { records, by_name, live });
+        *held = Some(Arc::clone(&docs));
+        Ok(docs)
+    }
+
+    /// The live rows `filter` matches.
+    fn select(&self, filter: &Filter) -> Result<Arc<RowSet>, QueryError> {
+        if let Some((held, rows)) = self.last_filter.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && held == filter
+        {
+            return Ok(Arc::clone(rows));
+        }
+        if self.dataset.manifest.docs_file.is_none() && self.dataset.manifest.rows > 0 {
+            return Err(QueryError::NoDocuments { path: self.dataset.dir.clone() });
+        }
+        let docs = self.docs()?;
+        let end = self.dataset.manifest.next_row();
+        let mut rows = RowSet::new(end);
+        if filter.per_chunk() {
+            let mut positions: Vec<(u32, Option<u32>)> = vec![(0, None); end as usize];
+            self.dataset.for_each_position(|row, chunk_index, page| {
+                if let Some(slot) = positions.get_mut(row as usize) {
+                    *slot = (chunk_index, page);
+                }
+            })?;
+            for doc in &docs.records {
+                for &row in &doc.rows {
+                    let (chunk_index, page) = positions.get(row as usize).copied().unwrap_or_default();
+                    if filter.matches(&filter::Row { doc, page, chunk_index: Some(chunk_index) }) {
+                        rows.insert(row);
+                    }
+                }
+            }
+        } else {
+            for doc in &docs.records {
+                if filter.matches(&filter::Row { doc, page: None, chunk_index: None }) {
+                    doc.rows.iter().for_each(|&row| rows.insert(row));
+                }
+            }
+        }
+        let rows = Arc::new(rows);
+        *self.last_filter.lock().unwrap_or_else(|p| p.into_inner()) = Some((filter.clone(), Arc::clone(&rows)));
+        Ok(rows)
+    }
+
+    /// One search of this version; `None` when its index is newer than its manifest.
+    fn search(&self, query: &Query<'_>) -> Result<Option<Answer>, QueryError> {
+        let (k, ef) = (query.k, query.ef);
+        let dataset = &self.dataset;
+        let manifest = &dataset.manifest;
+        if manifest.model != query.model || manifest.requested_dimensions != query.requested_dimensions {
+            return Err(QueryError::OtherModel { was: query.model.to_owned(), now: manifest.model.clone() });
+        }
+        let dims = dataset.dimensions()?;
+        let vector = query.vector;
+        if vector.len() != dims {
+            return Err(QueryError::Dimensions { got: vector.len(), want: dims });
+        }
+        let same_lineage =
+            self.index.as_ref().filter(|i| i.meta.lineage == manifest.lineage && i.meta.dimensions == dims);
+        if same_lineage.is_some_and(|i| i.meta.generation > manifest.generation) {
+            return Ok(None);
+        }
+        let covering = same_lineage.filter(|i| i.covers(manifest));
+        let method = match (same_lineage, covering) {
+            (_, Some(_)) => Method::Index,
+            (Some(index), None) => Method::IndexAndScan { index_generation: index.meta.generation, rows_scanned: 0 },
+            (None, _) => Method::Scan {
+                reason: match &self.index {
+                    _ if !self.use_index => ScanReason::IndexAhead,
+                    None => ScanReason::NoIndex,
+                    Some(_) => ScanReason::OtherLineage,
+                },
+                rows_scanned: 0,
+            },
+        };
+        let selected = query.filter.map(|f| self.select(f)).transpose()?;
+        let end = manifest.next_row();
+        // The graph answers for rows below `from`; the rows from there on are read from the data files and scored.
+        let from = same_lineage.map_or(0, |i| i.meta.covered_rows);
+
+        let (hits, scanned, plan) = match (&selected, covering) {
+            // The common case: no filter, an index of this very version (it knows its own dead rows).
+            (None, Some(index)) => (index.search(vector, k, ef)?, 0, None),
+            (None, _) => {
+                // Every row id given out is live unless rows were deleted: then the documents table says which.
+                let docs = if manifest.all_rows_live() { None } else { Some(self.docs()?) };
+                let live = docs.as_ref().and_then(|d| d.live.as_ref());
+                let is_live = |row: u64| row < end && live.is_none_or(|l| l.binary_search(&row).is_ok());
+                let mut hits = match same_lineage {
+                    Some(index) => index.search_where(vector, k, ef, &|row| row < from && is_live(row))?,
+                    None => Vec::new(),
+                };
+                let (found, scanned) = scan(dataset, vector, k, from, &is_live)?;
+                hits.extend(found);
+                (top_k(hits, k), scanned, None)
+            }
+            (Some(rows), _) => {
+                let matched = rows.len();
+                let live_rows = manifest.live_rows;
+                let allowed = |row: u64| rows.contains(row);
+                let in_graph = |row: u64| row < from && rows.contains(row);
+                let exact = matched <= self.exact_filter_rows
+                    || (matched as f64) <= EXACT_FILTER_SHARE * live_rows as f64
+                    || same_lineage.is_none();
+                let (found, scanned) =
+                    if from < end { scan(dataset, vector, k, from, &allowed)? } else { (Vec::new(), 0) };
+                let wanted = (k as u64).min(matched) as usize;
+                let (graph_hits, strategy) = match same_lineage {
+                    Some(index) if exact => (index.exact_where(vector, k, &in_graph)?, FilterStrategy::Exact),
+                    Some(index) => {
+                        // The filter drops rows inside the search: look further the fewer match.
+                        let share = (matched as f64 / live_rows.max(1) as f64).clamp(0.01, 1.0);
+                        let widened = ((ef.max(k) as f64) / share).min(4.0 * ef.max(k) as f64) as usize;
+                        let hits = index.search_where(vector, k, widened, &in_graph)?;
+                        if hits.len() + found.len() < wanted {
+                            (index.exact_where(vector, k, &in_graph)?, FilterStrategy::GraphThenExact)
+                        } else {
+                            (hits, FilterStrategy::Graph)
+                        }
+                    }
+                    None => (Vec::new(), FilterStrategy::Exact),
+                };
+                let rows_scored = match strategy {
+                    FilterStrategy::Graph => scanned,
+                    FilterStrategy::Exact | FilterStrategy::GraphThenExact => matched,
+                };
+                let mut hits = graph_hits;
+                hits.extend(found);
+                let plan = FilterPlan { matched, live_rows, strategy, rows_scored };
+                (top_k(hits, k), scanned, Some(plan))
+            }
+        };
+        let method = match method {
+            Method::Index => Method::Index,
+            Method::IndexAndScan { index_generation, .. } => {
+                Method::IndexAndScan { index_generation, rows_scanned: scanned }
+            }
+            Method::Scan { reason, .. } => Method::Scan { reason, rows_scanned: scanned },
+        };
+
+        let rows: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
+        let chunks = dataset.fetch(&rows)?;
+        let docs = if query.documents && manifest.docs_file.is_some() && !chunks.is_empty() {
+            match self.docs() {
+                Ok(docs) => Some(docs),
+                // The hits stand without their documents' metadata: say so, rather than fail the search.
+                Err(e) => {
+                    tracing::warn!("the documents' metadata could not be read: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let document = |doc: &str| {
+            let docs = docs.as_ref()?;
+            let record = &docs.records[*docs.by_name.get(doc)?];
+            Some(DocRecord { rows: Vec::new(), ..record.clone() })
+        };
+        let hits = hits
+            .into_iter()
+            .zip(chunks)
+            .map(|(hit, chunk)| SearchHit { score: hit.score, document: document(&chunk.doc), chunk })
+            .collect();
+        Ok(Some(Answer { generation: manifest.generation, method, filter: plan, hits }))
+    }
+}
+
+/// The `k` best rows `allowed` accepts with ids from `from` on, scored exactly; and how many rows were scored.
 fn scan(
     dataset: &Dataset,
     query: &[f32],
     k: usize,
     from: u64,
-    is_live: &dyn Fn(u64) -> bool,
+    allowed: &dyn Fn(u64) -> bool,
 ) -> Result<(Vec<Hit>, u64), StoreError> {
     let dims = query.len();
     let mut q = query.to_vec();
@@ -216,7 +522,7 @@ fn scan(
     dataset.for_each_vector_batch::<StoreError>(first_file, |first, vectors, rows| {
         for (i, vector) in vectors.chunks_exact(dims).take(rows).enumerate() {
             let row = first + i as u64;
-            if row < from || !is_live(row) {
+            if row < from || !allowed(row) {
                 continue;
             }
             v.copy_from_slice(vector);
@@ -231,6 +537,83 @@ fn scan(
         Ok(())
     })?;
     Ok((top_k(best, k), scored))
+}
+
+/// A text search: what to find, and how.
+#[derive(Debug, Clone)]
+pub struct TextQuery {
+    pub text: String,
+    pub k: usize,
+    pub ef: usize,
+    pub documents: bool,
+    pub filter: Option<Filter>,
+}
+
+/// An [`Engine`] with the dataset's model: searches with text.
+pub struct Searcher {
+    engine: Arc<Engine>,
+    embedder: Arc<ModelEmbedder>,
+    model: String,
+    requested_dimensions: Option<u32>,
+}
+
+impl Searcher {
+    /// Opens the dataset in `dir` and the model it was embedded with.
+    pub async fn open(dir: &Path, requests: RequestSettings, stats: &Arc<Stats>) -> Result<Self, QueryError> {
+        let engine = Arc::new(Engine::new(dir));
+        let manifest = Dataset::open(dir)?.manifest;
+        let spec = EmbedderSpec::for_queries(&manifest.model, manifest.requested_dimensions, requests);
+        let embedder = Arc::new(ModelEmbedder::build(&spec, stats).await?);
+        Ok(Self::with_embedder(engine, embedder, manifest.model, manifest.requested_dimensions))
+    }
+
+    pub fn with_embedder(
+        engine: Arc<Engine>,
+        embedder: Arc<ModelEmbedder>,
+        model: String,
+        requested_dimensions: Option<u32>,
+    ) -> Self {
+        Self { engine, embedder, model, requested_dimensions }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Checks a query's text before anything is sent.
+    pub fn check(&self, text: &str) -> Result<(), QueryError> {
+        if text.trim().is_empty() {
+            return Err(QueryError::EmptyQuery);
+        }
+        self.embedder.check_input(text).map_err(QueryError::QueryTooLong)
+    }
+
+    /// Embeds the query and searches (the search itself on a blocking thread).
+    pub async fn search(&self, query: &TextQuery) -> Result<Answer, QueryError> {
+        self.check(&query.text)?;
+        let embedding = self.embedder.embed(&[query.text.as_str()]).await.map_err(QueryError::Embed)?;
+        if embedding.len() != 1 {
+            return Err(QueryError::Embed(EmbedError::InvalidResponse {
+                attempts: 1,
+                last: format!("{} vectors for one query", embedding.len()),
+            }));
+        }
+        let (engine, vector, query) = (Arc::clone(&self.engine), embedding.vector(0).to_vec(), query.clone());
+        let (model, requested_dimensions) = (self.model.clone(), self.requested_dimensions);
+        tokio::task::spawn_blocking(move || {
+            engine.search(&Query {
+                vector: &vector,
+                model: &model,
+                requested_dimensions,
+                k: query.k,
+                ef: query.ef,
+                documents: query.documents,
+                filter: query.filter.as_ref(),
+            })
+        })
+        .await
+        .map_err(|e| QueryError::Thread(e.to_string()))?
+    }
 }
 
 #[cfg(test)]
@@ -316,7 +699,7 @@ mod tests {
     }
 
     fn query(vector: &[f32], k: usize) -> Query<'_> {
-        Query { vector, model: "m", requested_dimensions: None, k, ef: 64, documents: true }
+        Query { vector, model: "m", requested_dimensions: None, k, ef: 64, documents: true, filter: None }
     }
 
     fn docs_of(answer: &Answer) -> Vec<String> {
@@ -407,5 +790,95 @@ mod tests {
         publish(dir.path(), None, &[], &[0]);
         let err = search(dir.path(), &query(&[1.0, 0.0], 1)).expect_err("wrong size");
         assert!(matches!(err, QueryError::Dimensions { got: 2, want: DIMS }), "{err}");
+    }
+
+    /// One chunk per document, each with a `bucket` field that scatters the rows over 0..1000 independently of
+    /// their cluster, so `bucket < b` matches b/1000 of the rows.
+    fn bucketed(dir: &Path, n: u32, dims: usize) -> Vec<f32> {
+        use crate::source::{FieldType, Value};
+        let data = crate::index::testing::clustered(n as usize, dims, 50, 5);
+        let mut writer = DatasetWriter::begin(dir, settings(), None, false).expect("begin");
+        writer.set_field_types(std::collections::BTreeMap::from([("bucket".to_owned(), FieldType::Int64)]));
+        let chunks: Vec<Chunk> = (0..n).map(chunk).collect();
+        let first = writer.write(&chunks, &data, dims).expect("write");
+        let docs: HashMap<String, DocRecord> = (0..n)
+            .map(|i| {
+                let mut r = record(i, first + u64::from(i));
+                let bucket = (u64::from(i) * 7919) % 1000;
+                r.fields.insert(Arc::from("bucket"), Value::Int64(bucket as i64));
+                (r.doc.clone(), r)
+            })
+            .collect();
+        let manifest = writer.finish(&docs, &[], RunStatus::Complete).expect("finish");
+        update(&Dataset { dir: dir.to_path_buf(), manifest }, IndexParams { m: 16, ef_construction: 100 }, false)
+            .expect("index");
+        data
+    }
+
+    #[test]
+    fn filtered_searches_return_k_with_high_recall_whatever_the_selectivity() {
+        let (n, dims, k) = (10_000u32, 32, 10);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = bucketed(dir.path(), n, dims);
+        // Graph searches for the whole index, and exact scans only below 500 matched rows (so 10% and 50% go
+        // through the graph here, as they would at 400,000 rows with the default thresholds).
+        let engine = Engine::new(dir.path()).with_thresholds(0, 500);
+        let columns = engine.columns().expect("columns");
+        let queries = crate::index::testing::clustered_from(50, dims, 50, 5, 77);
+        for (bucket, strategy) in [
+            (1, FilterStrategy::Exact),
+            (10, FilterStrategy::Exact),
+            (100, FilterStrategy::Graph),
+            (500, FilterStrategy::Graph),
+        ] {
+            let filter = Filter::parse(&format!("bucket < {bucket}"), &columns).expect("filter");
+            let matching: Vec<usize> = (0..n as usize).filter(|i| (*i as u64 * 7919) % 1000 < bucket).collect();
+            let mut found = 0;
+            for q in queries.chunks_exact(dims) {
+                let query = Query { filter: Some(&filter), ..query(q, k) };
+                let answer = engine.search(&query).expect("search");
+                let plan = answer.filter.clone().expect("plan");
+                assert_eq!((plan.matched, plan.live_rows), (matching.len() as u64, u64::from(n)));
+                assert_eq!(plan.strategy, strategy, "bucket < {bucket}");
+                assert_eq!(answer.hits.len(), k, "bucket < {bucket}: k hits when at least k match");
+                let mut truth: Vec<(f32, usize)> =
+                    matching.iter().map(|&i| (dot(q, &data[i * dims..(i + 1) * dims]), i)).collect();
+                truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let truth: Vec<String> = truth.iter().take(k).map(|(_, i)| format!("doc-{i}")).collect();
+                found += answer.hits.iter().filter(|h| truth.contains(&h.chunk.doc)).count();
+            }
+            let recall = found as f64 / (queries.len() / dims * k) as f64;
+            eprintln!("bucket < {bucket}: recall@10 {recall:.3}");
+            assert!(recall >= 0.95, "bucket < {bucket}: recall@10 {recall:.3} against an exact filtered scan");
+        }
+        // Fewer matches than k: all of them.
+        let filter = Filter::parse("bucket = 3 AND doc IN ('doc-0', 'doc-1', 'doc-2')", &columns).expect("filter");
+        let matching = (0..3).filter(|i| (i * 7919) % 1000 == 3).count();
+        let answer = engine.search(&Query { filter: Some(&filter), ..query(&queries[..dims], k) }).expect("search");
+        assert_eq!(answer.hits.len(), matching);
+    }
+
+    #[test]
+    fn a_filter_never_returns_deleted_documents_and_can_name_chunk_columns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v1 = publish(dir.path(), None, &[], &[0, 1, 2, 3]);
+        update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
+        // doc-1 deleted; doc-9 added since the index (axis 1 as well).
+        publish(dir.path(), Some(&v1), &[0, 2, 3], &[9]);
+        let engine = Engine::new(dir.path());
+        let columns = engine.columns().expect("columns");
+        let filter = Filter::parse("doc LIKE 'doc-%'", &columns).expect("filter");
+        let answer = engine.search(&Query { filter: Some(&filter), ..query(&axis(1), 10) }).expect("search");
+        let docs = docs_of(&answer);
+        assert_eq!(docs.len(), 4, "{docs:?}");
+        assert!(!docs.contains(&"doc-1".to_owned()) && docs[0] == "doc-9", "{docs:?}");
+        assert!(matches!(answer.method, Method::IndexAndScan { .. }), "{:?}", answer.method);
+        let only_first_chunks = Filter::parse("chunk_index = 0 AND page IS NULL", &columns).expect("filter");
+        let answer = engine.search(&Query { filter: Some(&only_first_chunks), ..query(&axis(1), 10) }).expect("s");
+        assert_eq!(answer.hits.len(), 4);
+        let none = Filter::parse("chunk_index > 0", &columns).expect("filter");
+        let answer = engine.search(&Query { filter: Some(&none), ..query(&axis(1), 10) }).expect("search");
+        assert!(answer.hits.is_empty());
+        assert_eq!(answer.filter.expect("plan").matched, 0);
     }
 }

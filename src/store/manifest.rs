@@ -141,6 +141,12 @@ impl Manifest {
         self.files.last().map_or(0, |f| f.first_row + f.rows).max(self.next_row_id)
     }
 
+    /// Whether every row id given out so far is live, so no documents table need be read to tell. (Rows of a file
+    /// dropped for holding no live row are not stored, so `live_rows == rows` alone does not make every id live.)
+    pub fn all_rows_live(&self) -> bool {
+        self.docs_file.is_none() || (self.live_rows == self.rows && self.rows == self.next_row())
+    }
+
     /// Whether two manifests' vectors live in the same space (same model, same requested size).
     pub fn same_vector_space(&self, other: &Manifest) -> bool {
         self.model == other.model && self.requested_dimensions == other.requested_dimensions

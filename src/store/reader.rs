@@ -142,6 +142,41 @@ impl Dataset {
         Ok(())
     }
 
+    /// Calls `f(row_id, chunk_index, page)` for every row (dead ones included), reading only those two columns (a
+    /// filter on a chunk's own columns). Files written before pages were kept give no page.
+    pub fn for_each_position(&self, mut f: impl FnMut(u64, u32, Option<u32>)) -> Result<(), StoreError> {
+        for entry in &self.manifest.files {
+            let path = self.dir.join(&entry.path);
+            let builder = self.open_file(&path, entry.rows)?;
+            let index_root = column_index(&builder, &path, schema::CHUNK_INDEX)?;
+            let page_root = builder.schema().index_of(schema::PAGE).ok();
+            let roots: Vec<usize> = [Some(index_root), page_root].into_iter().flatten().collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            let reader =
+                builder.with_projection(mask).with_batch_size(8192).build().map_err(StoreError::parquet(&path))?;
+            let mut row_id = entry.first_row;
+            for batch in reader {
+                let batch = batch.map_err(StoreError::arrow(&path))?;
+                let chunk_index = batch
+                    .column_by_name(schema::CHUNK_INDEX)
+                    .and_then(|c| c.as_primitive_opt::<UInt32Type>())
+                    .ok_or_else(|| corrupt(&path, "column \"chunk_index\" is not uint32"))?;
+                let page = match batch.column_by_name(schema::PAGE) {
+                    None => None,
+                    Some(c) => Some(
+                        c.as_primitive_opt::<UInt32Type>()
+                            .ok_or_else(|| corrupt(&path, "column \"page\" is not uint32"))?,
+                    ),
+                };
+                for i in 0..batch.num_rows() {
+                    f(row_id, chunk_index.value(i), page.and_then(|p| p.is_valid(i).then(|| p.value(i))));
+                    row_id += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The hash and vector of each row in `row_ids`, in ascending row-id order.
     pub fn read_vectors(&self, row_ids: &[u64]) -> Result<Vec<(u64, String, Vec<f32>)>, StoreError> {
         let dims = self.dimensions()?;
@@ -298,11 +333,9 @@ impl Dataset {
         Ok(entries)
     }
 
-    /// Sorted ids of the live rows; `None` when every row id given out so far is live. (Rows of a file dropped
-    /// for holding no live row are not stored, so `live_rows == rows` alone does not make every id live.)
+    /// Sorted ids of the live rows; `None` when every row id given out so far is live.
     pub fn live_rows(&self) -> Result<Option<Vec<u64>>, StoreError> {
-        let m = &self.manifest;
-        if m.docs_file.is_none() || (m.live_rows == m.rows && m.rows == m.next_row()) {
+        if self.manifest.all_rows_live() {
             return Ok(None);
         }
         let mut live = Vec::with_capacity(self.manifest.live_rows as usize);

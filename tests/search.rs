@@ -1,0 +1,165 @@
+//! `search` through the CLI: filters over metadata and built-in columns, `--explain`, errors that point at the
+//! offending part of a filter.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::util::mock::MockServer;
+use crate::util::{cli, corpus, json_lines, run};
+
+/// Six records with typed metadata (one without a year), a Markdown guide and a text note.
+fn dataset(mock: &MockServer) -> (tempfile::TempDir, PathBuf) {
+    let records = [
+        r#"{"id": "r1", "text": "Tune the bicycle gears before a long ride.", "year": 2019, "lang": "en", "score": 0.5, "draft": false, "published": "2019-03-01"}"#,
+        r#"{"id": "r2", "text": "Das Fahrrad braucht neue Bremsen und eine Kette.", "year": 2021, "lang": "de", "score": 0.9, "draft": true, "published": "2021-06-15T12:00:00Z"}"#,
+        r#"{"id": "r3", "text": "Oil the chain of the bicycle every month.", "year": 2023, "lang": "en", "score": 0.7, "draft": false, "published": "2023-01-10"}"#,
+        r#"{"id": "r4", "text": "Le vélo a besoin d'un nouveau dérailleur.", "year": 2020, "lang": "fr", "score": 0.1, "draft": false, "published": "2020-09-30"}"#,
+        r#"{"id": "r5", "text": "Pump the bicycle tyres to the pressure on their side.", "lang": "en", "score": 0.3, "draft": true}"#,
+        r#"{"id": "r6", "text": "Replace worn brake pads on the bicycle.", "year": 2024, "lang": "en", "score": 1.5, "draft": false, "published": "2024-02-29"}"#,
+    ];
+    let input = corpus(&[
+        ("records.jsonl", &(records.join("\n") + "\n")),
+        ("guides/bicycle.md", "# Bicycle care\n\nClean the bicycle chain and check the brakes."),
+        ("notes/bicycle.txt", "A note about bicycle bells."),
+    ]);
+    let dataset = input.path().join("ds");
+    let metadata = [
+        "--metadata",
+        "year:int64",
+        "--metadata",
+        "lang",
+        "--metadata",
+        "score:float64",
+        "--metadata",
+        "draft:bool",
+        "--metadata",
+        "published:timestamp",
+    ];
+    let mut cmd = cli(Some(&mock.base()));
+    cmd.arg("embed").arg(input.path()).arg("--out").arg(&dataset).args(["--id-field", "id"]).args(metadata);
+    let embedded = run(&mut cmd);
+    assert_eq!(embedded.code, 0, "{}", embedded.all_output());
+    let indexed = run(cli(Some(&mock.base())).arg("index").arg(&dataset));
+    assert_eq!(indexed.code, 0, "{}", indexed.all_output());
+    (input, dataset)
+}
+
+fn search(mock: &MockServer, dataset: &Path, args: &[&str]) -> crate::util::Run {
+    run(cli(Some(&mock.base())).arg("search").arg(dataset).arg("bicycle").args(args))
+}
+
+/// The documents `filter` lets through (k larger than the dataset).
+fn docs_matching(mock: &MockServer, dataset: &Path, filters: &[&str]) -> BTreeSet<String> {
+    let mut args = vec!["-k", "100", "--json"];
+    for f in filters {
+        args.extend(["--filter", f]);
+    }
+    let found = search(mock, dataset, &args);
+    assert_eq!(found.code, 0, "{filters:?}: {}", found.all_output());
+    json_lines(&found.stdout).iter().map(|hit| hit["doc"].as_str().expect("doc").to_owned()).collect()
+}
+
+fn set(docs: &[&str]) -> BTreeSet<String> {
+    docs.iter().map(|d| (*d).to_owned()).collect()
+}
+
+#[test]
+fn filters_select_on_every_operator_and_type() {
+    let mock = MockServer::start();
+    let (_input, ds) = dataset(&mock);
+    let md = "guides/bicycle.md";
+    let txt = "notes/bicycle.txt";
+    let cases: &[(&str, &[&str])] = &[
+        ("year = 2021", &["r2"]),
+        ("year != 2021", &["r1", "r3", "r4", "r6"]),
+        ("year < 2020", &["r1"]),
+        ("year <= 2020", &["r1", "r4"]),
+        ("year > 2021", &["r3", "r6"]),
+        ("year >= 2023.5", &["r6"]),
+        ("year IN (2019, 2024)", &["r1", "r6"]),
+        ("year IS NULL", &["r5", md, txt]),
+        ("year IS NOT NULL AND NOT year = 2019", &["r2", "r3", "r4", "r6"]),
+        ("lang = 'en'", &["r1", "r3", "r5", "r6"]),
+        ("lang NOT IN ('en', 'de')", &["r4"]),
+        ("lang LIKE 'd%'", &["r2"]),
+        ("score > 0.6 OR lang = 'fr'", &["r2", "r3", "r4", "r6"]),
+        ("score BETWEEN_IS_NOT_SUPPORTED", &[]),
+        ("draft = true", &["r2", "r5"]),
+        ("draft != true AND (year < 2021 OR year > 2023)", &["r1", "r4", "r6"]),
+        ("published >= '2021-06-15T12:00:00Z'", &["r2", "r3", "r6"]),
+        ("published < '2020-01-01'", &["r1"]),
+        ("format = 'markdown'", &[md]),
+        ("format IN ('text', 'markdown')", &[md, txt]),
+        ("doc LIKE 'notes/%'", &[txt]),
+        ("title = 'Bicycle care'", &[md]),
+        ("file LIKE '%records.jsonl'", &["r1", "r2", "r3", "r4", "r5", "r6"]),
+        ("size > 0", &["r1", "r2", "r3", "r4", "r5", "r6", md, txt]),
+        ("modified > '2000-01-01'", &["r1", "r2", "r3", "r4", "r5", "r6", md, txt]),
+        ("page IS NULL AND chunk_index = 0", &["r1", "r2", "r3", "r4", "r5", "r6", md, txt]),
+    ];
+    for (filter, want) in cases {
+        if filter.contains("NOT_SUPPORTED") {
+            let found = search(&mock, &ds, &["--filter", filter]);
+            assert_eq!(found.code, 2, "{filter}: {}", found.all_output());
+            continue;
+        }
+        assert_eq!(docs_matching(&mock, &ds, &[filter]), set(want), "--filter {filter:?}");
+    }
+    // Repeated --filter: all must match.
+    assert_eq!(docs_matching(&mock, &ds, &["lang = 'en'", "year > 2020"]), set(&["r3", "r6"]));
+    // Fewer matches than k: all of them; more: exactly k.
+    let found = search(&mock, &ds, &["-k", "2", "--filter", "lang = 'en'", "--json"]);
+    assert_eq!(json_lines(&found.stdout).len(), 2, "{}", found.all_output());
+}
+
+#[test]
+fn a_bad_filter_exits_2_and_points_at_the_problem() {
+    let mock = MockServer::start();
+    let (_input, ds) = dataset(&mock);
+    let requests_before = mock.requests();
+    // (filter, message, the part pointed at: "" for the end)
+    let cases = [
+        ("yeer > 2000", "no column \"yeer\"", "yeer"),
+        ("year = 'new'", "\"year\" is an int64 and this is a string", "'new'"),
+        ("lang = en", "quote strings with single quotes", "en"),
+        ("year > 2000 AND", "expected a column name, found the end", ""),
+        ("(year > 2000", "this '(' is never closed", "("),
+        ("draft < true", "compare it with = or !=", "<"),
+        ("published > 'yesterday'", "is not a timestamp", "'yesterday'"),
+        ("lang LIKE 5", "expected a quoted pattern", "5"),
+    ];
+    for (filter, message, part) in cases {
+        let found = search(&mock, &ds, &["--filter", filter]);
+        assert_eq!(found.code, 2, "{filter}: {}", found.all_output());
+        assert!(found.stderr.contains(message), "{filter}: {}", found.stderr);
+        let at = if part.is_empty() { filter.len() } else { filter.find(part).expect("part") };
+        let caret = format!("  {filter}\n  {}{}\n", " ".repeat(at), "^".repeat(part.len().max(1)));
+        assert!(found.stderr.contains(&caret), "{filter}: caret {caret:?} in\n{}", found.stderr);
+        assert!(found.stderr.contains(&format!("--filter at column {}:", at + 1)), "{}", found.stderr);
+        assert!(found.stdout.is_empty(), "{filter}: {}", found.stdout);
+    }
+    // Checked before the query is embedded: nothing was sent.
+    assert_eq!(mock.requests(), requests_before);
+}
+
+#[test]
+fn explain_says_how_the_hits_were_found() {
+    let mock = MockServer::start();
+    let (_input, ds) = dataset(&mock);
+    let found = search(&mock, &ds, &["--filter", "lang = 'en'", "--explain"]);
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    let (comments, hits): (Vec<&str>, Vec<&str>) = found.stdout.lines().partition(|l| l.starts_with('#'));
+    assert_eq!(hits.len(), 4, "{}", found.stdout);
+    assert!(comments[0].contains("searched the index of this version"), "{comments:?}");
+    assert!(comments[1].contains("matched 4 of 8 live rows (50.00%)"), "{comments:?}");
+    assert!(comments[1].contains("score them all exactly"), "{comments:?}");
+
+    let found = search(&mock, &ds, &["--filter", "draft = true", "--explain", "--json"]);
+    let lines = json_lines(&found.stdout);
+    let explain = &lines[0]["explain"];
+    assert_eq!(explain["method"], "index", "{explain}");
+    assert_eq!(explain["filter"]["matched"], 2);
+    assert_eq!(explain["filter"]["strategy"], "exact");
+    assert_eq!(lines.len(), 3, "{}", found.stdout);
+    assert!(lines[1..].iter().all(|hit| hit["metadata"]["draft"] == true), "{lines:?}");
+}
