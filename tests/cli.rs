@@ -356,6 +356,26 @@ fn damaged_or_stale_index_is_refused_without_crashing() {
     let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
     assert_eq!(result.code, 2, "{}", result.all_output());
     assert!(result.stderr.contains("damaged"), "{}", result.stderr);
+    let verified = run(cli(None).arg("index").arg(&dataset).arg("--verify"));
+    assert_eq!(verified.code, 1, "{}", verified.all_output());
+    assert!(verified.stderr.contains("does not match its checksum"), "{}", verified.stderr);
+
+    // A truncated file fails the size check that every search makes.
+    assert_eq!(run(cli(None).arg("index").arg(&dataset).arg("--rebuild")).code, 0);
+    let verified = run(cli(None).arg("index").arg(&dataset).arg("--verify"));
+    assert_eq!(verified.code, 0, "{}", verified.all_output());
+    assert!(verified.stdout.starts_with("index ok: 2 files"), "{}", verified.stdout);
+    let data = std::fs::read_dir(dataset.join("index"))
+        .expect("index dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".hnsw.data"))
+        .expect("data file");
+    let file = std::fs::OpenOptions::new().write(true).open(&data).expect("open");
+    file.set_len(file.metadata().expect("stat").len() - 1).expect("truncate");
+    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("damaged"), "{}", result.stderr);
 
     // Rebuilding repairs it. A version the index does not cover (here from scratch, with --no-index) is still
     // searched, exactly, with a warning that says how to build the index again.

@@ -236,6 +236,10 @@ pub struct IndexArgs {
     /// Rebuild from scratch instead of extending the existing index with the rows added since.
     #[arg(long)]
     pub rebuild: bool,
+    /// Check every byte of the index files against their checksums and change nothing (a search checks sizes and
+    /// the first and last 64 KiB only).
+    #[arg(long, conflicts_with = "rebuild")]
+    pub verify: bool,
     /// Wait up to SECS for a run writing the dataset to finish.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub wait_lock: u64,

@@ -483,7 +483,29 @@ fn damage_advice(error: &StoreError, dir: &Path) -> Option<String> {
 async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
     let params = IndexParams { m: args.m, ef_construction: args.ef_construction };
     params.validate().map_err(Failure::usage)?;
-    Dataset::open(&args.dataset).map_err(Failure::usage)?;
+    let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
+    if args.verify {
+        let meta = tokio::task::spawn_blocking(move || index::SearchIndex::check(&dataset, index::Check::Full))
+            .await
+            .map_err(|e| Failure::run(anyhow::anyhow!("index check thread failed: {e}")))?
+            .map_err(Failure::run)?;
+        let bytes: u64 = meta.files.iter().map(|f| f.bytes).sum();
+        let mut stdout = std::io::stdout().lock();
+        if args.json {
+            let value = serde_json::json!({ "verified": true, "files": meta.files.len(), "bytes": bytes,
+                "generation": meta.generation, "points": meta.points });
+            let _ = writeln!(stdout, "{value}");
+        } else {
+            let _ = writeln!(
+                stdout,
+                "index ok: {} files, {bytes} bytes match their checksums ({} points, dataset version {})",
+                meta.files.len(),
+                meta.points,
+                meta.generation
+            );
+        }
+        return Ok(exit::SUCCESS);
+    }
     let _lock = lock_dataset(&args.dataset, "index", Duration::from_secs(args.wait_lock)).await?;
     // Read again under the lock: a run may have published a new version meanwhile.
     let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;

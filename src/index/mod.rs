@@ -155,7 +155,25 @@ fn dead_ranges(live: Option<&[u64]>, end: u64) -> Vec<[u64; 2]> {
 pub struct IndexFile {
     pub name: String,
     pub bytes: u64,
+    /// Of the whole file: checked by `index --verify`.
     pub blake3: String,
+    /// Of its size and first and last [`SAMPLE_BYTES`]: checked on every load, which then reads 128 KiB of the
+    /// file instead of all of it (absent in indexes written before it was kept: those get the full check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_blake3: Option<String>,
+}
+
+/// Bytes at each end of an index file that the load-time check hashes. Truncation, a torn or missing tail and a
+/// file of another build all show there; `index --verify` reads everything.
+pub const SAMPLE_BYTES: u64 = 64 * 1024;
+
+/// How much of the index files to check before they are handed to hnsw_rs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Size and the head-and-tail digest.
+    Quick,
+    /// Every byte.
+    Full,
 }
 
 /// An in-memory graph over unit vectors.
@@ -300,7 +318,24 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
 fn describe_file(dir: &Path, name: &str) -> Result<IndexFile, StoreError> {
     let path = dir.join(name);
     let (bytes, hash) = hash_file(&path)?;
-    Ok(IndexFile { name: name.to_owned(), bytes, blake3: hash })
+    let sample = sample_hash(&path)?;
+    Ok(IndexFile { name: name.to_owned(), bytes, blake3: hash, sample_blake3: Some(sample) })
+}
+
+/// blake3 of the file's size and its first and last [`SAMPLE_BYTES`] (overlapping for small files).
+fn sample_hash(path: &Path) -> Result<String, StoreError> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path).map_err(StoreError::io(path))?;
+    let size = file.metadata().map_err(StoreError::io(path))?.len();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&size.to_le_bytes());
+    let mut buf = vec![0u8; SAMPLE_BYTES.min(size) as usize];
+    file.read_exact(&mut buf).map_err(StoreError::io(path))?;
+    hasher.update(&buf);
+    file.seek(SeekFrom::Start(size - buf.len() as u64)).map_err(StoreError::io(path))?;
+    file.read_exact(&mut buf).map_err(StoreError::io(path))?;
+    hasher.update(&buf);
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 fn hash_file(path: &Path) -> Result<(u64, String), StoreError> {
@@ -347,9 +382,19 @@ pub struct Hit {
 }
 
 impl SearchIndex {
-    /// Loads `<dataset>/index` after checking its files against their checksums, whatever version of the dataset it
-    /// was built from: [`SearchIndex::covers`] says whether it matches one.
+    /// Loads `<dataset>/index` after the quick check of its files, whatever version of the dataset it was built
+    /// from: [`SearchIndex::covers`] says whether it matches one.
     pub fn load(dataset: &Dataset) -> Result<Self, IndexError> {
+        let meta = Self::check(dataset, Check::Quick)?;
+        let dir = dataset.dir.join(INDEX_DIR);
+        let io = HnswIo::new(&dir, &meta.basename);
+        let graph = LoadedGraph::try_new(io, |io| io.load_hnsw_with_dist::<f32, DistUnitDot>(DistUnitDot))
+            .map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+        Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
+    }
+
+    /// Reads `index.json` and checks the files it lists, without loading them.
+    pub fn check(dataset: &Dataset, check: Check) -> Result<IndexMeta, IndexError> {
         let dir = dataset.dir.join(INDEX_DIR);
         let meta_path = dir.join(INDEX_FILE);
         let bytes = match std::fs::read(&meta_path) {
@@ -366,20 +411,22 @@ impl SearchIndex {
             return Err(damaged(format!("distance {:?} is not {DISTANCE:?}", meta.distance)));
         }
         for file in &meta.files {
-            let (bytes, hash) = match hash_file(&dir.join(&file.name)) {
-                Ok(found) => found,
+            let path = dir.join(&file.name);
+            let found = match (check, &file.sample_blake3) {
+                (Check::Quick, Some(sample)) => std::fs::metadata(&path)
+                    .map_err(StoreError::io(&path))
+                    .and_then(|m| Ok(m.len() == file.bytes && sample_hash(&path)? == *sample)),
+                _ => hash_file(&path).map(|(bytes, hash)| bytes == file.bytes && hash == file.blake3),
+            };
+            match found {
+                Ok(true) => {}
+                Ok(false) => return Err(damaged(format!("{} does not match its checksum", file.name))),
                 // Replaced by a newer index since index.json was read: not damage (the caller may look again).
                 Err(e) if e.is_not_found() => return Err(e.into()),
                 Err(e) => return Err(damaged(Chain(&e).to_string())),
-            };
-            if bytes != file.bytes || hash != file.blake3 {
-                return Err(damaged(format!("{} does not match its checksum", file.name)));
             }
         }
-        let io = HnswIo::new(&dir, &meta.basename);
-        let graph = LoadedGraph::try_new(io, |io| io.load_hnsw_with_dist::<f32, DistUnitDot>(DistUnitDot))
-            .map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
-        Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
+        Ok(meta)
     }
 
     /// Whether the graph holds exactly the rows of `manifest` (so its own dead-row list is the whole filter).
