@@ -150,16 +150,133 @@ fn explain_says_how_the_hits_were_found() {
     assert_eq!(found.code, 0, "{}", found.all_output());
     let (comments, hits): (Vec<&str>, Vec<&str>) = found.stdout.lines().partition(|l| l.starts_with('#'));
     assert_eq!(hits.len(), 4, "{}", found.stdout);
-    assert!(comments[0].contains("searched the index of this version"), "{comments:?}");
-    assert!(comments[1].contains("matched 4 of 8 live rows (50.00%)"), "{comments:?}");
-    assert!(comments[1].contains("score them all exactly"), "{comments:?}");
+    let said = |what: &str| comments.iter().any(|c| c.contains(what));
+    assert!(said("vector: the index of this version"), "{comments:?}");
+    assert!(said("keyword: the BM25 index of version 1"), "{comments:?}");
+    assert!(said("matched 4 of 8 live rows (50.00%)") && said("score them all exactly"), "{comments:?}");
+    // Each hit says where it stood in each list.
+    assert!(hits.iter().all(|h| h.contains("[vector ") && h.contains(" keyword ")), "{hits:?}");
 
     let found = search(&mock, &ds, &["--filter", "draft = true", "--explain", "--json"]);
     let lines = json_lines(&found.stdout);
     let explain = &lines[0]["explain"];
-    assert_eq!(explain["method"], "index", "{explain}");
+    assert_eq!((&explain["method"], &explain["mode"]), (&serde_json::json!("index"), &serde_json::json!("hybrid")));
     assert_eq!(explain["filter"]["matched"], 2);
     assert_eq!(explain["filter"]["strategy"], "exact");
     assert_eq!(lines.len(), 3, "{}", found.stdout);
     assert!(lines[1..].iter().all(|hit| hit["metadata"]["draft"] == true), "{lines:?}");
+}
+
+/// Twelve notes on the same topic; one holds an error code and a flag that no other does.
+fn notes(mock: &MockServer) -> (tempfile::TempDir, PathBuf) {
+    let mut files: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            let text = format!(
+                "Note {i} about retries and quotas. The client retries a request when the gateway answers with an \
+                 error, and waits longer after each attempt. Quotas reset every minute, topic {i}."
+            );
+            (format!("notes/n{i:02}.txt"), text)
+        })
+        .collect();
+    files[7].1.push_str(" When the gateway answers ERR_QUOTA_7731 the run stops; lower --max-inflight and retry.");
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let input = corpus(&refs);
+    let dataset = input.path().join("ds");
+    let embedded = run(cli(Some(&mock.base())).arg("embed").arg(input.path().join("notes")).arg("--out").arg(&dataset));
+    assert_eq!(embedded.code, 0, "{}", embedded.all_output());
+    assert_eq!(run(cli(Some(&mock.base())).arg("index").arg(&dataset)).code, 0);
+    (input, dataset)
+}
+
+fn first_docs(mock: &MockServer, dataset: &Path, query: &str, args: &[&str]) -> Vec<String> {
+    let found =
+        run(cli(Some(&mock.base())).arg("search").arg(dataset).args(["--json"]).args(args).arg("--").arg(query));
+    assert_eq!(found.code, 0, "{query}: {}", found.all_output());
+    json_lines(&found.stdout).iter().map(|h| h["doc"].as_str().expect("doc").to_owned()).collect()
+}
+
+#[test]
+fn an_exact_identifier_is_found_first_in_keyword_and_hybrid_modes() {
+    let mock = MockServer::start();
+    let (_input, ds) = notes(&mock);
+    for query in ["ERR_QUOTA_7731", "--max-inflight", "what does ERR_QUOTA_7731 mean?"] {
+        for mode in ["keyword", "hybrid"] {
+            let docs = first_docs(&mock, &ds, query, &["--mode", mode]);
+            assert_eq!(docs.first().map(String::as_str), Some("n07.txt"), "{mode} {query:?}: {docs:?}");
+        }
+        // Hybrid is the default once the dataset has a keyword index.
+        assert_eq!(first_docs(&mock, &ds, query, &[])[0], "n07.txt");
+    }
+    let hit = &json_lines(
+        &run(cli(Some(&mock.base())).arg("search").arg(&ds).args(["--json", "--", "ERR_QUOTA_7731"])).stdout,
+    )[0];
+    assert_eq!((&hit["exact"], hit["ranks"]["keyword"].as_u64()), (&serde_json::json!(true), Some(1)), "{hit}");
+    // Keyword mode needs no embedding: nothing is sent.
+    let before = mock.requests();
+    first_docs(&mock, &ds, "ERR_QUOTA_7731", &["--mode", "keyword"]);
+    assert_eq!(mock.requests(), before);
+}
+
+#[test]
+fn the_keyword_index_is_updated_with_the_dataset_and_equals_a_rebuild() {
+    let mock = MockServer::start();
+    let (input, ds) = notes(&mock);
+    let queries = ["retries quotas", "ERR_QUOTA_7731", "topic 3", "zebra stripes"];
+    // A document deleted, one changed, one added: embed updates both indexes.
+    std::fs::remove_file(input.path().join("notes/n03.txt")).expect("rm");
+    std::fs::write(input.path().join("notes/n05.txt"), "Zebra stripes confuse flies, topic 5.").expect("write");
+    std::fs::write(input.path().join("notes/n12.txt"), "More zebra stripes here, and ERR_QUOTA_7731 too.").expect("w");
+    let updated = run(cli(Some(&mock.base())).arg("embed").arg(input.path().join("notes")).arg("--out").arg(&ds));
+    assert_eq!(updated.code, 0, "{}", updated.all_output());
+    let keyword = |q: &str| first_docs(&mock, &ds, q, &["--mode", "keyword", "-k", "100"]);
+    let incremental: Vec<Vec<String>> = queries.iter().map(|q| keyword(q)).collect();
+    assert!(!incremental.iter().flatten().any(|d| d == "n03.txt"), "a deleted document matched: {incremental:?}");
+    let sets =
+        |lists: &[Vec<String>]| lists.iter().map(|l| l.iter().cloned().collect::<BTreeSet<_>>()).collect::<Vec<_>>();
+    assert_eq!(sets(&incremental[3..]), vec![set(&["n05.txt", "n12.txt"])]);
+    // The two chunks holding the identifier come first (other notes match its word "quota").
+    assert_eq!(sets(&[incremental[1][..2].to_vec()]), vec![set(&["n07.txt", "n12.txt"])], "{incremental:?}");
+
+    let rebuilt = run(cli(None).arg("index").arg(&ds).args(["--rebuild", "--json"]));
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.all_output());
+    let from_scratch: Vec<Vec<String>> = queries.iter().map(|q| keyword(q)).collect();
+    assert_eq!(sets(&incremental), sets(&from_scratch), "the same documents match");
+    assert_eq!(incremental[1][0], from_scratch[1][0]);
+}
+
+#[test]
+fn a_damaged_or_missing_keyword_index_is_refused_with_a_message() {
+    let mock = MockServer::start();
+    let (_input, ds) = notes(&mock);
+    std::fs::write(ds.join("keyword/keyword.json"), "{not json").expect("damage");
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&ds).args(["--mode", "keyword", "quotas"]));
+    assert_eq!(found.code, 2, "{}", found.all_output());
+    assert!(found.stderr.contains("damaged") && found.stderr.contains("tars-index index"), "{}", found.stderr);
+    // The default mode still answers, from the vectors, and says why.
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&ds).arg("quotas"));
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    assert!(found.stderr.contains("keyword index"), "{}", found.stderr);
+    // Files of the tantivy index cut short: refused, never a panic.
+    assert_eq!(run(cli(None).arg("index").arg(&ds).arg("--rebuild")).code, 0);
+    for entry in walk(&ds.join("keyword")) {
+        if entry.extension().is_some_and(|e| e != "json" && e != "lock") {
+            std::fs::write(&entry, b"").expect("truncate");
+        }
+    }
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&ds).args(["--mode", "keyword", "quotas"]));
+    assert!(found.code == 2 || found.code == 1, "{}", found.all_output());
+    assert!(!found.stderr.contains("panicked"), "{}", found.stderr);
+    std::fs::remove_dir_all(ds.join("keyword")).expect("rm");
+    let found = run(cli(Some(&mock.base())).arg("search").arg(&ds).args(["--mode", "hybrid", "quotas"]));
+    assert_eq!(found.code, 2, "{}", found.all_output());
+    assert!(found.stderr.contains("no keyword index yet"), "{}", found.stderr);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
 }

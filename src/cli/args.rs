@@ -264,7 +264,18 @@ pub struct SearchArgs {
     /// `title IS NULL`. Repeated: all must match.
     #[arg(long, value_name = "EXPR")]
     pub filter: Vec<String>,
-    /// Say how the hits were found: the index used, the filter's matches and strategy, rows scored.
+    /// vector (nearest embeddings), keyword (BM25 over texts, titles and identifiers) or hybrid (both, fused by
+    /// reciprocal rank). Default: hybrid when the dataset has a keyword index, else vector.
+    #[arg(long, value_parser = ["vector", "keyword", "hybrid"])]
+    pub mode: Option<String>,
+    /// Hybrid: RRF's k (a hit at rank r in a list adds 1/(k + r)).
+    #[arg(long, default_value_t = crate::query::DEFAULT_RRF_K, value_parser = positive_f64)]
+    pub rrf_k: f64,
+    /// Hybrid: hits each retriever contributes to the fusion (at least -k).
+    #[arg(long, default_value_t = crate::query::DEFAULT_CANDIDATES as u16, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub candidates: u16,
+    /// Say how the hits were found: the index used, the filter's matches and strategy, rows scored, and each hit's
+    /// vector rank, keyword rank and fused score.
     #[arg(long)]
     pub explain: bool,
     /// One JSON object per result line.
@@ -277,4 +288,11 @@ pub struct ModelsArgs {
     /// One JSON object per model line.
     #[arg(long)]
     pub json: bool,
+}
+
+fn positive_f64(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{value:?} is not a number of 0 or more")),
+    }
 }

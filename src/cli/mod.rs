@@ -32,7 +32,7 @@ use crate::embed::{
 use crate::error::count;
 use crate::index::{self, IndexParams};
 use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
-use crate::query::{Filter, Method, QueryError, ScanReason, Searcher, TextQuery};
+use crate::query::{Filter, Method, Mode, QueryError, ScanReason, Searcher, TextQuery};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
 use report::RunReport;
@@ -542,22 +542,39 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     let columns = searcher.engine().columns().map_err(failure)?;
     let filter = Filter::parse_all(&args.filter, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
     let query = TextQuery {
-        text: args.query.clone(),
         k: usize::from(args.k),
         ef: usize::from(args.ef),
         // Metadata is printed with --json only; without it the documents table need not be read.
         documents: args.json,
         filter,
+        mode: args.mode.as_deref().and_then(Mode::parse),
+        rrf_k: args.rrf_k,
+        candidates: usize::from(args.candidates),
+        ..TextQuery::new(&args.query)
     };
     let answer = searcher.search(&query).await.map_err(failure)?;
+    if query.mode.is_none() && answer.mode == Mode::Vector {
+        tracing::info!(
+            "vector mode: the dataset has no usable keyword index; `tars-index index {}` builds one (then searches \
+             are hybrid)",
+            args.dataset.display()
+        );
+    }
+    if let Some(kw) = answer.keyword_generation.filter(|g| *g != answer.generation) {
+        tracing::info!(
+            "the keyword index is of version {kw}, the dataset at version {}: rows added since are found by their \
+             vectors only (`tars-index index` brings it up to date)",
+            answer.generation
+        );
+    }
     match &answer.method {
-        Method::Index => {}
-        Method::IndexAndScan { index_generation, rows_scanned } => tracing::info!(
+        None | Some(Method::Index) => {}
+        Some(Method::IndexAndScan { index_generation, rows_scanned }) => tracing::info!(
             "the index is of version {index_generation}, the dataset at version {}: {rows_scanned} rows added since \
              were scored exactly (`tars-index index` brings it up to date)",
             answer.generation
         ),
-        Method::Scan { reason, rows_scanned } => tracing::warn!(
+        Some(Method::Scan { reason, rows_scanned }) => tracing::warn!(
             "{}: all {rows_scanned} rows were scored exactly; `tars-index index {}` builds one for faster searches",
             match reason {
                 ScanReason::NoIndex => "the dataset has no index yet",
@@ -572,7 +589,8 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
     if args.explain {
         let lines = if args.json {
             let plan = serde_json::json!({
-                "explain": { "generation": answer.generation, "method": answer.method, "filter": answer.filter }
+                "explain": { "generation": answer.generation, "mode": answer.mode, "method": answer.method,
+                    "keyword_generation": answer.keyword_generation, "filter": answer.filter }
             });
             vec![plan.to_string()]
         } else {
@@ -588,11 +606,30 @@ async fn search(args: SearchArgs) -> Result<u8, Failure> {
             let mut line = serde_json::json!({
                 "rank": rank, "score": hit.score, "doc": row.doc, "chunk_index": row.chunk_index,
                 "start": row.start, "end": row.end, "id": row.id, "text": row.text, "page": row.page,
+                "ranks": { "vector": hit.ranks.vector, "keyword": hit.ranks.keyword },
+                "scores": { "vector": hit.ranks.vector_score, "keyword": hit.ranks.keyword_score },
             });
+            if hit.ranks.exact
+                && let Some(object) = line.as_object_mut()
+            {
+                object.insert("exact".into(), true.into());
+            }
             if let (Some(document), Some(object)) = (&hit.document, line.as_object_mut()) {
                 object.extend(document_json(document));
             }
             line.to_string()
+        } else if args.explain {
+            let at = |r: Option<u32>| r.map_or_else(|| "-".to_owned(), |r| r.to_string());
+            format!(
+                "{rank:>3}. {:.4}  {} #{}  [vector {} keyword {}{}]  {}",
+                hit.score,
+                row.doc,
+                row.chunk_index,
+                at(hit.ranks.vector),
+                at(hit.ranks.keyword),
+                if hit.ranks.exact { " exact" } else { "" },
+                snippet(&row.text, 160)
+            )
         } else {
             format!("{rank:>3}. {:.4}  {} #{}  {}", hit.score, row.doc, row.chunk_index, snippet(&row.text, 160))
         };

@@ -366,6 +366,9 @@ impl RunReport {
 }
 
 pub fn index_line(meta: &IndexMeta) -> String {
+    let keyword = meta.keyword.as_ref().map_or_else(String::new, |k| {
+        format!("; keyword index {}: {} rows (+{} -{})", k.mode, k.rows, k.added_now, k.deleted_now)
+    });
     format!(
         "index {}: {} vectors of {} dimensions inserted, {} in the graph ({} dead; M={}, ef_construction={}) in {:.2}s",
         meta.mode,
@@ -376,31 +379,42 @@ pub fn index_line(meta: &IndexMeta) -> String {
         meta.params.m,
         meta.params.ef_construction,
         meta.build_secs
-    )
+    ) + &keyword
 }
 
 /// `search --explain`: how the hits were found, as `# ` lines (so `grep -v '^#'` leaves the hits).
 pub fn explain_lines(answer: &crate::query::Answer) -> Vec<String> {
-    use crate::query::{FilterStrategy, Method};
-    let mut lines = vec![match &answer.method {
-        Method::Index => format!("# version {}: searched the index of this version", answer.generation),
-        Method::IndexAndScan { index_generation, rows_scanned } => format!(
-            "# version {}: searched the index of version {index_generation}, and scored the {rows_scanned} rows \
-             added since exactly",
+    use crate::query::{FilterStrategy, Method, Mode};
+    let mut lines = Vec::new();
+    match &answer.method {
+        None => {}
+        Some(Method::Index) => {
+            lines.push(format!("# version {}: vector: the index of this version", answer.generation))
+        }
+        Some(Method::IndexAndScan { index_generation, rows_scanned }) => lines.push(format!(
+            "# version {}: vector: the index of version {index_generation}, and the {rows_scanned} rows added since \
+             scored exactly",
             answer.generation
-        ),
-        Method::Scan { reason, rows_scanned } => format!(
-            "# version {}: no usable index ({}), scored {rows_scanned} rows exactly",
+        )),
+        Some(Method::Scan { reason, rows_scanned }) => lines.push(format!(
+            "# version {}: vector: no usable index ({}), {rows_scanned} rows scored exactly",
             answer.generation,
             serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-        ),
-    }];
+        )),
+    }
+    if let Some(kw) = answer.keyword_generation {
+        lines.push(format!("# version {}: keyword: the BM25 index of version {kw}", answer.generation));
+    }
+    if answer.mode == Mode::Hybrid {
+        lines.push("# hybrid: reciprocal rank fusion, score = sum of 1/(rrf_k + rank) over both lists".to_owned());
+    }
     if let Some(plan) = &answer.filter {
         let share = 100.0 * plan.matched as f64 / plan.live_rows.max(1) as f64;
         let how = match plan.strategy {
             FilterStrategy::Exact => "few enough to score them all exactly",
             FilterStrategy::Graph => "searched the graph with the filter applied inside it",
             FilterStrategy::GraphThenExact => "the graph found fewer than k of them, so all were scored exactly",
+            FilterStrategy::Keyword => "applied inside the keyword search",
         };
         lines.push(format!(
             "# filter: matched {} of {} live rows ({share:.2}%); {how}; {} rows scored exactly",

@@ -6,6 +6,7 @@
 //! to hnsw_rs. Graph ids are row ordinals of the dataset, so a hit maps straight to its Parquet row.
 
 mod distance;
+pub mod keyword;
 
 use std::fs::File;
 use std::io::Read;
@@ -122,6 +123,9 @@ pub struct IndexMeta {
     #[serde(default)]
     pub inserted: u64,
     pub build_secs: f64,
+    /// The keyword index's state after the same update (absent in indexes written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<keyword::KeywordMeta>,
 }
 
 /// Rebuild rather than extend once this share of the graph's points is dead.
@@ -211,6 +215,9 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
     // Live rows below `row` (every row is live without a documents table).
     let live_below = |row: u64| live.as_ref().map_or(row, |l| l.partition_point(|&r| r < row) as u64);
 
+    // The keyword index first: index.json, written last, then also says what it holds, so a reader that sees the
+    // new index.json sees both.
+    let keyword = keyword::update(dataset, rebuild)?;
     let existing = if rebuild { None } else { SearchIndex::load(dataset).ok() };
     if let Some(index) = &existing {
         let meta = &index.meta;
@@ -219,8 +226,12 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
             && meta.covered_rows == end
             && meta.params == params
         {
-            // Already matches this version: nothing to write.
-            return Ok(IndexMeta { mode: "current".to_owned(), inserted: 0, build_secs: 0.0, ..meta.clone() });
+            // The graph already matches this version: only a new keyword index is recorded.
+            let meta = IndexMeta { keyword: Some(keyword.clone()), ..meta.clone() };
+            if keyword.mode != "current" || index.meta.keyword.is_none() {
+                write_json_atomic(&dataset.dir.join(INDEX_DIR).join(INDEX_FILE), &meta)?;
+            }
+            return Ok(IndexMeta { mode: "current".to_owned(), inserted: 0, build_secs: 0.0, ..meta });
         }
     }
     let extend = existing.filter(|index| {
@@ -300,6 +311,7 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
         mode: mode.to_owned(),
         inserted,
         build_secs: started.elapsed().as_secs_f64(),
+        keyword: Some(keyword),
     };
     // The switch: readers see the old index.json and its files, or the new ones. A process killed before this
     // line leaves the old index whole; its unreferenced dumps are removed by the next update.

@@ -32,6 +32,7 @@ pub use filter::{Columns, Filter, FilterError};
 pub use rows::RowSet;
 
 use crate::embed::{BuildError, EmbedError, Embedder, EmbedderSpec, ModelEmbedder, RequestSettings};
+use crate::index::keyword::{KeywordHit, KeywordIndex};
 use crate::index::{EXACT_SEARCH_MAX_POINTS, Hit, IndexError, SearchIndex, dot, normalize, top_k};
 use crate::stats::Stats;
 use crate::store::{Dataset, DocRecord, StoreError, StoredChunk};
@@ -69,6 +70,59 @@ pub enum ScanReason {
     IndexAhead,
 }
 
+/// Which retrievers answer a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Nearest neighbours of the query's embedding.
+    Vector,
+    /// BM25 over the chunks' texts, titles and identifiers.
+    Keyword,
+    /// Both, fused by reciprocal rank ([`fuse`]).
+    Hybrid,
+}
+
+impl Mode {
+    pub fn parse(name: &str) -> Option<Mode> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "vector" => Some(Mode::Vector),
+            "keyword" | "bm25" => Some(Mode::Keyword),
+            "hybrid" => Some(Mode::Hybrid),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Vector => "vector",
+            Mode::Keyword => "keyword",
+            Mode::Hybrid => "hybrid",
+        }
+    }
+
+    pub fn needs_vector(self) -> bool {
+        self != Mode::Keyword
+    }
+}
+
+/// RRF's k: a rank-1 hit adds 1/61.
+pub const DEFAULT_RRF_K: f64 = 60.0;
+/// Hits each retriever contributes to hybrid fusion (at least k).
+pub const DEFAULT_CANDIDATES: usize = 50;
+
+/// Where a hit stood in each retriever's list (1-based), and its score there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Ranks {
+    pub vector: Option<u32>,
+    pub keyword: Option<u32>,
+    /// Cosine similarity.
+    pub vector_score: Option<f32>,
+    /// BM25.
+    pub keyword_score: Option<f32>,
+    /// The chunk holds every identifier of the query (ranked first in hybrid mode).
+    pub exact: bool,
+}
+
 /// How a filtered search went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FilterPlan {
@@ -89,6 +143,8 @@ pub enum FilterStrategy {
     Graph,
     /// The graph found fewer than `k` matching rows, so the matched rows were scored exactly.
     GraphThenExact,
+    /// Keyword mode: the filter applied inside the keyword search.
+    Keyword,
 }
 
 /// A search's answer.
@@ -96,7 +152,11 @@ pub enum FilterStrategy {
 pub struct Answer {
     /// The version searched.
     pub generation: u64,
-    pub method: Method,
+    pub mode: Mode,
+    /// How the vector retriever found its rows (not in keyword mode).
+    pub method: Option<Method>,
+    /// The version the keyword index matches, when it answered (it may lag behind `generation`).
+    pub keyword_generation: Option<u64>,
     /// Present when the search was filtered.
     pub filter: Option<FilterPlan>,
     /// Best first.
@@ -105,8 +165,9 @@ pub struct Answer {
 
 #[derive(Debug, Clone)]
 pub struct SearchHit {
-    /// Cosine similarity.
+    /// The mode's score: cosine similarity, BM25, or the fused score.
     pub score: f32,
+    pub ranks: Ranks,
     pub chunk: StoredChunk,
     /// The chunk's document as the version searched has it (its metadata; `rows` left empty), when asked for and
     /// the dataset has a documents table.
@@ -117,8 +178,16 @@ pub struct SearchHit {
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
     /// The query's embedding, made with `model` (and `requested_dimensions`): the dataset must still be in that
-    /// vector space when it is searched.
-    pub vector: &'a [f32],
+    /// vector space when it is searched. Needed by the vector and hybrid modes.
+    pub vector: Option<&'a [f32]>,
+    /// The query's text, for the keyword and hybrid modes.
+    pub text: &'a str,
+    /// `None`: hybrid when the dataset has a keyword index of its lineage, vector otherwise (datasets built before
+    /// keyword indexes existed, or one searched while a rebuild is catching up).
+    pub mode: Option<Mode>,
+    /// Hybrid: RRF's k, and the hits each retriever contributes.
+    pub rrf_k: f64,
+    pub candidates: usize,
     pub model: &'a str,
     pub requested_dimensions: Option<u32>,
     /// Hits wanted.
@@ -150,6 +219,18 @@ pub enum QueryError {
     NoDocuments { path: PathBuf },
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(
+        "{path}: the dataset has no keyword index yet, so it can only be searched with --mode vector; \
+         `tars-index index {path}` builds one", path = path.display()
+    )]
+    NoKeywordIndex { path: PathBuf },
+    #[error(
+        "{path}: the keyword index is from before the dataset was rebuilt; `tars-index index {path}` brings it up to \
+         date", path = path.display()
+    )]
+    StaleKeywordIndex { path: PathBuf },
+    #[error("{0} mode needs the query's embedding")]
+    NoVector(&'static str),
     #[error("the query is empty")]
     EmptyQuery,
     #[error("the query is too long for the model: {0}")]
@@ -171,6 +252,8 @@ impl QueryError {
                 | QueryError::Dimensions { .. }
                 | QueryError::OtherModel { .. }
                 | QueryError::NoDocuments { .. }
+                | QueryError::NoKeywordIndex { .. }
+                | QueryError::StaleKeywordIndex { .. }
                 | QueryError::Filter(_)
                 | QueryError::EmptyQuery
                 | QueryError::QueryTooLong(_)
@@ -274,16 +357,39 @@ impl Stamp {
     }
 }
 
-/// One version of a dataset, open: what every search of it needs, and what some need, loaded when first asked.
+/// One version of a dataset, open: what every search of it needs, and what some need, loaded when first asked
+/// (the graph for the vector and hybrid modes, the keyword index for keyword and hybrid, the documents for filters
+/// and metadata).
 struct Snapshot {
     stamp: Stamp,
     use_index: bool,
     dataset: Dataset,
-    index: Option<SearchIndex>,
+    exact_max_points: usize,
     exact_filter_rows: u64,
+    index: Lazy<Option<SearchIndex>>,
+    keyword: Lazy<Option<KeywordIndex>>,
     docs: Mutex<Option<Arc<Docs>>>,
     /// The last filter's rows (a batch of queries or a server's clients often repeat one).
     last_filter: Mutex<Option<(Filter, Arc<RowSet>)>>,
+}
+
+/// A value loaded on first use; a failed load is tried again next time.
+struct Lazy<T>(Mutex<Option<Arc<T>>>);
+
+impl<T> Lazy<T> {
+    fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    fn get(&self, load: impl FnOnce() -> Result<T, QueryError>) -> Result<Arc<T>, QueryError> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(value) = held.as_ref() {
+            return Ok(Arc::clone(value));
+        }
+        let value = Arc::new(load()?);
+        *held = Some(Arc::clone(&value));
+        Ok(value)
+    }
 }
 
 /// The documents table, in memory.
@@ -294,27 +400,90 @@ struct Docs {
     live: Option<Vec<u64>>,
 }
 
+/// What the vector retriever found.
+struct VectorHits {
+    hits: Vec<Hit>,
+    method: Method,
+    plan: Option<FilterPlan>,
+}
+
 impl Snapshot {
     fn open(engine: &Engine, stamp: Stamp, use_index: bool) -> Result<Self, QueryError> {
-        let dataset = Dataset::open(&engine.dir)?;
-        let index = if use_index && dataset.manifest.rows > 0 {
-            match SearchIndex::load(&dataset) {
-                Ok(index) => Some(index.with_exact_max_points(engine.exact_max_points)),
-                Err(IndexError::Missing { .. }) => None,
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            None
-        };
         Ok(Self {
             stamp,
             use_index,
-            dataset,
-            index,
+            dataset: Dataset::open(&engine.dir)?,
+            exact_max_points: engine.exact_max_points,
             exact_filter_rows: engine.exact_filter_rows,
+            index: Lazy::new(),
+            keyword: Lazy::new(),
             docs: Mutex::new(None),
             last_filter: Mutex::new(None),
         })
+    }
+
+    fn index(&self) -> Result<Arc<Option<SearchIndex>>, QueryError> {
+        self.index.get(|| {
+            if !self.use_index || self.dataset.manifest.rows == 0 {
+                return Ok(None);
+            }
+            match SearchIndex::load(&self.dataset) {
+                Ok(index) => Ok(Some(index.with_exact_max_points(self.exact_max_points))),
+                Err(IndexError::Missing { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn keyword(&self) -> Result<Arc<Option<KeywordIndex>>, QueryError> {
+        self.keyword.get(|| match KeywordIndex::open(&self.dataset) {
+            Ok(index) => Ok(Some(index)),
+            Err(IndexError::Missing { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    /// The `n` best rows for `text` by BM25: from the saved index, and from the rows added since it was updated.
+    fn keyword_hits(
+        &self,
+        index: &KeywordIndex,
+        text: &str,
+        n: usize,
+        selected: Option<&Arc<RowSet>>,
+    ) -> Result<Vec<KeywordHit>, QueryError> {
+        let allowed = self.keyword_allowed(selected)?;
+        let mut hits = index.search(text, n, Arc::clone(&allowed))?;
+        let manifest = &self.dataset.manifest;
+        if index.meta.covered_rows < manifest.next_row() {
+            let docs = if manifest.docs_file.is_some() { Some(self.docs()?) } else { None };
+            let title = |doc: &str| {
+                let docs = docs.as_ref()?;
+                docs.records.get(*docs.by_name.get(doc)?)?.title.clone()
+            };
+            let since = KeywordIndex::of_rows_since(&self.dataset, index.meta.covered_rows, &title, &*allowed)?;
+            hits.extend(since.search(text, n, allowed)?);
+            hits.sort_by(|a, b| b.exact.cmp(&a.exact).then(b.score.total_cmp(&a.score)).then(a.row.cmp(&b.row)));
+            hits.truncate(n);
+        }
+        Ok(hits)
+    }
+
+    /// Rows the keyword index may answer with: the filter's, or the live ones (the index may lag behind the
+    /// version and still hold rows deleted since).
+    fn keyword_allowed(
+        &self,
+        selected: Option<&Arc<RowSet>>,
+    ) -> Result<Arc<dyn Fn(u64) -> bool + Send + Sync>, QueryError> {
+        if let Some(rows) = selected {
+            let rows = Arc::clone(rows);
+            return Ok(Arc::new(move |row| rows.contains(row)));
+        }
+        if self.dataset.manifest.all_rows_live() {
+            let end = self.dataset.manifest.next_row();
+            return Ok(Arc::new(move |row| row < end));
+        }
+        let docs = self.docs()?;
+        Ok(Arc::new(move |row| docs.live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok())))
     }
 
     fn docs(&self) -> Result<Arc<Docs>, QueryError> {
@@ -382,28 +551,141 @@ impl Snapshot {
 
     /// One search of this version; `None` when its index is newer than its manifest.
     fn search(&self, query: &Query<'_>) -> Result<Option<Answer>, QueryError> {
-        let (k, ef) = (query.k, query.ef);
+        let manifest = &self.dataset.manifest;
+        let selected = query.filter.map(|f| self.select(f)).transpose()?;
+        let keyword_index = match query.mode {
+            Some(Mode::Vector) => Arc::new(None),
+            // The default mode answers from the vectors alone rather than fail on a damaged keyword index.
+            None => self.keyword().unwrap_or_else(|e| {
+                tracing::warn!("the keyword index cannot be used, so this search is vector-only: {e}");
+                Arc::new(None)
+            }),
+            Some(_) => self.keyword()?,
+        };
+        let usable = Option::as_ref(&keyword_index).filter(|i| i.meta.lineage == manifest.lineage);
+        let mode = query.mode.unwrap_or(if usable.is_some() { Mode::Hybrid } else { Mode::Vector });
+        let depth = if mode == Mode::Hybrid { query.candidates.max(query.k) } else { query.k };
+        let vector = match mode.needs_vector() {
+            true => {
+                let vector = query.vector.ok_or(QueryError::NoVector(mode.name()))?;
+                if manifest.model != query.model || manifest.requested_dimensions != query.requested_dimensions {
+                    return Err(QueryError::OtherModel { was: query.model.to_owned(), now: manifest.model.clone() });
+                }
+                match self.vector_hits(vector, depth, query.ef, selected.as_deref())? {
+                    Some(found) => Some(found),
+                    None => return Ok(None),
+                }
+            }
+            false => None,
+        };
+        let (keyword, keyword_generation) = match (mode, usable) {
+            (Mode::Vector, _) => (None, None),
+            (_, Some(index)) => {
+                (Some(self.keyword_hits(index, query.text, depth, selected.as_ref())?), Some(index.meta.generation))
+            }
+            (_, None) if keyword_index.is_some() => {
+                return Err(QueryError::StaleKeywordIndex { path: self.dataset.dir.clone() });
+            }
+            (_, None) => return Err(QueryError::NoKeywordIndex { path: self.dataset.dir.clone() }),
+        };
+
+        let (method, mut plan) = match &vector {
+            Some(found) => (Some(found.method.clone()), found.plan.clone()),
+            None => (None, None),
+        };
+        let ranked: Vec<(u64, f32, Ranks)> = match (vector, keyword) {
+            (Some(found), None) => found
+                .hits
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let ranks = Ranks { vector: Some(i as u32 + 1), vector_score: Some(h.score), ..Ranks::default() };
+                    (h.ordinal, h.score, ranks)
+                })
+                .collect(),
+            (None, Some(found)) => found
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let ranks = Ranks {
+                        keyword: Some(i as u32 + 1),
+                        keyword_score: Some(h.score),
+                        exact: h.exact,
+                        ..Ranks::default()
+                    };
+                    (h.row, h.score, ranks)
+                })
+                .collect(),
+            (Some(vector), Some(keyword)) => fuse(&vector.hits, &keyword, query.rrf_k),
+            (None, None) => Vec::new(),
+        };
+        if mode == Mode::Keyword
+            && let Some(rows) = &selected
+        {
+            let live_rows = manifest.live_rows;
+            plan =
+                Some(FilterPlan { matched: rows.len(), live_rows, strategy: FilterStrategy::Keyword, rows_scored: 0 });
+        }
+        let ranked: Vec<_> = ranked.into_iter().take(query.k).collect();
+
+        let rows: Vec<u64> = ranked.iter().map(|(row, ..)| *row).collect();
+        let chunks = self.dataset.fetch(&rows)?;
+        let docs = if query.documents && manifest.docs_file.is_some() && !chunks.is_empty() {
+            match self.docs() {
+                Ok(docs) => Some(docs),
+                // The hits stand without their documents' metadata: say so, rather than fail the search.
+                Err(e) => {
+                    tracing::warn!("the documents' metadata could not be read: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let document = |doc: &str| {
+            let docs = docs.as_ref()?;
+            let record = &docs.records[*docs.by_name.get(doc)?];
+            Some(DocRecord { rows: Vec::new(), ..record.clone() })
+        };
+        let hits = ranked
+            .into_iter()
+            .zip(chunks)
+            .map(|((_, score, ranks), chunk)| SearchHit { score, ranks, document: document(&chunk.doc), chunk })
+            .collect();
+        Ok(Some(Answer { generation: manifest.generation, mode, method, keyword_generation, filter: plan, hits }))
+    }
+
+    /// The `k` rows nearest to `vector` that `selected` (or, without it, liveness) lets through; `None` when the
+    /// index is newer than the manifest.
+    fn vector_hits(
+        &self,
+        vector: &[f32],
+        k: usize,
+        ef: usize,
+        selected: Option<&RowSet>,
+    ) -> Result<Option<VectorHits>, QueryError> {
         let dataset = &self.dataset;
         let manifest = &dataset.manifest;
-        if manifest.model != query.model || manifest.requested_dimensions != query.requested_dimensions {
-            return Err(QueryError::OtherModel { was: query.model.to_owned(), now: manifest.model.clone() });
-        }
         let dims = dataset.dimensions()?;
-        let vector = query.vector;
         if vector.len() != dims {
             return Err(QueryError::Dimensions { got: vector.len(), want: dims });
         }
-        let same_lineage =
-            self.index.as_ref().filter(|i| i.meta.lineage == manifest.lineage && i.meta.dimensions == dims);
+        let index = self.index()?;
+        let index = Option::as_ref(&index);
+        let same_lineage = index.filter(|i| i.meta.lineage == manifest.lineage && i.meta.dimensions == dims);
         if same_lineage.is_some_and(|i| i.meta.generation > manifest.generation) {
             return Ok(None);
         }
         let covering = same_lineage.filter(|i| i.covers(manifest));
+        let end = manifest.next_row();
+        // The graph answers for rows below `from`; the rows from there on are read from the data files and scored.
+        let from = same_lineage.map_or(0, |i| i.meta.covered_rows);
+
         let method = match (same_lineage, covering) {
             (_, Some(_)) => Method::Index,
             (Some(index), None) => Method::IndexAndScan { index_generation: index.meta.generation, rows_scanned: 0 },
             (None, _) => Method::Scan {
-                reason: match &self.index {
+                reason: match index {
                     _ if !self.use_index => ScanReason::IndexAhead,
                     None => ScanReason::NoIndex,
                     Some(_) => ScanReason::OtherLineage,
@@ -411,12 +693,7 @@ impl Snapshot {
                 rows_scanned: 0,
             },
         };
-        let selected = query.filter.map(|f| self.select(f)).transpose()?;
-        let end = manifest.next_row();
-        // The graph answers for rows below `from`; the rows from there on are read from the data files and scored.
-        let from = same_lineage.map_or(0, |i| i.meta.covered_rows);
-
-        let (hits, scanned, plan) = match (&selected, covering) {
+        let (hits, scanned, plan) = match (selected, covering) {
             // The common case: no filter, an index of this very version (it knows its own dead rows).
             (None, Some(index)) => (index.search(vector, k, ef)?, 0, None),
             (None, _) => {
@@ -459,7 +736,7 @@ impl Snapshot {
                     None => (Vec::new(), FilterStrategy::Exact),
                 };
                 let rows_scored = match strategy {
-                    FilterStrategy::Graph => scanned,
+                    FilterStrategy::Graph | FilterStrategy::Keyword => scanned,
                     FilterStrategy::Exact | FilterStrategy::GraphThenExact => matched,
                 };
                 let mut hits = graph_hits;
@@ -475,33 +752,38 @@ impl Snapshot {
             }
             Method::Scan { reason, .. } => Method::Scan { reason, rows_scanned: scanned },
         };
-
-        let rows: Vec<u64> = hits.iter().map(|h| h.ordinal).collect();
-        let chunks = dataset.fetch(&rows)?;
-        let docs = if query.documents && manifest.docs_file.is_some() && !chunks.is_empty() {
-            match self.docs() {
-                Ok(docs) => Some(docs),
-                // The hits stand without their documents' metadata: say so, rather than fail the search.
-                Err(e) => {
-                    tracing::warn!("the documents' metadata could not be read: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let document = |doc: &str| {
-            let docs = docs.as_ref()?;
-            let record = &docs.records[*docs.by_name.get(doc)?];
-            Some(DocRecord { rows: Vec::new(), ..record.clone() })
-        };
-        let hits = hits
-            .into_iter()
-            .zip(chunks)
-            .map(|(hit, chunk)| SearchHit { score: hit.score, document: document(&chunk.doc), chunk })
-            .collect();
-        Ok(Some(Answer { generation: manifest.generation, method, filter: plan, hits }))
+        Ok(Some(VectorHits { hits, method, plan }))
     }
+}
+
+/// Reciprocal rank fusion of the two lists (each best first): every row scores `Σ 1 / (rrf_k + rank)` over the
+/// lists it is in, ranks counted from 1 (the RRF paper's convention: a rank-1 hit adds 1/61 at k = 60). Rows that
+/// hold every identifier of the query come first; ties go to the better vector rank, then the lower row id.
+pub fn fuse(vector: &[Hit], keyword: &[KeywordHit], rrf_k: f64) -> Vec<(u64, f32, Ranks)> {
+    let mut by_row: HashMap<u64, (f64, Ranks)> = HashMap::new();
+    for (i, hit) in vector.iter().enumerate() {
+        let entry = by_row.entry(hit.ordinal).or_default();
+        entry.0 += 1.0 / (rrf_k + i as f64 + 1.0);
+        entry.1.vector = Some(i as u32 + 1);
+        entry.1.vector_score = Some(hit.score);
+    }
+    for (i, hit) in keyword.iter().enumerate() {
+        let entry = by_row.entry(hit.row).or_default();
+        entry.0 += 1.0 / (rrf_k + i as f64 + 1.0);
+        entry.1.keyword = Some(i as u32 + 1);
+        entry.1.keyword_score = Some(hit.score);
+        entry.1.exact = hit.exact;
+    }
+    let mut fused: Vec<(u64, f64, Ranks)> =
+        by_row.into_iter().map(|(row, (score, ranks))| (row, score, ranks)).collect();
+    fused.sort_by(|a, b| {
+        b.2.exact
+            .cmp(&a.2.exact)
+            .then(b.1.total_cmp(&a.1))
+            .then(a.2.vector.unwrap_or(u32::MAX).cmp(&b.2.vector.unwrap_or(u32::MAX)))
+            .then(a.0.cmp(&b.0))
+    });
+    fused.into_iter().map(|(row, score, ranks)| (row, score as f32, ranks)).collect()
 }
 
 /// The `k` best rows `allowed` accepts with ids from `from` on, scored exactly; and how many rows were scored.
@@ -547,6 +829,26 @@ pub struct TextQuery {
     pub ef: usize,
     pub documents: bool,
     pub filter: Option<Filter>,
+    /// `None`: hybrid when the dataset has a keyword index, else vector ([`Query::mode`]).
+    pub mode: Option<Mode>,
+    pub rrf_k: f64,
+    pub candidates: usize,
+}
+
+impl TextQuery {
+    /// `text` with the defaults: k = 10, ef = 64, the dataset's default mode, RRF k = 60 over 50 candidates.
+    pub fn new(text: &str) -> Self {
+        Self {
+            text: text.to_owned(),
+            k: 10,
+            ef: crate::index::DEFAULT_EF_SEARCH,
+            documents: false,
+            filter: None,
+            mode: None,
+            rrf_k: DEFAULT_RRF_K,
+            candidates: DEFAULT_CANDIDATES,
+        }
+    }
 }
 
 /// An [`Engine`] with the dataset's model: searches with text.
@@ -580,29 +882,42 @@ impl Searcher {
         &self.engine
     }
 
-    /// Checks a query's text before anything is sent.
-    pub fn check(&self, text: &str) -> Result<(), QueryError> {
+    /// Checks a query's text before anything is sent: not empty, and within the model's input when it is embedded.
+    pub fn check(&self, text: &str, embedded: bool) -> Result<(), QueryError> {
         if text.trim().is_empty() {
             return Err(QueryError::EmptyQuery);
         }
-        self.embedder.check_input(text).map_err(QueryError::QueryTooLong)
+        if embedded {
+            self.embedder.check_input(text).map_err(QueryError::QueryTooLong)?;
+        }
+        Ok(())
     }
 
-    /// Embeds the query and searches (the search itself on a blocking thread).
+    /// Embeds the query (unless in keyword mode) and searches, the search itself on a blocking thread.
     pub async fn search(&self, query: &TextQuery) -> Result<Answer, QueryError> {
-        self.check(&query.text)?;
-        let embedding = self.embedder.embed(&[query.text.as_str()]).await.map_err(QueryError::Embed)?;
-        if embedding.len() != 1 {
-            return Err(QueryError::Embed(EmbedError::InvalidResponse {
-                attempts: 1,
-                last: format!("{} vectors for one query", embedding.len()),
-            }));
-        }
-        let (engine, vector, query) = (Arc::clone(&self.engine), embedding.vector(0).to_vec(), query.clone());
+        let needs_vector = query.mode.is_none_or(Mode::needs_vector);
+        self.check(&query.text, needs_vector)?;
+        let vector = if needs_vector {
+            let embedding = self.embedder.embed(&[query.text.as_str()]).await.map_err(QueryError::Embed)?;
+            if embedding.len() != 1 {
+                return Err(QueryError::Embed(EmbedError::InvalidResponse {
+                    attempts: 1,
+                    last: format!("{} vectors for one query", embedding.len()),
+                }));
+            }
+            Some(embedding.vector(0).to_vec())
+        } else {
+            None
+        };
+        let (engine, query) = (Arc::clone(&self.engine), query.clone());
         let (model, requested_dimensions) = (self.model.clone(), self.requested_dimensions);
         tokio::task::spawn_blocking(move || {
             engine.search(&Query {
-                vector: &vector,
+                vector: vector.as_deref(),
+                text: &query.text,
+                mode: query.mode,
+                rrf_k: query.rrf_k,
+                candidates: query.candidates,
                 model: &model,
                 requested_dimensions,
                 k: query.k,
@@ -699,7 +1014,19 @@ mod tests {
     }
 
     fn query(vector: &[f32], k: usize) -> Query<'_> {
-        Query { vector, model: "m", requested_dimensions: None, k, ef: 64, documents: true, filter: None }
+        Query {
+            vector: Some(vector),
+            text: "",
+            mode: Some(Mode::Vector),
+            rrf_k: DEFAULT_RRF_K,
+            candidates: DEFAULT_CANDIDATES,
+            model: "m",
+            requested_dimensions: None,
+            k,
+            ef: 64,
+            documents: true,
+            filter: None,
+        }
     }
 
     fn docs_of(answer: &Answer) -> Vec<String> {
@@ -711,16 +1038,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let v1 = publish(dir.path(), None, &[], &[0, 1, 2, 3]);
         let found = search(dir.path(), &query(&axis(1), 1)).expect("search");
-        assert_eq!(found.method, Method::Scan { reason: ScanReason::NoIndex, rows_scanned: 4 });
+        assert_eq!(found.method, Some(Method::Scan { reason: ScanReason::NoIndex, rows_scanned: 4 }));
         assert_eq!(docs_of(&found), ["doc-1"]);
 
         update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
-        assert_eq!(search(dir.path(), &query(&axis(1), 1)).expect("search").method, Method::Index);
+        assert_eq!(search(dir.path(), &query(&axis(1), 1)).expect("search").method, Some(Method::Index));
 
         // Version 2 (the index still at 1): doc-1 deleted, doc-9 (axis 1) added.
         let v2 = publish(dir.path(), Some(&v1), &[0, 2, 3], &[9]);
         let found = search(dir.path(), &query(&axis(1), 2)).expect("search");
-        assert_eq!(found.method, Method::IndexAndScan { index_generation: 1, rows_scanned: 1 });
+        assert_eq!(found.method, Some(Method::IndexAndScan { index_generation: 1, rows_scanned: 1 }));
         assert_eq!(found.generation, 2);
         assert_eq!(docs_of(&found)[0], "doc-9", "the row added since the index is found");
         assert!(!docs_of(&found).contains(&"doc-1".to_owned()), "the row deleted since is filtered out");
@@ -736,7 +1063,7 @@ mod tests {
         let before = docs_of(&search(dir.path(), &query(&axis(2), 3)).expect("search"));
         update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
         let after = search(dir.path(), &query(&axis(2), 3)).expect("search");
-        assert_eq!((after.method.clone(), docs_of(&after)), (Method::Index, before));
+        assert_eq!((after.method.clone(), docs_of(&after)), (Some(Method::Index), before));
     }
 
     #[test]
@@ -754,7 +1081,7 @@ mod tests {
         };
         assert_ne!(fresh.lineage, current.lineage);
         let found = search(dir.path(), &query(&axis(1), 2)).expect("search");
-        assert_eq!(found.method, Method::Scan { reason: ScanReason::OtherLineage, rows_scanned: 1 });
+        assert_eq!(found.method, Some(Method::Scan { reason: ScanReason::OtherLineage, rows_scanned: 1 }));
         assert_eq!(docs_of(&found), ["doc-5"]);
     }
 
@@ -777,7 +1104,7 @@ mod tests {
         // Restored from an older backup, without restoring the index.
         std::fs::write(dir.path().join(crate::store::MANIFEST_FILE), v1_bytes).expect("restore");
         let found = search(dir.path(), &query(&axis(1), 2)).expect("search");
-        assert_eq!(found.method, Method::Scan { reason: ScanReason::IndexAhead, rows_scanned: 2 });
+        assert_eq!(found.method, Some(Method::Scan { reason: ScanReason::IndexAhead, rows_scanned: 2 }));
         assert_eq!(docs_of(&found)[0], "doc-1");
         let probe = axis(1);
         let other = Query { model: "another", ..query(&probe, 2) };
@@ -872,7 +1199,7 @@ mod tests {
         let docs = docs_of(&answer);
         assert_eq!(docs.len(), 4, "{docs:?}");
         assert!(!docs.contains(&"doc-1".to_owned()) && docs[0] == "doc-9", "{docs:?}");
-        assert!(matches!(answer.method, Method::IndexAndScan { .. }), "{:?}", answer.method);
+        assert!(matches!(answer.method, Some(Method::IndexAndScan { .. })), "{:?}", answer.method);
         let only_first_chunks = Filter::parse("chunk_index = 0 AND page IS NULL", &columns).expect("filter");
         let answer = engine.search(&Query { filter: Some(&only_first_chunks), ..query(&axis(1), 10) }).expect("s");
         assert_eq!(answer.hits.len(), 4);
@@ -880,5 +1207,42 @@ mod tests {
         let answer = engine.search(&Query { filter: Some(&none), ..query(&axis(1), 10) }).expect("search");
         assert!(answer.hits.is_empty());
         assert_eq!(answer.filter.expect("plan").matched, 0);
+    }
+
+    #[test]
+    fn fusion_sums_reciprocal_ranks_and_puts_exact_identifier_matches_first() {
+        let v = |rows: &[u64]| -> Vec<Hit> { rows.iter().map(|&r| Hit { ordinal: r, score: 0.5 }).collect() };
+        let kw = |rows: &[(u64, bool)]| -> Vec<KeywordHit> {
+            rows.iter().map(|&(row, exact)| KeywordHit { row, score: 3.0, exact }).collect()
+        };
+        // Row 2: vector 2 + keyword 1 = 1/62 + 1/61; row 1: vector 1 only = 1/61; row 3: keyword 2 = 1/62;
+        // row 4: vector 3 + keyword 3 = 2/63.
+        let fused = fuse(&v(&[1, 2, 4]), &kw(&[(2, false), (3, false), (4, false)]), 60.0);
+        let order: Vec<u64> = fused.iter().map(|(row, ..)| *row).collect();
+        assert_eq!(order, [2, 4, 1, 3]);
+        let expect = 1.0 / 62.0 + 1.0 / 61.0;
+        assert!((f64::from(fused[0].1) - expect).abs() < 1e-6, "{fused:?}");
+        assert_eq!(
+            fused[0].2,
+            Ranks {
+                vector: Some(2),
+                keyword: Some(1),
+                vector_score: Some(0.5),
+                keyword_score: Some(3.0),
+                exact: false
+            }
+        );
+        // Equal fused scores: the better vector rank first. Rows 5 and 6: vector 1 / keyword 1 alone.
+        let tie = fuse(&v(&[5]), &kw(&[(6, false)]), 60.0);
+        assert_eq!(tie.iter().map(|(r, ..)| *r).collect::<Vec<_>>(), [5, 6]);
+        // A chunk holding every identifier of the query goes first, whatever its fused score.
+        let exact = fuse(&v(&[1, 2, 3]), &kw(&[(1, false), (9, true)]), 60.0);
+        assert_eq!(exact[0].0, 9);
+        // rrf_k sets how much agreement counts: at 60, rows in both lists (7, 8) beat the lists' rank-1 rows alone;
+        // at 0, a rank 1 alone (1/1) beats ranks 2 and 3 together (1/2 + 1/3).
+        let (vector, keyword) = (v(&[1, 8, 7]), kw(&[(2, false), (7, false), (8, false)]));
+        let top2 = |k: f64| fuse(&vector, &keyword, k).iter().map(|(r, ..)| *r).take(2).collect::<Vec<_>>();
+        assert_eq!(top2(60.0), [8, 7]);
+        assert_eq!(top2(0.0), [1, 2]);
     }
 }

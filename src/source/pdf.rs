@@ -2,8 +2,7 @@
 //! Chunk offsets refer to this extracted text, and [`Pdf::pages`] says where each page starts in it, so each chunk
 //! knows its page. A PDF with no text to extract (scanned pages) is not a document.
 
-use std::cell::Cell;
-use std::panic::AssertUnwindSafe;
+use crate::error::quietly;
 
 use super::SkipReason;
 
@@ -78,25 +77,4 @@ fn title(doc: &lopdf::Document) -> Option<String> {
     let title = lopdf::decode_text_string(info.get(b"Title").ok()?).ok()?;
     let title = title.trim().trim_matches('\0').trim();
     (!title.is_empty()).then(|| title.to_owned())
-}
-
-thread_local! {
-    static QUIET: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f`, catching a panic without printing it (the file is reported as not read instead).
-fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET.with(Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    QUIET.with(|q| q.set(true));
-    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(false));
-    result
 }

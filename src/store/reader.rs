@@ -142,6 +142,35 @@ impl Dataset {
         Ok(())
     }
 
+    /// Calls `f(row_id, doc, text)` for every row of the files from `from_file` on (dead ones included), reading only
+    /// those two columns (the keyword index).
+    pub fn for_each_text(&self, from_file: usize, mut f: impl FnMut(u64, &str, &str)) -> Result<(), StoreError> {
+        for entry in self.manifest.files.iter().skip(from_file) {
+            let path = self.dir.join(&entry.path);
+            let builder = self.open_file(&path, entry.rows)?;
+            let roots = [column_index(&builder, &path, schema::DOC)?, column_index(&builder, &path, schema::TEXT)?];
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            let reader =
+                builder.with_projection(mask).with_batch_size(4096).build().map_err(StoreError::parquet(&path))?;
+            let mut row_id = entry.first_row;
+            for batch in reader {
+                let batch = batch.map_err(StoreError::arrow(&path))?;
+                let string = |name: &str| {
+                    batch
+                        .column_by_name(name)
+                        .and_then(|c| c.as_string_opt::<i32>())
+                        .ok_or_else(|| corrupt(&path, &format!("column {name:?} is not a string")))
+                };
+                let (docs, texts) = (string(schema::DOC)?, string(schema::TEXT)?);
+                for (doc, text) in docs.iter().zip(texts.iter()) {
+                    f(row_id, doc.unwrap_or_default(), text.unwrap_or_default());
+                    row_id += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `f(row_id, chunk_index, page)` for every row (dead ones included), reading only those two columns (a
     /// filter on a chunk's own columns). Files written before pages were kept give no page.
     pub fn for_each_position(&self, mut f: impl FnMut(u64, u32, Option<u32>)) -> Result<(), StoreError> {
