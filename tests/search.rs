@@ -280,3 +280,89 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn batch_queries_equal_one_by_one_queries_in_one_request() {
+    let mock = MockServer::start();
+    let (input, ds) = dataset(&mock);
+    let file = input.path().join("queries.txt");
+    std::fs::write(
+        &file,
+        "bicycle chain\n\n{\"query\": \"brakes\", \"id\": \"q-brakes\", \"k\": 2}\n\
+         {\"text\": \"gears\", \"_id\": 7, \"filter\": \"lang = 'en'\"}\n\
+         {\"query\": \"tyres\", \"filter\": \"yeer > 1\"}\n\
+         not json but a query {\n",
+    )
+    .expect("write");
+    let before = mock.requests();
+    let batch = run(cli(Some(&mock.base())).arg("search").arg(&ds).arg("--queries").arg(&file));
+    assert_eq!(mock.requests() - before, 1, "one embedding request for the whole file");
+    // The bad line is reported with its file and line; the others are answered; the exit code says one failed.
+    assert_eq!(batch.code, 1, "{}", batch.all_output());
+    assert!(
+        batch.stderr.contains(&format!("{}:5: --filter at column 1: no column \"yeer\"", file.display())),
+        "{}",
+        batch.stderr
+    );
+    let hits = json_lines(&batch.stdout);
+    let of = |id: serde_json::Value| -> Vec<String> {
+        hits.iter().filter(|h| h["query_id"] == id).map(|h| h["doc"].as_str().expect("doc").to_owned()).collect()
+    };
+    let one = |query: &str, args: &[&str]| -> Vec<String> {
+        let found = search_text(&mock, &ds, query, args);
+        json_lines(&found.stdout).iter().map(|h| h["doc"].as_str().expect("doc").to_owned()).collect()
+    };
+    assert_eq!(of(1.into()), one("bicycle chain", &[]));
+    assert_eq!(of("q-brakes".into()), one("brakes", &["-k", "2"]));
+    assert_eq!(of(7.into()), one("gears", &["--filter", "lang = 'en'"]));
+    assert_eq!(of(6.into()), one("not json but a query {", &[]));
+    assert_eq!(of("q-brakes".into()).len(), 2);
+    // Standard input works the same.
+    let mut cmd = cli(Some(&mock.base()));
+    cmd.arg("search").arg(&ds).args(["--queries", "-"]).stdin(std::fs::File::open(&file).expect("open"));
+    assert_eq!(json_lines(&run(&mut cmd).stdout), hits);
+}
+
+fn search_text(mock: &MockServer, dataset: &Path, query: &str, args: &[&str]) -> crate::util::Run {
+    let found = run(cli(Some(&mock.base())).arg("search").arg(dataset).arg("--json").args(args).arg("--").arg(query));
+    assert_eq!(found.code, 0, "{query}: {}", found.all_output());
+    found
+}
+
+#[test]
+fn eval_reports_each_mode_and_agrees_with_the_searches_it_makes() {
+    let mock = MockServer::start();
+    let (input, ds) = dataset(&mock);
+    let qrels = input.path().join("qrels.jsonl");
+    std::fs::write(
+        &qrels,
+        "{\"query\": \"bicycle chain\", \"relevant\": [\"r3\", \"guides/bicycle.md\"]}\n\
+         {\"query\": \"brake pads\", \"relevant\": [\"r6\"]}\n",
+    )
+    .expect("write");
+    let found = run(cli(Some(&mock.base())).arg("eval").arg(&ds).arg("--qrels").arg(&qrels).arg("--json"));
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    let figures = &json_lines(&found.stdout)[0];
+    assert_eq!(figures["queries"], 2);
+    for mode in ["vector", "keyword", "hybrid"] {
+        // MRR@10 by hand, from the documents `search` returns in that mode.
+        let mut mrr = 0.0;
+        for (query, relevant) in [("bicycle chain", &["r3", "guides/bicycle.md"][..]), ("brake pads", &["r6"][..])] {
+            let docs = first_docs(&mock, &ds, query, &["--mode", mode, "-k", "40"]);
+            let mut seen = BTreeSet::new();
+            let ranked: Vec<&String> = docs.iter().filter(|d| seen.insert(d.as_str())).collect();
+            if let Some(at) = ranked.iter().take(10).position(|d| relevant.contains(&d.as_str())) {
+                mrr += 1.0 / (at as f64 + 1.0);
+            }
+        }
+        let got = figures["modes"][mode]["mrr@10"].as_f64().expect("mrr");
+        assert!((got - mrr / 2.0).abs() < 1e-9, "{mode}: eval says {got}, the searches {}", mrr / 2.0);
+        assert!(figures["modes"][mode]["recall@10"].as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)));
+    }
+    let table = run(cli(Some(&mock.base())).arg("eval").arg(&ds).arg("--qrels").arg(&qrels));
+    assert!(table.stdout.starts_with("mode     queries  recall@10  MRR@10  nDCG@10\nvector "), "{}", table.stdout);
+    std::fs::write(&qrels, "{\"query\": \"x\"}\n").expect("write");
+    let bad = run(cli(Some(&mock.base())).arg("eval").arg(&ds).arg("--qrels").arg(&qrels));
+    assert_eq!(bad.code, 2, "{}", bad.all_output());
+    assert!(bad.stderr.contains("qrels.jsonl:1: no \"relevant\" list"), "{}", bad.stderr);
+}

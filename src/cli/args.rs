@@ -33,8 +33,10 @@ pub enum Command {
     RetryFailed(RetryFailedArgs),
     /// Check every file of a dataset and drop damaged ones from it, so that the next run embeds only what they held.
     Repair(RepairArgs),
-    /// Find the chunks nearest to a query.
+    /// Find the chunks that answer a query: by vector, keyword or both.
     Search(SearchArgs),
+    /// Measure retrieval against labelled queries: recall@k, MRR@10 and nDCG@10 per mode.
+    Eval(EvalArgs),
     /// List the models the endpoint offers (GET /models).
     Models(ModelsArgs),
 }
@@ -252,7 +254,12 @@ pub struct IndexArgs {
 pub struct SearchArgs {
     #[arg(value_name = "DATASET_DIR")]
     pub dataset: PathBuf,
-    pub query: String,
+    #[arg(required_unless_present = "queries")]
+    pub query: Option<String>,
+    /// Answer every query in FILE (`-`: standard input) in one process, as JSON lines with each hit's query_id: one
+    /// query per line, or JSON objects {"query" (or "text"), "id" (or "_id"), "filter", "k", "mode"}.
+    #[arg(long, value_name = "FILE", conflicts_with = "query")]
+    pub queries: Option<PathBuf>,
     /// Number of results.
     #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub k: u16,
@@ -279,6 +286,37 @@ pub struct SearchArgs {
     #[arg(long)]
     pub explain: bool,
     /// One JSON object per result line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(value_name = "DATASET_DIR")]
+    pub dataset: PathBuf,
+    /// Labelled queries: JSON lines {"query": ..., "relevant": ["doc" or "doc#chunk", ...]}, or with --queries a
+    /// BEIR qrels TSV (query-id, corpus-id, score).
+    #[arg(long, value_name = "FILE")]
+    pub qrels: PathBuf,
+    /// BEIR queries JSONL ({"_id", "text"}) for a qrels TSV.
+    #[arg(long, value_name = "FILE")]
+    pub queries: Option<PathBuf>,
+    /// Recall is measured at k (MRR and nDCG at 10).
+    #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub k: u16,
+    /// Only chunks matching EXPR (as `search --filter`); repeated: all must match.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Vec<String>,
+    /// Only this mode (default: every mode the dataset supports).
+    #[arg(long, value_parser = ["vector", "keyword", "hybrid"])]
+    pub mode: Option<String>,
+    #[arg(long, default_value_t = DEFAULT_EF_SEARCH as u16, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub ef: u16,
+    #[arg(long, default_value_t = crate::query::DEFAULT_RRF_K, value_parser = positive_f64)]
+    pub rrf_k: f64,
+    #[arg(long, default_value_t = crate::query::DEFAULT_CANDIDATES as u16, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub candidates: u16,
+    /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
 }

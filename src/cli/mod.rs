@@ -6,9 +6,11 @@
 //! unknown model, rejected parameters); 75 another run holds the dataset; 130 interrupted.
 
 mod args;
+mod eval;
 mod job;
 mod progress;
 mod report;
+mod search;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    Cli, Command, EmbedArgs, IndexArgs, JobFlags, ModelsArgs, RepairArgs, RequestFlags, RetryFailedArgs, RunArgs,
-    SearchArgs, ValidateArgs,
+    Cli, Command, EmbedArgs, EvalArgs, IndexArgs, JobFlags, ModelsArgs, RepairArgs, RequestFlags, RetryFailedArgs,
+    RunArgs, SearchArgs, ValidateArgs,
 };
 pub use job::JobSpec;
 pub use progress::LogWriter;
@@ -32,7 +34,6 @@ use crate::embed::{
 use crate::error::count;
 use crate::index::{self, IndexParams};
 use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
-use crate::query::{Filter, Method, Mode, QueryError, ScanReason, Searcher, TextQuery};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
 use report::RunReport;
@@ -85,7 +86,8 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::RetryFailed(RetryFailedArgs { dataset, .. })
         | Command::Repair(RepairArgs { dataset, .. })
         | Command::Index(IndexArgs { dataset, .. })
-        | Command::Search(SearchArgs { dataset, .. }) => *dataset = normal_path(dataset),
+        | Command::Search(SearchArgs { dataset, .. })
+        | Command::Eval(EvalArgs { dataset, .. }) => *dataset = normal_path(dataset),
         _ => {}
     }
     match cli.command {
@@ -106,7 +108,8 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Validate(args) => validate(args).await,
         Command::Index(args) => build_index(args).await,
         Command::Repair(args) => repair(args).await,
-        Command::Search(args) => search(args).await,
+        Command::Search(args) => search::search(args).await,
+        Command::Eval(args) => eval::eval(args).await,
         Command::Models(args) => models(args).await,
     }
 }
@@ -470,7 +473,7 @@ async fn repair(args: RepairArgs) -> Result<u8, Failure> {
 }
 
 /// What to do about `error` when it comes from a damaged file of the dataset in `dir`.
-fn damage_advice(error: &StoreError, dir: &Path) -> Option<String> {
+pub(crate) fn damage_advice(error: &StoreError, dir: &Path) -> Option<String> {
     error.is_damage().then(|| {
         format!(
             "a file of the dataset is damaged: `tars-index repair {}` drops it and the next run embeds again only \
@@ -520,157 +523,6 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
         let _ = writeln!(stdout, "{}", report::index_line(&meta));
     }
     Ok(exit::SUCCESS)
-}
-
-async fn search(args: SearchArgs) -> Result<u8, Failure> {
-    let stats = Arc::new(Stats::default());
-    let failure = |e: QueryError| match e {
-        e if e.is_usage() => Failure::usage(e),
-        QueryError::Embed(e) => Failure::api(e),
-        e => {
-            let advice = match &e {
-                QueryError::Store(e) => damage_advice(e, &args.dataset),
-                _ => None,
-            };
-            Failure { advice, ..Failure::run(e) }
-        }
-    };
-    if args.query.trim().is_empty() {
-        return Err(Failure::usage(QueryError::EmptyQuery));
-    }
-    let searcher = Searcher::open(&args.dataset, RequestSettings::default(), &stats).await.map_err(failure)?;
-    let columns = searcher.engine().columns().map_err(failure)?;
-    let filter = Filter::parse_all(&args.filter, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
-    let query = TextQuery {
-        k: usize::from(args.k),
-        ef: usize::from(args.ef),
-        // Metadata is printed with --json only; without it the documents table need not be read.
-        documents: args.json,
-        filter,
-        mode: args.mode.as_deref().and_then(Mode::parse),
-        rrf_k: args.rrf_k,
-        candidates: usize::from(args.candidates),
-        ..TextQuery::new(&args.query)
-    };
-    let answer = searcher.search(&query).await.map_err(failure)?;
-    if query.mode.is_none() && answer.mode == Mode::Vector {
-        tracing::info!(
-            "vector mode: the dataset has no usable keyword index; `tars-index index {}` builds one (then searches \
-             are hybrid)",
-            args.dataset.display()
-        );
-    }
-    if let Some(kw) = answer.keyword_generation.filter(|g| *g != answer.generation) {
-        tracing::info!(
-            "the keyword index is of version {kw}, the dataset at version {}: rows added since are found by their \
-             vectors only (`tars-index index` brings it up to date)",
-            answer.generation
-        );
-    }
-    match &answer.method {
-        None | Some(Method::Index) => {}
-        Some(Method::IndexAndScan { index_generation, rows_scanned }) => tracing::info!(
-            "the index is of version {index_generation}, the dataset at version {}: {rows_scanned} rows added since \
-             were scored exactly (`tars-index index` brings it up to date)",
-            answer.generation
-        ),
-        Some(Method::Scan { reason, rows_scanned }) => tracing::warn!(
-            "{}: all {rows_scanned} rows were scored exactly; `tars-index index {}` builds one for faster searches",
-            match reason {
-                ScanReason::NoIndex => "the dataset has no index yet",
-                ScanReason::OtherLineage => "the index is from before the dataset was rebuilt",
-                ScanReason::IndexAhead => "the index is of a newer version than the dataset",
-            },
-            args.dataset.display()
-        ),
-    }
-
-    let mut stdout = std::io::stdout().lock();
-    if args.explain {
-        let lines = if args.json {
-            let plan = serde_json::json!({
-                "explain": { "generation": answer.generation, "mode": answer.mode, "method": answer.method,
-                    "keyword_generation": answer.keyword_generation, "filter": answer.filter }
-            });
-            vec![plan.to_string()]
-        } else {
-            report::explain_lines(&answer)
-        };
-        for line in lines {
-            let _ = writeln!(stdout, "{line}");
-        }
-    }
-    for (rank, hit) in answer.hits.iter().enumerate() {
-        let (rank, row) = (rank + 1, &hit.chunk);
-        let line = if args.json {
-            let mut line = serde_json::json!({
-                "rank": rank, "score": hit.score, "doc": row.doc, "chunk_index": row.chunk_index,
-                "start": row.start, "end": row.end, "id": row.id, "text": row.text, "page": row.page,
-                "ranks": { "vector": hit.ranks.vector, "keyword": hit.ranks.keyword },
-                "scores": { "vector": hit.ranks.vector_score, "keyword": hit.ranks.keyword_score },
-            });
-            if hit.ranks.exact
-                && let Some(object) = line.as_object_mut()
-            {
-                object.insert("exact".into(), true.into());
-            }
-            if let (Some(document), Some(object)) = (&hit.document, line.as_object_mut()) {
-                object.extend(document_json(document));
-            }
-            line.to_string()
-        } else if args.explain {
-            let at = |r: Option<u32>| r.map_or_else(|| "-".to_owned(), |r| r.to_string());
-            format!(
-                "{rank:>3}. {:.4}  {} #{}  [vector {} keyword {}{}]  {}",
-                hit.score,
-                row.doc,
-                row.chunk_index,
-                at(hit.ranks.vector),
-                at(hit.ranks.keyword),
-                if hit.ranks.exact { " exact" } else { "" },
-                snippet(&row.text, 160)
-            )
-        } else {
-            format!("{rank:>3}. {:.4}  {} #{}  {}", hit.score, row.doc, row.chunk_index, snippet(&row.text, 160))
-        };
-        if writeln!(stdout, "{line}").is_err() {
-            break; // a closed pipe (`| head`) is not an error
-        }
-    }
-    Ok(exit::SUCCESS)
-}
-
-/// A hit's document, for `search --json`: where it came from, its title and its metadata fields.
-fn document_json(record: &crate::store::DocRecord) -> serde_json::Map<String, serde_json::Value> {
-    use crate::source::{Value, meta::format_timestamp};
-    let value = |v: &Value| match v {
-        Value::Null => serde_json::Value::Null,
-        Value::String(s) => s.clone().into(),
-        Value::Int64(n) => (*n).into(),
-        Value::Float64(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
-        Value::Bool(b) => (*b).into(),
-        Value::Timestamp(t) => format_timestamp(*t).into(),
-    };
-    let metadata: serde_json::Map<String, serde_json::Value> =
-        record.fields.iter().map(|(k, v)| (k.to_string(), value(v))).collect();
-    let modified = (record.mtime_ns != 0).then(|| format_timestamp(record.mtime_ns.div_euclid(1000)));
-    let mut out = serde_json::Map::new();
-    out.insert("file".into(), record.file.clone().into());
-    out.insert("format".into(), record.format.map(|f| f.name()).into());
-    out.insert("title".into(), record.title.clone().into());
-    out.insert("size".into(), record.size.into());
-    out.insert("modified".into(), modified.into());
-    out.insert("metadata".into(), metadata.into());
-    out
-}
-
-/// The first `max` characters of `text` on one line.
-fn snippet(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &flat[..cut]),
-        None => flat,
-    }
 }
 
 async fn models(args: ModelsArgs) -> Result<u8, Failure> {

@@ -19,6 +19,7 @@
 //! with the filter applied inside it, and scored exactly after all if the graph found fewer than `k`. Either way,
 //! when at least `k` rows match, `k` are returned.
 
+pub mod eval;
 pub mod filter;
 mod rows;
 
@@ -851,6 +852,9 @@ impl TextQuery {
     }
 }
 
+/// A query with its vector made (`None` when its mode needs none), or the reason it could not be.
+pub type Embedded = (TextQuery, Result<Option<Vec<f32>>, QueryError>);
+
 /// An [`Engine`] with the dataset's model: searches with text.
 pub struct Searcher {
     engine: Arc<Engine>,
@@ -895,39 +899,78 @@ impl Searcher {
 
     /// Embeds the query (unless in keyword mode) and searches, the search itself on a blocking thread.
     pub async fn search(&self, query: &TextQuery) -> Result<Answer, QueryError> {
-        let needs_vector = query.mode.is_none_or(Mode::needs_vector);
-        self.check(&query.text, needs_vector)?;
-        let vector = if needs_vector {
-            let embedding = self.embedder.embed(&[query.text.as_str()]).await.map_err(QueryError::Embed)?;
-            if embedding.len() != 1 {
+        let mut answers = self.search_batch(std::slice::from_ref(query)).await?;
+        answers.pop().unwrap_or_else(|| Err(QueryError::Thread("no answer".to_owned())))
+    }
+
+    /// Answers `queries` in order: the texts that need embedding go in one request, and the searches run on one
+    /// blocking thread against the same open version. A query that is wrong (empty, too long, a filter the dataset
+    /// cannot take) fails alone; an embedding request that fails fails the batch.
+    pub async fn search_batch(&self, queries: &[TextQuery]) -> Result<Vec<Result<Answer, QueryError>>, QueryError> {
+        let mut checked: Vec<Result<bool, QueryError>> = Vec::with_capacity(queries.len());
+        for query in queries {
+            let needs_vector = query.mode.is_none_or(Mode::needs_vector);
+            checked.push(self.check(&query.text, needs_vector).map(|()| needs_vector));
+        }
+        let texts: Vec<&str> =
+            queries.iter().zip(&checked).filter(|(_, c)| matches!(c, Ok(true))).map(|(q, _)| q.text.as_str()).collect();
+        let mut embedded = self.embed(&texts).await?.into_iter();
+        let inputs: Vec<Embedded> = queries
+            .iter()
+            .zip(checked)
+            .map(|(query, checked)| {
+                let vector = checked.map(|needed| if needed { embedded.next() } else { None });
+                (query.clone(), vector)
+            })
+            .collect();
+        self.search_embedded(inputs).await
+    }
+
+    /// The query vectors of `texts` (checked against the model's input limit), embedded `QUERY_BATCH` per request.
+    pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, QueryError> {
+        const QUERY_BATCH: usize = 64;
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(QUERY_BATCH) {
+            let embedding = self.embedder.embed(batch).await.map_err(QueryError::Embed)?;
+            if embedding.len() != batch.len() {
                 return Err(QueryError::Embed(EmbedError::InvalidResponse {
                     attempts: 1,
-                    last: format!("{} vectors for one query", embedding.len()),
+                    last: format!("{} vectors for {} queries", embedding.len(), batch.len()),
                 }));
             }
-            Some(embedding.vector(0).to_vec())
-        } else {
-            None
-        };
-        let (engine, query) = (Arc::clone(&self.engine), query.clone());
+            vectors.extend((0..batch.len()).map(|i| embedding.vector(i).to_vec()));
+        }
+        Ok(vectors)
+    }
+
+    /// Answers queries whose vectors are already made (`None` for the keyword mode), in order, on one blocking
+    /// thread; an `Err` input is passed through as that query's answer.
+    pub async fn search_embedded(&self, queries: Vec<Embedded>) -> Result<Vec<Result<Answer, QueryError>>, QueryError> {
+        let engine = Arc::clone(&self.engine);
         let (model, requested_dimensions) = (self.model.clone(), self.requested_dimensions);
         tokio::task::spawn_blocking(move || {
-            engine.search(&Query {
-                vector: vector.as_deref(),
-                text: &query.text,
-                mode: query.mode,
-                rrf_k: query.rrf_k,
-                candidates: query.candidates,
-                model: &model,
-                requested_dimensions,
-                k: query.k,
-                ef: query.ef,
-                documents: query.documents,
-                filter: query.filter.as_ref(),
-            })
+            queries
+                .into_iter()
+                .map(|(query, vector)| {
+                    let vector = vector?;
+                    engine.search(&Query {
+                        vector: vector.as_deref(),
+                        text: &query.text,
+                        mode: query.mode,
+                        rrf_k: query.rrf_k,
+                        candidates: query.candidates,
+                        model: &model,
+                        requested_dimensions,
+                        k: query.k,
+                        ef: query.ef,
+                        documents: query.documents,
+                        filter: query.filter.as_ref(),
+                    })
+                })
+                .collect()
         })
         .await
-        .map_err(|e| QueryError::Thread(e.to_string()))?
+        .map_err(|e| QueryError::Thread(e.to_string()))
     }
 }
 
