@@ -5,7 +5,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const WORDS: &[&str] = &[
+/// A small English-like vocabulary (stop words included), for generated prose, records and queries.
+pub const WORDS: &[&str] = &[
     "the",
     "of",
     "and",

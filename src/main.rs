@@ -18,8 +18,7 @@ fn main() -> ExitCode {
         (false, 1) => "info",
         (false, _) => "debug",
     };
-    // hnsw_rs logs every load and dump at info level; keep it to errors unless asked with RUST_LOG.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},hnsw_rs=error")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -343,12 +343,15 @@ fn damaged_or_stale_index_is_refused_without_crashing() {
     let dataset = out.path().join("ds");
     assert_eq!(run(&mut embed_args(&mock, input.path(), &dataset)).code, 0);
     assert_eq!(run(cli(None).arg("index").arg(&dataset)).code, 0);
-    let graph = std::fs::read_dir(dataset.join("index"))
-        .expect("index dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".hnsw.graph"))
-        .expect("graph file");
+    let graph_file = || {
+        std::fs::read_dir(dataset.join("index"))
+            .expect("index dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "hnsw"))
+            .expect("graph file")
+    };
+    let graph = graph_file();
     let mut bytes = std::fs::read(&graph).expect("read");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -364,18 +367,30 @@ fn damaged_or_stale_index_is_refused_without_crashing() {
     assert_eq!(run(cli(None).arg("index").arg(&dataset).arg("--rebuild")).code, 0);
     let verified = run(cli(None).arg("index").arg(&dataset).arg("--verify"));
     assert_eq!(verified.code, 0, "{}", verified.all_output());
-    assert!(verified.stdout.starts_with("index ok: 2 files"), "{}", verified.stdout);
-    let data = std::fs::read_dir(dataset.join("index"))
-        .expect("index dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".hnsw.data"))
-        .expect("data file");
-    let file = std::fs::OpenOptions::new().write(true).open(&data).expect("open");
+    assert!(
+        verified.stdout.starts_with("index ok: ") && verified.stdout.contains(" in 1 file match"),
+        "{}",
+        verified.stdout
+    );
+    let file = std::fs::OpenOptions::new().write(true).open(graph_file()).expect("open");
     file.set_len(file.metadata().expect("stat").len() - 1).expect("truncate");
     let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
     assert_eq!(result.code, 2, "{}", result.all_output());
     assert!(result.stderr.contains("damaged"), "{}", result.stderr);
+
+    // An index from before the graph file format (hnsw_rs's dumps; index.json without "format") is refused with
+    // what to run, and `index` replaces it rather than trying to extend it.
+    assert_eq!(run(cli(None).arg("index").arg(&dataset).arg("--rebuild")).code, 0);
+    let meta_path = dataset.join("index/index.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).expect("read")).expect("json");
+    meta.as_object_mut().expect("object").remove("format");
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).expect("json")).expect("write");
+    let result = run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta"));
+    assert_eq!(result.code, 2, "{}", result.all_output());
+    assert!(result.stderr.contains("built by an earlier tars-index"), "{}", result.stderr);
+    let rebuilt = run(cli(None).arg("index").arg(&dataset));
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.all_output());
+    assert_eq!(run(cli(Some(&mock.base())).arg("search").arg(&dataset).arg("pasta")).code, 0);
 
     // Rebuilding repairs it. A version the index does not cover (here from scratch, with --no-index) is still
     // searched, exactly, with a warning that says how to build the index again.

@@ -501,8 +501,9 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
         } else {
             let _ = writeln!(
                 stdout,
-                "index ok: {} files, {bytes} bytes match their checksums ({} points, dataset version {})",
+                "index ok: {bytes} bytes in {} file{} match their checksums ({} points, dataset version {})",
                 meta.files.len(),
+                if meta.files.len() == 1 { "" } else { "s" },
                 meta.points,
                 meta.generation
             );

@@ -1,39 +1,7 @@
-//! The distance the graph is built with: `1 - a·b` on unit vectors, clamped at 0.
-//!
-//! hnsw_rs's own `DistDot` asserts `1 - dot >= 0` and panics when rounding pushes the dot of two (near-)identical
-//! unit vectors past 1, and `DistCosine` recomputes both norms in f64 on every call. Vectors are normalised once
-//! when they enter the index, so a clamped dot product is exact enough and several times cheaper.
+//! Unit vectors: the graph scores `1 - a·b` on vectors normalised once, when they enter the index, which is exact
+//! enough for cosine and several times cheaper than recomputing both norms on every comparison.
 
-use hnsw_rs::prelude::Distance;
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DistUnitDot;
-
-impl Distance<f32> for DistUnitDot {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
-
-/// Dot product with eight independent accumulators, which the compiler turns into SIMD lanes (a single running
-/// sum cannot be vectorised without reordering float additions).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *acc += x * y;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        sum += x * y;
-    }
-    sum
-}
+use super::hnsw::dot;
 
 /// Scales `v` to unit length in place; a zero vector stays zero (it is then equally far from everything).
 pub fn normalize(v: &mut [f32]) {
@@ -49,7 +17,7 @@ mod tests {
 
     #[test]
     fn dot_matches_naive_sum_for_every_length() {
-        for n in 0..40 {
+        for n in 0..200 {
             let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
@@ -58,12 +26,10 @@ mod tests {
     }
 
     #[test]
-    fn self_distance_never_negative_and_normalize_makes_unit() {
+    fn normalize_makes_unit_vectors_and_leaves_zero_alone() {
         let mut v: Vec<f32> = (0..1536).map(|i| ((i * 7919) % 113) as f32 - 56.0).collect();
         normalize(&mut v);
         assert!((dot(&v, &v) - 1.0).abs() < 1e-5);
-        assert_eq!(DistUnitDot.eval(&v, &v), DistUnitDot.eval(&v, &v).max(0.0));
-        assert!(DistUnitDot.eval(&v, &v) < 1e-5);
         let mut zero = vec![0.0; 4];
         normalize(&mut zero);
         assert_eq!(zero, [0.0; 4]);

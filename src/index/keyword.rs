@@ -384,9 +384,9 @@ impl KeywordIndex {
         let allowed = Arc::clone(allowed);
         let collector =
             FilterCollector::new(ROW.to_owned(), move |row: u64| allowed(row), TopDocs::with_limit(n).order_by_score());
-        let fail = |e: tantivy::TantivyError| IndexError::Hnsw(format!("keyword search: {e}"));
+        let fail = |e: tantivy::TantivyError| IndexError::Search(format!("keyword search: {e}"));
         let found = quietly(|| searcher.search(query, &collector))
-            .map_err(|_| IndexError::Hnsw("keyword search failed on the index files".to_owned()))?
+            .map_err(|_| IndexError::Search("keyword search failed on the index files".to_owned()))?
             .map_err(fail)?;
         let mut hits = Vec::with_capacity(found.len());
         for (score, address) in found {
@@ -396,7 +396,7 @@ impl KeywordIndex {
                 .u64(ROW)
                 .map_err(fail)?
                 .first(address.doc_id)
-                .ok_or_else(|| IndexError::Hnsw("keyword index: a document without its row".to_owned()))?;
+                .ok_or_else(|| IndexError::Search("keyword index: a document without its row".to_owned()))?;
             hits.push(KeywordHit { row, score, exact: false });
         }
         Ok(hits)

@@ -1,35 +1,31 @@
-//! Stage 6: the HNSW index over a dataset's vectors (hnsw_rs).
+//! Stage 6: the HNSW index over a dataset's vectors ([`hnsw`]) and the keyword index beside it ([`keyword`]).
 //!
-//! The index lives in `<dataset>/index/`: hnsw_rs's graph and data dumps plus `index.json`, which records the
-//! parameters, the dataset files it was built from and checksums of the dumps. hnsw_rs exits the process on some
-//! corrupt inputs instead of returning an error, so every file is checked against `index.json` before it is handed
-//! to hnsw_rs. Graph ids are row ordinals of the dataset, so a hit maps straight to its Parquet row.
+//! The index lives in `<dataset>/index/`: one graph file plus `index.json`, which records the parameters, the
+//! dataset files it was built from and checksums of the graph file. Each graph node knows its dataset row, so a
+//! hit maps straight to its Parquet row.
 
 mod distance;
+pub mod hnsw;
 pub mod keyword;
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use hnsw_rs::api::AnnT;
-use hnsw_rs::hnswio::HnswIo;
-use hnsw_rs::prelude::Hnsw;
 use serde::{Deserialize, Serialize};
 
-pub use distance::{DistUnitDot, dot, normalize};
+pub use distance::normalize;
+pub use hnsw::{Builder, Graph, Shape, dot};
 
 use crate::error::Chain;
 use crate::store::{DataFile, Dataset, Manifest, StoreError, write_json_atomic};
 
 pub const INDEX_DIR: &str = "index";
 const INDEX_FILE: &str = "index.json";
-const BASENAME: &str = "hnsw";
+const BASENAME: &str = "graph";
 const DISTANCE: &str = "unit-dot";
-/// hnsw_rs clamps layers at 16.
-const MAX_LAYERS: usize = 16;
-/// Vectors handed to one `parallel_insert_slice` call (hnsw_rs suggests about 1000 per thread).
-const INSERT_BATCH: usize = 4096;
+/// The graph file format: 0 was hnsw_rs's pair of dumps, 1 is [`hnsw::Graph`]'s file.
+const GRAPH_FORMAT: u32 = 1;
 
 /// Indexes up to this many points are searched exhaustively (see [`SearchIndex::search`]); at 10k points the
 /// exact scan measured as fast as the graph (BENCHMARKS.md).
@@ -64,8 +60,10 @@ pub enum IndexError {
     Missing { path: PathBuf, dataset: PathBuf },
     #[error("{path}: index files are damaged ({message}); run `tars-index index {dataset}` again", dataset = dataset.display())]
     Damaged { path: PathBuf, dataset: PathBuf, message: String },
-    #[error("hnsw_rs: {0}")]
-    Hnsw(String),
+    #[error("{0}")]
+    Search(String),
+    #[error("{path}: the index was built by an earlier tars-index; run `tars-index index {dataset}` to rebuild it", dataset = dataset.display())]
+    Outdated { path: PathBuf, dataset: PathBuf },
     #[error("query has {got} dimensions, the index {want}")]
     QueryDimensions { got: usize, want: usize },
 }
@@ -81,7 +79,7 @@ pub enum IndexParamError {
 
 impl IndexParams {
     pub fn validate(&self) -> Result<(), IndexParamError> {
-        // hnsw_rs calls process::exit for M > 256; larger than 128 is never useful anyway.
+        // Larger than 128 is never useful, and the graph file stores link counts per level in 32 bits anyway.
         if !(2..=128).contains(&self.m) {
             return Err(IndexParamError::M(self.m));
         }
@@ -100,6 +98,9 @@ pub struct IndexMeta {
     pub dimensions: usize,
     pub points: u64,
     pub basename: String,
+    /// See [`GRAPH_FORMAT`].
+    #[serde(default)]
+    pub format: u32,
     /// The dataset version the index matches: any other lineage or generation means the index is stale.
     #[serde(default)]
     pub lineage: String,
@@ -171,7 +172,7 @@ pub struct IndexFile {
 /// file of another build all show there; `index --verify` reads everything.
 pub const SAMPLE_BYTES: u64 = 64 * 1024;
 
-/// How much of the index files to check before they are handed to hnsw_rs.
+/// How much of the index files to check before they are opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
     /// Size and the head-and-tail digest.
@@ -180,29 +181,18 @@ pub enum Check {
     Full,
 }
 
-/// An in-memory graph over unit vectors.
-pub type Graph = Hnsw<'static, f32, DistUnitDot>;
-
-/// A graph ready for `capacity` points.
-pub fn new_graph(params: IndexParams, capacity: usize) -> Result<Graph, IndexError> {
+/// A graph builder for `capacity` points of `dims` dimensions.
+pub fn new_builder(params: IndexParams, dims: usize, capacity: usize) -> Result<Builder, IndexError> {
     params.validate()?;
-    Ok(Hnsw::new(params.m, capacity.max(1), MAX_LAYERS, params.ef_construction, DistUnitDot))
+    Ok(Builder::new(Shape { dims, m: params.m, ef_construction: params.ef_construction }, capacity))
 }
 
-/// Inserts rows `first_id..` from a flat buffer of `dims`-sized vectors, normalising them first.
-pub fn insert_vectors(graph: &Hnsw<'_, f32, DistUnitDot>, first_id: usize, vectors: &[f32], dims: usize) {
-    let mut owned = vectors.to_vec();
-    owned.chunks_exact_mut(dims).for_each(normalize);
-    for (batch_no, batch) in owned.chunks(INSERT_BATCH * dims).enumerate() {
-        let base = first_id + batch_no * INSERT_BATCH;
-        let items: Vec<(&[f32], usize)> = batch.chunks_exact(dims).enumerate().map(|(i, v)| (v, base + i)).collect();
-        graph.parallel_insert_slice(&items);
-    }
-}
+/// Rows handed to one parallel [`Builder::link`].
+const LINK_BATCH: usize = 4096;
 
 /// Brings the index of `dataset` up to date and saves it in `<dataset>/index`, replacing the earlier one only once
-/// the new one is complete. An index of the same lineage is extended with the rows added since (hnsw_rs cannot
-/// delete points: rows no longer live are filtered out of results instead); it is rebuilt from the live rows when
+/// the new one is complete. An index of the same lineage is extended with the rows added since (points are never
+/// deleted from the graph: rows no longer live are filtered out of results instead); it is rebuilt from the live rows when
 /// `rebuild` is set, when the parameters change, or when more than a quarter of its points are dead.
 pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<IndexMeta, IndexError> {
     let started = std::time::Instant::now();
@@ -245,55 +235,46 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
             && (dead_points as f64) <= MAX_DEAD_SHARE * meta.points.max(1) as f64
     });
 
-    // New dumps go next to the current ones under new names; `index.json` is the switch.
+    // A new graph file goes next to the current one under a new name; `index.json` is the switch.
     let dir = dataset.dir.join(INDEX_DIR);
     std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
     let name = format!("{BASENAME}-g{}-{}", manifest.generation, std::process::id());
 
-    // Inserts the live rows with ids from `from` on (dead ones never enter a graph).
-    let insert_from = |graph: &Hnsw<'_, f32, DistUnitDot>, from: u64| -> Result<u64, IndexError> {
+    // Adds the live rows with ids from `from` on (dead ones never enter a graph), linking them a batch at a time.
+    let insert_from = |builder: &mut Builder, from: u64| -> Result<u64, IndexError> {
         let first_file = manifest.files.partition_point(|f| f.first_row + f.rows <= from);
-        let mut inserted = 0u64;
+        let before = builder.len();
         dataset.for_each_vector_batch::<IndexError>(first_file, |first, vectors, rows| {
-            let wanted: Vec<usize> =
-                (0..rows).filter(|&i| first + i as u64 >= from && is_live(first + i as u64)).collect();
-            if wanted.len() == rows {
-                insert_vectors(graph, first as usize, vectors, dims);
-            } else {
-                for i in wanted.iter().copied() {
-                    insert_vectors(graph, first as usize + i, &vectors[i * dims..(i + 1) * dims], dims);
+            for (i, vector) in vectors.chunks_exact(dims).take(rows).enumerate() {
+                let row = first + i as u64;
+                if row >= from && is_live(row) {
+                    builder.push(row, vector);
                 }
             }
-            inserted += wanted.len() as u64;
+            if builder.len() - builder.linked() >= LINK_BATCH {
+                builder.link();
+            }
             Ok(())
         })?;
-        Ok(inserted)
+        Ok((builder.len() - before) as u64)
     };
 
-    let (basename, points, inserted, mode) = match extend {
+    let (mut builder, mode, from) = match extend {
         Some(index) => {
-            let from = index.meta.covered_rows;
-            let (inserted, basename, points) = index.graph.with_dependent(|_, hnsw| -> Result<_, IndexError> {
-                let inserted = insert_from(hnsw, from)?;
-                // A reloaded graph never overwrites its own files: hnsw_rs picks a new name, which is returned.
-                let basename = hnsw.file_dump(&dir, &name).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
-                Ok((inserted, basename, hnsw.get_nb_point() as u64))
-            })?;
-            (basename, points, inserted, "extended")
+            let builder =
+                Builder::from_graph(&index.graph).map_err(|e| graph_error(dataset, &index.path(dataset), e))?;
+            (builder, "extended", index.meta.covered_rows)
         }
-        None => {
-            let graph = new_graph(params, manifest.live_rows.max(1) as usize)?;
-            let inserted = insert_from(&graph, 0)?;
-            let mut graph = graph;
-            graph.set_searching_mode(true);
-            let basename = graph.file_dump(&dir, &name).map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
-            (basename, graph.get_nb_point() as u64, inserted, "built")
-        }
+        None => (new_builder(params, dims, manifest.live_rows as usize)?, "built", 0),
     };
-    let files = [".hnsw.graph", ".hnsw.data"]
-        .iter()
-        .map(|suffix| describe_file(&dir, &format!("{basename}{suffix}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inserted = insert_from(&mut builder, from)?;
+    let graph = builder.finish();
+    let points = graph.nodes() as u64;
+    let basename = format!("{name}.hnsw");
+    let path = dir.join(&basename);
+    graph.save(&path).map_err(|e| graph_error(dataset, &path, e))?;
+    drop(graph);
+    let files = vec![describe_file(&dir, &basename)?];
     let dead_points = points.saturating_sub(live_below(end));
     let meta = IndexMeta {
         params,
@@ -301,6 +282,7 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
         dimensions: dims,
         points,
         basename,
+        format: GRAPH_FORMAT,
         lineage: manifest.lineage.clone(),
         generation: manifest.generation,
         covered_rows: end,
@@ -325,6 +307,15 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
         }
     }
     Ok(meta)
+}
+
+fn graph_error(dataset: &Dataset, path: &Path, error: hnsw::GraphError) -> IndexError {
+    match error {
+        hnsw::GraphError::Io(e) => StoreError::Io { path: path.to_path_buf(), source: e }.into(),
+        hnsw::GraphError::Format(message) => {
+            IndexError::Damaged { path: path.to_path_buf(), dataset: dataset.dir.clone(), message }
+        }
+    }
 }
 
 fn describe_file(dir: &Path, name: &str) -> Result<IndexFile, StoreError> {
@@ -366,20 +357,9 @@ fn hash_file(path: &Path) -> Result<(u64, String), StoreError> {
     Ok((total, hasher.finalize().to_hex().to_string()))
 }
 
-type LoadedHnsw<'a> = Hnsw<'a, f32, DistUnitDot>;
-
-self_cell::self_cell!(
-    /// hnsw_rs's reloaded graph borrows its loader; this keeps both in one value.
-    struct LoadedGraph {
-        owner: HnswIo,
-        #[not_covariant]
-        dependent: LoadedHnsw,
-    }
-);
-
-/// A saved index, loaded for searching.
+/// A saved index, opened for searching.
 pub struct SearchIndex {
-    graph: LoadedGraph,
+    graph: Graph,
     pub meta: IndexMeta,
     exact_max_points: usize,
 }
@@ -398,11 +378,21 @@ impl SearchIndex {
     /// from: [`SearchIndex::covers`] says whether it matches one.
     pub fn load(dataset: &Dataset) -> Result<Self, IndexError> {
         let meta = Self::check(dataset, Check::Quick)?;
-        let dir = dataset.dir.join(INDEX_DIR);
-        let io = HnswIo::new(&dir, &meta.basename);
-        let graph = LoadedGraph::try_new(io, |io| io.load_hnsw_with_dist::<f32, DistUnitDot>(DistUnitDot))
-            .map_err(|e| IndexError::Hnsw(format!("{e:#}")))?;
+        let path = dataset.dir.join(INDEX_DIR).join(&meta.basename);
+        let graph = Graph::open(&path).map_err(|e| graph_error(dataset, &path, e))?;
+        let shape = graph.shape();
+        if graph.nodes() as u64 != meta.points
+            || shape.dims != meta.dimensions
+            || (shape.m, shape.ef_construction) != (meta.params.m, meta.params.ef_construction)
+        {
+            let message = format!("{} does not match {INDEX_FILE}", meta.basename);
+            return Err(IndexError::Damaged { path, dataset: dataset.dir.clone(), message });
+        }
         Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
+    }
+
+    fn path(&self, dataset: &Dataset) -> PathBuf {
+        dataset.dir.join(INDEX_DIR).join(&self.meta.basename)
     }
 
     /// Reads `index.json` and checks the files it lists, without loading them.
@@ -419,6 +409,9 @@ impl SearchIndex {
         let damaged =
             |message: String| IndexError::Damaged { path: dir.clone(), dataset: dataset.dir.clone(), message };
         let meta: IndexMeta = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("{INDEX_FILE}: {e}")))?;
+        if meta.format != GRAPH_FORMAT {
+            return Err(IndexError::Outdated { path: dir, dataset: dataset.dir.clone() });
+        }
         if meta.distance != DISTANCE {
             return Err(damaged(format!("distance {:?} is not {DISTANCE:?}", meta.distance)));
         }
@@ -483,16 +476,22 @@ impl SearchIndex {
         let mut q = query.to_vec();
         normalize(&mut q);
         if self.meta.points <= self.exact_max_points as u64 {
-            return Ok(self.exact_search(&q, k, alive.unwrap_or(&|_| true)));
+            return self.exact_search(&q, k, alive.unwrap_or(&|_| true));
         }
-        let found = self.graph.with_dependent(|_, hnsw| match alive {
-            None => hnsw.search(&q, k, ef.max(k)),
+        let rows = self.graph.rows();
+        let found = match alive {
+            None => self.graph.search(&q, k, ef.max(k), None),
             Some(alive) => {
-                let alive = |id: &usize| alive(*id as u64);
-                hnsw.search_filter(&q, k, ef.max(k), Some(&alive))
+                let alive = |node: u32| alive(rows[node as usize]);
+                self.graph.search(&q, k, ef.max(k), Some(&alive))
             }
-        });
-        Ok(found.into_iter().map(|n| Hit { ordinal: n.d_id as u64, score: 1.0 - n.distance }).collect())
+        };
+        let found = found.map_err(|e| self.read_error(e))?;
+        Ok(found.into_iter().map(|n| Hit { ordinal: rows[n.node as usize], score: 1.0 - n.distance }).collect())
+    }
+
+    fn read_error(&self, error: std::io::Error) -> IndexError {
+        IndexError::Store(StoreError::Io { path: PathBuf::from(INDEX_DIR).join(&self.meta.basename), source: error })
     }
 }
 
@@ -510,20 +509,20 @@ impl SearchIndex {
         }
         let mut q = query.to_vec();
         normalize(&mut q);
-        Ok(self.exact_search(&q, k, alive))
+        self.exact_search(&q, k, alive)
     }
 
     /// Scores every live point: exact, and at this size as fast as walking the graph. It also cannot miss an
     /// outlier that the graph links to nothing (HNSW's blind spot, most visible in small graphs).
-    fn exact_search(&self, query: &[f32], k: usize, alive: &dyn Fn(u64) -> bool) -> Vec<Hit> {
-        self.graph.with_dependent(|_, hnsw| {
-            let scored = hnsw
-                .get_point_indexation()
-                .into_iter()
-                .filter(|p| alive(p.get_origin_id() as u64))
-                .map(|p| Hit { ordinal: p.get_origin_id() as u64, score: dot(query, p.get_v()).clamp(-1.0, 1.0) });
-            top_k(scored.collect(), k)
-        })
+    fn exact_search(&self, query: &[f32], k: usize, alive: &dyn Fn(u64) -> bool) -> Result<Vec<Hit>, IndexError> {
+        let rows = self.graph.rows();
+        let mut scored = Vec::new();
+        self.graph
+            .scan(&|node| alive(rows[node as usize]), &mut |node, v| {
+                scored.push(Hit { ordinal: rows[node as usize], score: dot(query, v).clamp(-1.0, 1.0) })
+            })
+            .map_err(|e| self.read_error(e))?;
+        Ok(top_k(scored, k))
     }
 }
 
@@ -583,46 +582,7 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
 
-    use crate::index::testing::{clustered, clustered_from};
-
-    fn exact_top_k(data: &[f32], dims: usize, q: &[f32], k: usize) -> Vec<usize> {
-        let mut scored: Vec<(f32, usize)> = data.chunks_exact(dims).enumerate().map(|(i, v)| (dot(q, v), i)).collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.into_iter().take(k).map(|(_, i)| i).collect()
-    }
-
-    #[test]
-    fn recall_at_10_against_exact_search() {
-        let (n, dims) = (4000, 64);
-        let data = clustered(n, dims, 40, 7);
-        let graph = new_graph(IndexParams::default(), n).expect("graph");
-        insert_vectors(&graph, 0, &data, dims);
-        let queries = clustered_from(200, dims, 40, 7, 99);
-        let mut hits = 0;
-        for q in queries.chunks_exact(dims) {
-            let truth = exact_top_k(&data, dims, q, 10);
-            let found: Vec<usize> = graph.search(q, 10, DEFAULT_EF_SEARCH).into_iter().map(|n| n.d_id).collect();
-            hits += truth.iter().filter(|t| found.contains(t)).count();
-        }
-        let recall = hits as f64 / (200.0 * 10.0);
-        assert!(recall >= 0.95, "recall@10 = {recall:.3} at ef = {DEFAULT_EF_SEARCH}");
-    }
-
-    #[test]
-    fn every_point_finds_itself_even_with_duplicates() {
-        let dims = 32;
-        let mut data = clustered(1500, dims, 15, 3);
-        // Exact duplicates: the dot of a unit vector with itself can round past 1, which panics hnsw_rs's DistDot.
-        let dup = data[..dims].to_vec();
-        data.extend_from_slice(&dup);
-        let graph = new_graph(IndexParams::default(), 1501).expect("graph");
-        insert_vectors(&graph, 0, &data, dims);
-        for (i, v) in data.chunks_exact(dims).enumerate() {
-            let found = graph.search(v, 3, DEFAULT_EF_SEARCH);
-            assert!(found.iter().any(|n| n.d_id == i || (i == 1500 && n.d_id == 0)), "point {i} not found: {found:?}");
-            assert!(found[0].distance >= 0.0);
-        }
-    }
+    use crate::index::testing::clustered;
 
     fn chunks(range: std::ops::Range<u32>) -> Vec<crate::chunk::Chunk> {
         range
@@ -711,9 +671,10 @@ mod tests {
     }
 
     #[test]
-    fn parameters_are_checked_before_hnsw_rs_sees_them() {
-        assert!(new_graph(IndexParams { m: 300, ef_construction: 400 }, 10).is_err());
-        assert!(new_graph(IndexParams { m: 16, ef_construction: 8 }, 10).is_err());
-        assert!(new_graph(IndexParams { m: 1, ef_construction: 8 }, 10).is_err());
+    fn parameters_are_checked_before_a_graph_is_built() {
+        assert!(new_builder(IndexParams { m: 300, ef_construction: 400 }, 4, 10).is_err());
+        assert!(new_builder(IndexParams { m: 16, ef_construction: 8 }, 4, 10).is_err());
+        assert!(new_builder(IndexParams { m: 1, ef_construction: 8 }, 4, 10).is_err());
+        assert!(new_builder(IndexParams::default(), 4, 10).is_ok());
     }
 }
