@@ -7,6 +7,7 @@ with 2 threads, searches one query batch per ef on 1 thread, and prints one JSON
 import json
 import sys
 import time
+from importlib.metadata import version
 
 import hnswlib
 import numpy as np
@@ -37,7 +38,7 @@ def main():
             best = min(best, time.perf_counter() - started)
         hits = sum(len(set(row) & set(t)) for row, t in zip(labels.tolist(), truth.tolist()))
         searches.append({"ef": ef, "recall": hits / (10 * len(queries)), "qps": len(queries) / best})
-    print(json.dumps({"version": getattr(hnswlib, "__version__", "?"), "build_secs": build, "searches": searches}))
+    print(json.dumps({"version": version("hnswlib"), "build_secs": build, "searches": searches}))
 
 
 if __name__ == "__main__":
