@@ -267,6 +267,7 @@ impl DatasetWriter {
     }
 
     fn properties(&self) -> WriterProperties {
+        const PAGE_BYTES: usize = 64 * 1024;
         let mut kv: Vec<KeyValue> = self.metadata().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
         kv.sort_by(|a, b| a.key.cmp(&b.key));
         WriterProperties::builder()
@@ -275,6 +276,11 @@ impl DatasetWriter {
             .set_dictionary_enabled(false)
             .set_column_dictionary_enabled(schema::DOC.into(), true)
             .set_statistics_enabled(EnabledStatistics::Chunk)
+            // Small pages (checked every 32 values), found through the offset index: a search reading its ten hits
+            // decompresses ten small pages per column, not the megabyte pages around them (measured: 42% of a
+            // batch query's time in zstd with the default 1 MiB pages).
+            .set_data_page_size_limit(PAGE_BYTES)
+            .set_write_batch_size(32)
             .set_key_value_metadata(Some(kv))
             .build()
     }
