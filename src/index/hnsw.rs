@@ -439,7 +439,7 @@ impl Builder {
 
     /// Continues a saved graph (its vectors are read into memory).
     pub fn from_graph(graph: &Graph) -> Result<Self, GraphError> {
-        let vectors = graph.vectors.all()?.to_vec();
+        let vectors = graph.vectors.all()?.into_owned();
         let mut builder = Builder::new(graph.shape, graph.nodes());
         builder.vectors = vectors;
         builder.rows = graph.rows.clone();
@@ -562,13 +562,19 @@ impl Builder {
         }
     }
 
+    /// `1 - v·w` from stored point `from` to each of `to`, into `out`.
+    fn distances_from(&self, from: u32, to: &[u32], out: &mut Vec<f32>) {
+        let dims = self.shape.dims;
+        let query = &self.vectors[from as usize * dims..][..dims];
+        self.arch.dispatch(Distances { query, vectors: Source::Rows { matrix: &self.vectors, rows: to }, out });
+    }
+
     /// hnswlib's heuristic: walking the candidates nearest first, keep one only if it is nearer the query than
     /// to every one kept already, so links spread in all directions instead of bunching in one cluster.
     fn select(&self, candidates: &[Neighbour], max: usize) -> Vec<Neighbour> {
         if candidates.len() <= max {
             return candidates.to_vec();
         }
-        let dims = self.shape.dims;
         let mut kept: Vec<Neighbour> = Vec::with_capacity(max);
         let mut kept_nodes: Vec<u32> = Vec::with_capacity(max);
         let mut distances = Vec::with_capacity(max);
@@ -576,9 +582,7 @@ impl Builder {
             if kept.len() >= max {
                 break;
             }
-            let query = &self.vectors[candidate.node as usize * dims..][..dims];
-            let vectors = Source::Rows { matrix: &self.vectors, rows: &kept_nodes };
-            self.arch.dispatch(Distances { query, vectors, out: &mut distances });
+            self.distances_from(candidate.node, &kept_nodes, &mut distances);
             if distances.iter().all(|&d| d >= candidate.distance) {
                 kept.push(candidate);
                 kept_nodes.push(candidate.node);
@@ -594,12 +598,10 @@ impl Builder {
         let mut links = lock(&self.links[node as usize]);
         let Some(list) = links.get_mut(level) else { return };
         let mut merged = chosen.to_vec();
-        let dims = self.shape.dims;
-        let v = &self.vectors[node as usize * dims..][..dims];
-        for &other in list.iter().filter(|&&o| chosen.iter().all(|c| c.node != o)) {
-            let w = &self.vectors[other as usize * dims..][..dims];
-            merged.push(Neighbour { node: other, distance: 1.0 - self.arch.dispatch(Dot(v, w)) });
-        }
+        let others: Vec<u32> = list.iter().copied().filter(|&o| chosen.iter().all(|c| c.node != o)).collect();
+        let mut distances = Vec::with_capacity(others.len());
+        self.distances_from(node, &others, &mut distances);
+        merged.extend(others.iter().zip(&distances).map(|(&node, &distance)| Neighbour { node, distance }));
         let max = self.shape.max_links(level);
         if merged.len() > max {
             merged.sort_unstable();
@@ -620,14 +622,8 @@ impl Builder {
             list.push(new.node);
             return;
         }
-        let dims = self.shape.dims;
-        let query = &self.vectors[from as usize * dims..][..dims];
         let mut distances = Vec::with_capacity(list.len());
-        self.arch.dispatch(Distances {
-            query,
-            vectors: Source::Rows { matrix: &self.vectors, rows: list },
-            out: &mut distances,
-        });
+        self.distances_from(from, list, &mut distances);
         let mut candidates: Vec<Neighbour> =
             list.iter().zip(&distances).map(|(&node, &distance)| Neighbour { node, distance }).chain([new]).collect();
         candidates.sort_unstable();
@@ -668,10 +664,8 @@ impl Builder {
                     list.push(node as u32);
                 } else {
                     // Replace its farthest link that has another way in.
-                    let at = &self.vectors[near.node as usize * dims..][..dims];
                     let mut distances = Vec::with_capacity(list.len());
-                    let vectors = Source::Rows { matrix: &self.vectors, rows: list };
-                    self.arch.dispatch(Distances { query: at, vectors, out: &mut distances });
+                    self.distances_from(near.node, list, &mut distances);
                     let victim = (0..list.len())
                         .filter(|&i| indegree[list[i] as usize] > 1)
                         .max_by(|&a, &b| distances[a].total_cmp(&distances[b]));

@@ -261,8 +261,7 @@ pub fn update(dataset: &Dataset, params: IndexParams, rebuild: bool) -> Result<I
 
     let (mut builder, mode, from) = match extend {
         Some(index) => {
-            let builder =
-                Builder::from_graph(&index.graph).map_err(|e| graph_error(dataset, &index.path(dataset), e))?;
+            let builder = Builder::from_graph(&index.graph).map_err(|e| graph_error(dataset, &index.path, e))?;
             (builder, "extended", index.meta.covered_rows)
         }
         None => (new_builder(params, dims, manifest.live_rows as usize)?, "built", 0),
@@ -360,6 +359,8 @@ fn hash_file(path: &Path) -> Result<(u64, String), StoreError> {
 /// A saved index, opened for searching.
 pub struct SearchIndex {
     graph: Graph,
+    /// The graph file, for errors reading its vectors later.
+    path: PathBuf,
     pub meta: IndexMeta,
     exact_max_points: usize,
 }
@@ -388,11 +389,7 @@ impl SearchIndex {
             let message = format!("{} does not match {INDEX_FILE}", meta.basename);
             return Err(IndexError::Damaged { path, dataset: dataset.dir.clone(), message });
         }
-        Ok(SearchIndex { graph, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
-    }
-
-    fn path(&self, dataset: &Dataset) -> PathBuf {
-        dataset.dir.join(INDEX_DIR).join(&self.meta.basename)
+        Ok(SearchIndex { graph, path, meta, exact_max_points: EXACT_SEARCH_MAX_POINTS })
     }
 
     /// Reads `index.json` and checks the files it lists, without loading them.
@@ -491,7 +488,7 @@ impl SearchIndex {
     }
 
     fn read_error(&self, error: std::io::Error) -> IndexError {
-        IndexError::Store(StoreError::Io { path: PathBuf::from(INDEX_DIR).join(&self.meta.basename), source: error })
+        IndexError::Store(StoreError::Io { path: self.path.clone(), source: error })
     }
 }
 
