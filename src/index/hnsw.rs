@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 const MAGIC: &[u8; 8] = b"TARSHNSW";
@@ -132,22 +132,20 @@ impl pulp::WithSimd for Distances<'_> {
                 }
             }
             Source::Rows { matrix, rows } => {
-                // Load a few cache lines of every vector before scoring any: the loads are independent, so they
-                // are in flight together instead of one vector's misses after another's (hnswlib prefetches
-                // for the same reason; `_mm_prefetch` needs `unsafe`, which this crate forbids).
-                let mut touched = 0f32;
-                for &r in rows {
-                    let start = r as usize * dims;
-                    if let Some(v) = matrix.get(start..start + dims) {
-                        for x in v.iter().step_by(TOUCH_STRIDE) {
-                            touched += x;
-                        }
+                // The vectors are scattered over the matrix, so each one is a run of cache misses: ask for the
+                // vector two ahead while scoring this one, so its lines arrive while this one is being scored
+                // (hnswlib does the same).
+                let vector = |r: u32| matrix.get(r as usize * dims..(r as usize + 1) * dims);
+                for &r in rows.iter().take(PREFETCH_AHEAD) {
+                    if let Some(v) = vector(r) {
+                        prefetch_lines(v);
                     }
                 }
-                std::hint::black_box(touched);
-                for &r in rows {
-                    let start = r as usize * dims;
-                    let distance = match matrix.get(start..start + dims) {
+                for (i, &r) in rows.iter().enumerate() {
+                    if let Some(v) = rows.get(i + PREFETCH_AHEAD).and_then(|&n| vector(n)) {
+                        prefetch_lines(v);
+                    }
+                    let distance = match vector(r) {
                         Some(v) => 1.0 - lanes_dot(self.query, v),
                         None => f32::INFINITY,
                     };
@@ -158,9 +156,62 @@ impl pulp::WithSimd for Distances<'_> {
     }
 }
 
-/// Floats between the loads that pull a vector towards the core ahead of scoring it: one per cache line
-/// (measured at 100k × 384: 5,092 QPS at ef 64 touching every line, 4,154 touching every fourth).
-const TOUCH_STRIDE: usize = 16;
+/// Whether any listed row is nearer `query` than `bound` (`1 - q·v < bound`), stopping at the first: the test
+/// of the neighbour-selection heuristic, where most candidates are refused by one of the first few kept.
+struct AnyNearer<'a> {
+    query: &'a [f32],
+    matrix: &'a [f32],
+    rows: &'a [u32],
+    bound: f32,
+}
+
+impl pulp::WithSimd for AnyNearer<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> bool {
+        let dims = self.query.len();
+        let vector = |r: u32| self.matrix.get(r as usize * dims..(r as usize + 1) * dims);
+        if let Some(v) = self.rows.first().and_then(|&r| vector(r)) {
+            prefetch_lines(v);
+        }
+        for (i, &r) in self.rows.iter().enumerate() {
+            if let Some(v) = self.rows.get(i + 1).and_then(|&n| vector(n)) {
+                prefetch_lines(v);
+            }
+            if let Some(v) = vector(r)
+                && 1.0 - lanes_dot(self.query, v) < self.bound
+            {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// How many vectors ahead of the one being scored are requested.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Asks for every cache line of `v` without waiting for any.
+#[inline(always)]
+fn prefetch_lines(v: &[f32]) {
+    for x in v.iter().step_by(16) {
+        prefetch(x);
+    }
+}
+
+/// A hint to load the cache line holding `x`.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect and never faults; `x` is a live reference besides.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((x as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
 
 /// A dot product over 32 independent sums (four 8-lane registers), so that neither the adds' latency nor a
 /// single running sum limits it.
@@ -222,6 +273,8 @@ trait Layers: Sync {
     }
     /// `1 - q·v` for each listed node, into `out`.
     fn distances(&self, query: &[f32], nodes: &[u32], scratch: &mut Scratch) -> std::io::Result<()>;
+    /// Asks for the cache line where the layer-0 links of `node` start, ahead of reading them.
+    fn prefetch_links(&self, _node: u32) {}
 }
 
 /// Per-thread buffers, reused from query to query.
@@ -328,6 +381,10 @@ fn search_layer<L: Layers>(
         if candidate.distance > bound && (allowed.is_none() || scratch.top.len() >= ef) {
             break;
         }
+        // The next candidate's links are read in the next round: ask for them while this one's are scored.
+        if let Some(Reverse(next)) = scratch.candidates.peek() {
+            graph.prefetch_links(next.node);
+        }
         fresh.clear();
         let visited = &mut scratch.visited;
         graph.with_links(candidate.node, level, |links| {
@@ -384,14 +441,18 @@ fn search_graph<L: Layers>(
 // ---------------------------------------------------------------------------------------------------------------
 // Building
 
-/// A graph being built: links behind one lock per node, as in hnswlib, so that insertions run in parallel.
+/// A graph being built, insertions in parallel as in hnswlib: writers of a node's links hold that node's lock;
+/// layer 0, where nearly all of a search's reads are, is one flat array of fixed-size slots read without a lock.
 pub struct Builder {
     shape: Shape,
     vectors: Vec<f32>,
     rows: Vec<u64>,
     levels: Vec<u8>,
-    /// Per node, its links at each of its levels.
-    links: Vec<Mutex<Vec<Vec<u32>>>>,
+    /// Per node, `1 + 2·M` words: the number of links, then the links. Every word always holds a valid node (a
+    /// slot starts as zeros), so a read that races a write sees a mix of old and new links, never a bad one.
+    layer0: Vec<AtomicU32>,
+    /// Per node, its links on each level above 0; the lock is also the one its layer-0 writers take.
+    upper: Vec<Mutex<Vec<Vec<u32>>>>,
     /// Nodes below this are linked.
     linked: usize,
     entry: RwLock<Option<(u32, usize)>>,
@@ -403,14 +464,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Links per node on layer 0 at most (M is at most 128).
+const MAX_M0: usize = 256;
+
 impl Layers for Builder {
     fn nodes(&self) -> usize {
         self.rows.len()
     }
 
     fn with_links<F: FnOnce(&[u32])>(&self, node: u32, level: usize, f: F) {
-        if let Some(links) = self.links.get(node as usize)
-            && let Some(list) = lock(links).get(level)
+        if level == 0 {
+            let mut buffer = [0u32; MAX_M0];
+            let n = self.read0(node, &mut buffer);
+            f(&buffer[..n]);
+        } else if let Some(upper) = self.upper.get(node as usize)
+            && let Some(list) = lock(upper).get(level - 1)
         {
             f(list);
         }
@@ -421,6 +489,12 @@ impl Layers for Builder {
         self.arch.dispatch(Distances { query, vectors, out: &mut scratch.distances });
         Ok(())
     }
+
+    fn prefetch_links(&self, node: u32) {
+        if let Some(word) = self.layer0.get(node as usize * (1 + self.shape.m0())) {
+            prefetch(word);
+        }
+    }
 }
 
 impl Builder {
@@ -430,7 +504,8 @@ impl Builder {
             vectors: Vec::with_capacity(capacity.saturating_mul(shape.dims)),
             rows: Vec::with_capacity(capacity),
             levels: Vec::with_capacity(capacity),
-            links: Vec::with_capacity(capacity),
+            layer0: Vec::with_capacity(capacity.saturating_mul(1 + shape.m0())),
+            upper: Vec::with_capacity(capacity),
             linked: 0,
             entry: RwLock::new(None),
             arch: pulp::Arch::new(),
@@ -444,16 +519,17 @@ impl Builder {
         builder.vectors = vectors;
         builder.rows = graph.rows.clone();
         builder.levels = graph.levels.clone();
+        builder.layer0 = graph.layer0.iter().map(|&w| AtomicU32::new(w)).collect();
         let mut out = Vec::new();
         for node in 0..graph.nodes() {
-            let levels = (0..=graph.levels[node] as usize)
+            let levels = (1..=graph.levels[node] as usize)
                 .map(|level| {
                     out.clear();
                     graph.links(node as u32, level, &mut out);
                     out.clone()
                 })
                 .collect();
-            builder.links.push(Mutex::new(levels));
+            builder.upper.push(Mutex::new(levels));
         }
         builder.linked = graph.nodes();
         *builder.entry.get_mut().unwrap_or_else(PoisonError::into_inner) = graph.entry;
@@ -487,7 +563,50 @@ impl Builder {
         let level = self.shape.level_of(self.rows.len());
         self.rows.push(row);
         self.levels.push(level as u8);
-        self.links.push(Mutex::new(vec![Vec::new(); level + 1]));
+        self.layer0.extend((0..1 + self.shape.m0()).map(|_| AtomicU32::new(0)));
+        self.upper.push(Mutex::new(vec![Vec::new(); level]));
+    }
+
+    /// Copies the layer-0 links of `node` into `out`, returning how many.
+    fn read0(&self, node: u32, out: &mut [u32; MAX_M0]) -> usize {
+        let m0 = self.shape.m0();
+        let Some(slot) = self.layer0.get(node as usize * (1 + m0)..(node as usize + 1) * (1 + m0)) else {
+            return 0;
+        };
+        let n = (slot[0].load(AtomicOrdering::Acquire) as usize).min(m0);
+        for (out, word) in out.iter_mut().zip(&slot[1..1 + n]) {
+            *out = word.load(AtomicOrdering::Relaxed);
+        }
+        n
+    }
+
+    /// The links of `node` at `level`; the caller holds the node's lock (`guard`).
+    fn list(&self, node: u32, level: usize, guard: &[Vec<u32>]) -> Vec<u32> {
+        if level == 0 {
+            let mut buffer = [0u32; MAX_M0];
+            let n = self.read0(node, &mut buffer);
+            buffer[..n].to_vec()
+        } else {
+            guard.get(level - 1).cloned().unwrap_or_default()
+        }
+    }
+
+    /// Replaces the links of `node` at `level`; the caller holds the node's lock (`guard`).
+    fn store(&self, node: u32, level: usize, guard: &mut [Vec<u32>], links: &[u32]) {
+        if level == 0 {
+            let m0 = self.shape.m0();
+            let Some(slot) = self.layer0.get(node as usize * (1 + m0)..(node as usize + 1) * (1 + m0)) else {
+                return;
+            };
+            let links = &links[..links.len().min(m0)];
+            for (word, &link) in slot[1..].iter().zip(links) {
+                word.store(link, AtomicOrdering::Relaxed);
+            }
+            slot[0].store(links.len() as u32, AtomicOrdering::Release);
+        } else if let Some(list) = guard.get_mut(level - 1) {
+            list.clear();
+            list.extend_from_slice(links);
+        }
     }
 
     /// Links every point pushed since the last call, in parallel.
@@ -504,7 +623,7 @@ impl Builder {
                 scope.spawn(|_| {
                     let mut scratch = Scratch::default();
                     loop {
-                        let node = next.fetch_add(1, Relaxed::Relaxed);
+                        let node = next.fetch_add(1, AtomicOrdering::Relaxed);
                         if node >= to {
                             break;
                         }
@@ -575,15 +694,16 @@ impl Builder {
         if candidates.len() <= max {
             return candidates.to_vec();
         }
+        let dims = self.shape.dims;
         let mut kept: Vec<Neighbour> = Vec::with_capacity(max);
         let mut kept_nodes: Vec<u32> = Vec::with_capacity(max);
-        let mut distances = Vec::with_capacity(max);
         for &candidate in candidates {
             if kept.len() >= max {
                 break;
             }
-            self.distances_from(candidate.node, &kept_nodes, &mut distances);
-            if distances.iter().all(|&d| d >= candidate.distance) {
+            let query = &self.vectors[candidate.node as usize * dims..][..dims];
+            let test = AnyNearer { query, matrix: &self.vectors, rows: &kept_nodes, bound: candidate.distance };
+            if !self.arch.dispatch(test) {
                 kept.push(candidate);
                 kept_nodes.push(candidate.node);
             }
@@ -595,10 +715,10 @@ impl Builder {
     /// it as the entry point it found a level up): those links are kept, not overwritten, or the nodes they lead
     /// to can end up with no way in.
     fn set_links(&self, node: u32, level: usize, chosen: &[Neighbour]) {
-        let mut links = lock(&self.links[node as usize]);
-        let Some(list) = links.get_mut(level) else { return };
+        let mut guard = lock(&self.upper[node as usize]);
+        let others: Vec<u32> =
+            self.list(node, level, &guard).into_iter().filter(|&o| chosen.iter().all(|c| c.node != o)).collect();
         let mut merged = chosen.to_vec();
-        let others: Vec<u32> = list.iter().copied().filter(|&o| chosen.iter().all(|c| c.node != o)).collect();
         let mut distances = Vec::with_capacity(others.len());
         self.distances_from(node, &others, &mut distances);
         merged.extend(others.iter().zip(&distances).map(|(&node, &distance)| Neighbour { node, distance }));
@@ -607,27 +727,36 @@ impl Builder {
             merged.sort_unstable();
             merged = self.select(&merged, max);
         }
-        *list = merged.into_iter().map(|n| n.node).collect();
+        let links: Vec<u32> = merged.into_iter().map(|n| n.node).collect();
+        self.store(node, level, &mut guard, &links);
     }
 
     /// Adds the reverse link `from → new` at `level`; a full list is pruned with the same heuristic.
     fn connect(&self, from: u32, new: Neighbour, level: usize) {
         let max = self.shape.max_links(level);
-        let mut links = lock(&self.links[from as usize]);
-        let Some(list) = links.get_mut(level) else { return };
+        let mut guard = lock(&self.upper[from as usize]);
+        if level > guard.len() {
+            return;
+        }
+        let mut list = self.list(from, level, &guard);
         if list.contains(&new.node) {
             return;
         }
         if list.len() < max {
             list.push(new.node);
-            return;
+        } else {
+            let mut distances = Vec::with_capacity(list.len());
+            self.distances_from(from, &list, &mut distances);
+            let mut candidates: Vec<Neighbour> = list
+                .iter()
+                .zip(&distances)
+                .map(|(&node, &distance)| Neighbour { node, distance })
+                .chain([new])
+                .collect();
+            candidates.sort_unstable();
+            list = self.select(&candidates, max).into_iter().map(|n| n.node).collect();
         }
-        let mut distances = Vec::with_capacity(list.len());
-        self.distances_from(from, list, &mut distances);
-        let mut candidates: Vec<Neighbour> =
-            list.iter().zip(&distances).map(|(&node, &distance)| Neighbour { node, distance }).chain([new]).collect();
-        candidates.sort_unstable();
-        *list = self.select(&candidates, max).into_iter().map(|n| n.node).collect();
+        self.store(from, level, &mut guard, &list);
     }
 
     /// The nearest `k` linked points (`query` normalised), for tests and benches of the build itself.
@@ -645,9 +774,10 @@ impl Builder {
         let nodes = self.rows.len();
         let entry = self.entry.get_mut().unwrap_or_else(PoisonError::into_inner).map(|(e, _)| e as usize);
         let mut indegree = vec![0u32; nodes];
-        for links in &mut self.links {
-            let links = links.get_mut().unwrap_or_else(PoisonError::into_inner);
-            for &to in &links[0] {
+        let mut buffer = [0u32; MAX_M0];
+        for node in 0..nodes {
+            let n = self.read0(node as u32, &mut buffer);
+            for &to in &buffer[..n] {
                 indegree[to as usize] += 1;
             }
         }
@@ -658,14 +788,14 @@ impl Builder {
             let query = self.vectors[node * dims..][..dims].to_vec();
             let found = self.search(&query, self.shape.ef_construction, self.shape.ef_construction);
             for near in found.iter().filter(|n| n.node as usize != node) {
-                let mut links = lock(&self.links[near.node as usize]);
-                let list = &mut links[0];
+                let mut guard = lock(&self.upper[near.node as usize]);
+                let mut list = self.list(near.node, 0, &guard);
                 if list.len() < m0 {
                     list.push(node as u32);
                 } else {
                     // Replace its farthest link that has another way in.
                     let mut distances = Vec::with_capacity(list.len());
-                    self.distances_from(near.node, list, &mut distances);
+                    self.distances_from(near.node, &list, &mut distances);
                     let victim = (0..list.len())
                         .filter(|&i| indegree[list[i] as usize] > 1)
                         .max_by(|&a, &b| distances[a].total_cmp(&distances[b]));
@@ -673,6 +803,7 @@ impl Builder {
                     indegree[list[victim] as usize] -= 1;
                     list[victim] = node as u32;
                 }
+                self.store(near.node, 0, &mut guard, &list);
                 indegree[node] += 1;
                 linked += 1;
                 break;
@@ -686,19 +817,14 @@ impl Builder {
         self.link();
         self.link_orphans();
         let shape = self.shape;
-        let (m0, m) = (shape.m0(), shape.m);
-        let nodes = self.rows.len();
-        let mut layer0 = vec![0u32; nodes * (1 + m0)];
-        let mut upper_start = Vec::with_capacity(nodes + 1);
+        let m = shape.m;
+        let layer0 = self.layer0.into_iter().map(AtomicU32::into_inner).collect();
+        let mut upper_start = Vec::with_capacity(self.rows.len() + 1);
         let mut upper = Vec::new();
         upper_start.push(0u32);
-        for (node, links) in self.links.into_iter().enumerate() {
-            let links = links.into_inner().unwrap_or_else(PoisonError::into_inner);
-            let slot = &mut layer0[node * (1 + m0)..][..1 + m0];
-            let base = &links[0][..links[0].len().min(m0)];
-            slot[0] = base.len() as u32;
-            slot[1..1 + base.len()].copy_from_slice(base);
-            for list in &links[1..] {
+        for levels in self.upper {
+            let levels = levels.into_inner().unwrap_or_else(PoisonError::into_inner);
+            for list in &levels {
                 let list = &list[..list.len().min(m)];
                 let at = upper.len();
                 upper.resize(at + 1 + m, 0);
@@ -768,7 +894,7 @@ impl LazyVectors {
         if let Some(all) = self.loaded.get() {
             return Some(all);
         }
-        if self.reads.load(Relaxed::Relaxed) < self.nodes as u64 {
+        if self.reads.load(AtomicOrdering::Relaxed) < self.nodes as u64 {
             return None;
         }
         // On an error the vectors are read one by one as before.
@@ -783,7 +909,7 @@ impl LazyVectors {
         for (&node, slot) in nodes.iter().zip(out.chunks_exact_mut(self.dims)) {
             self.file.read_exact_at(bytemuck::cast_slice_mut(slot), self.offset + node as u64 * bytes)?;
         }
-        self.reads.fetch_add(nodes.len() as u64, Relaxed::Relaxed);
+        self.reads.fetch_add(nodes.len() as u64, AtomicOrdering::Relaxed);
         Ok(())
     }
 }
@@ -815,6 +941,12 @@ impl Layers for Graph {
         };
         if let Some((&count, slots)) = list.and_then(|l| l.split_first()) {
             f(&slots[..(count as usize).min(slots.len())]);
+        }
+    }
+
+    fn prefetch_links(&self, node: u32) {
+        if let Some(word) = self.layer0.get(node as usize * (1 + self.shape.m0())) {
+            prefetch(word);
         }
     }
 
@@ -913,7 +1045,7 @@ impl Graph {
             buf.resize((last - first + 1) as usize * dims, 0.0);
             lazy.file
                 .read_exact_at(bytemuck::cast_slice_mut(&mut buf), lazy.offset + first as u64 * dims as u64 * 4)?;
-            lazy.reads.fetch_add(u64::from(last - first + 1), Relaxed::Relaxed);
+            lazy.reads.fetch_add(u64::from(last - first + 1), AtomicOrdering::Relaxed);
             for &node in &wanted {
                 f(node, &buf[(node - first) as usize * dims..][..dims]);
             }
@@ -1129,8 +1261,11 @@ mod tests {
         builder.link();
         let entry = builder.entry.get_mut().expect("entry").expect("some").0;
         let cut: Vec<u32> = (0..2000).step_by(97).filter(|&n| n != entry).collect();
-        for links in &mut builder.links {
-            links.get_mut().expect("links")[0].retain(|to| !cut.contains(to));
+        for node in 0..2000u32 {
+            let mut guard = lock(&builder.upper[node as usize]);
+            let mut list = builder.list(node, 0, &guard);
+            list.retain(|to| !cut.contains(to));
+            builder.store(node, 0, &mut guard, &list);
         }
         assert_eq!(builder.link_orphans(), cut.len());
         let graph = builder.finish();
