@@ -15,8 +15,9 @@ use crate::embed::RequestSettings;
 use crate::query::{Answer, Columns, Filter, Method, Mode, QueryError, ScanReason, Searcher, TextQuery};
 use crate::stats::Stats;
 
-/// Queries of a `--queries` file embedded and searched together.
-const QUERY_BATCH: usize = 64;
+/// Queries of a `--queries` file embedded and searched together (their hits share the data files' pages, which
+/// are then read once for all of them).
+const QUERY_BATCH: usize = 256;
 
 fn failure(dataset: &Path) -> impl Fn(QueryError) -> Failure + '_ {
     move |e| match e {
@@ -142,7 +143,7 @@ struct FileQuery {
     query: TextQuery,
 }
 
-/// `--queries FILE`: every query answered in one process, `QUERY_BATCH` at a time (one embedding request each),
+/// `--queries FILE`: every query answered in one process, `QUERY_BATCH` at a time,
 /// as JSON lines with the query's id. A line that cannot be read or answered is reported with its line number and
 /// the rest go on; the exit code is then 1.
 async fn search_file(

@@ -8,8 +8,8 @@
 //! an epoch-stamped visited list reused between queries, distances computed a neighbour list at a time.
 //!
 //! The saved file puts the links first and the vectors last, so a search opens an index by reading the links
-//! (about 130 bytes per point at M = 16) and reads only the vectors it visits, with `pread`; a process that goes on
-//! to read as many vectors as the file holds loads them all once instead (batch queries, the server).
+//! (about 130 bytes per point at M = 16) and maps the vectors, reading only the pages it visits from the page cache
+//! that every process searching the index shares (a one-shot search, a batch, the server).
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
@@ -18,8 +18,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 const MAGIC: &[u8; 8] = b"TARSHNSW";
 /// Written in the byte order of the machine that wrote the file: another order reads as another number.
@@ -105,15 +105,10 @@ impl Shape {
 /// `#[inline(always)]` so that it is compiled inside `with_simd` too.
 struct Distances<'a> {
     query: &'a [f32],
-    vectors: Source<'a>,
+    /// Vectors node after node, of which `rows` are scored.
+    matrix: &'a [f32],
+    rows: &'a [u32],
     out: &'a mut Vec<f32>,
-}
-
-enum Source<'a> {
-    /// Vectors one after another.
-    Packed(&'a [f32]),
-    /// The listed rows of a matrix.
-    Rows { matrix: &'a [f32], rows: &'a [u32] },
 }
 
 impl pulp::WithSimd for Distances<'_> {
@@ -123,35 +118,25 @@ impl pulp::WithSimd for Distances<'_> {
     // `mul_add` is a call to the C library's fmaf (measured: 10× slower searches).
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let dims = self.query.len();
+        let (dims, matrix, rows) = (self.query.len(), self.matrix, self.rows);
         self.out.clear();
-        match self.vectors {
-            Source::Packed(vectors) => {
-                for v in vectors.chunks_exact(dims) {
-                    self.out.push(1.0 - lanes_dot(self.query, v));
-                }
+        // The vectors are scattered over the matrix, so each one is a run of cache misses: ask for the vector two
+        // ahead while scoring this one, so its lines arrive while this one is being scored (hnswlib does the same).
+        let vector = |r: u32| matrix.get(r as usize * dims..(r as usize + 1) * dims);
+        for &r in rows.iter().take(PREFETCH_AHEAD) {
+            if let Some(v) = vector(r) {
+                prefetch_lines(v);
             }
-            Source::Rows { matrix, rows } => {
-                // The vectors are scattered over the matrix, so each one is a run of cache misses: ask for the
-                // vector two ahead while scoring this one, so its lines arrive while this one is being scored
-                // (hnswlib does the same).
-                let vector = |r: u32| matrix.get(r as usize * dims..(r as usize + 1) * dims);
-                for &r in rows.iter().take(PREFETCH_AHEAD) {
-                    if let Some(v) = vector(r) {
-                        prefetch_lines(v);
-                    }
-                }
-                for (i, &r) in rows.iter().enumerate() {
-                    if let Some(v) = rows.get(i + PREFETCH_AHEAD).and_then(|&n| vector(n)) {
-                        prefetch_lines(v);
-                    }
-                    let distance = match vector(r) {
-                        Some(v) => 1.0 - lanes_dot(self.query, v),
-                        None => f32::INFINITY,
-                    };
-                    self.out.push(distance);
-                }
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            if let Some(v) = rows.get(i + PREFETCH_AHEAD).and_then(|&n| vector(n)) {
+                prefetch_lines(v);
             }
+            let distance = match vector(r) {
+                Some(v) => 1.0 - lanes_dot(self.query, v),
+                None => f32::INFINITY,
+            };
+            self.out.push(distance);
         }
     }
 }
@@ -260,7 +245,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Search, shared by the builder (locked links, vectors in memory) and the saved graph (flat links, vectors in
-// memory or read on demand)
+// memory or mapped from its file)
 
 trait Layers: Sync {
     fn nodes(&self) -> usize;
@@ -284,7 +269,6 @@ struct Scratch {
     links: Vec<u32>,
     fresh: Vec<u32>,
     distances: Vec<f32>,
-    vectors: Vec<f32>,
     candidates: BinaryHeap<Reverse<Neighbour>>,
     top: BinaryHeap<Neighbour>,
 }
@@ -485,8 +469,7 @@ impl Layers for Builder {
     }
 
     fn distances(&self, query: &[f32], nodes: &[u32], scratch: &mut Scratch) -> std::io::Result<()> {
-        let vectors = Source::Rows { matrix: &self.vectors, rows: nodes };
-        self.arch.dispatch(Distances { query, vectors, out: &mut scratch.distances });
+        self.arch.dispatch(Distances { query, matrix: &self.vectors, rows: nodes, out: &mut scratch.distances });
         Ok(())
     }
 
@@ -514,7 +497,7 @@ impl Builder {
 
     /// Continues a saved graph (its vectors are read into memory).
     pub fn from_graph(graph: &Graph) -> Result<Self, GraphError> {
-        let vectors = graph.vectors.all()?.into_owned();
+        let vectors = graph.vectors.all().to_vec();
         let mut builder = Builder::new(graph.shape, graph.nodes());
         builder.vectors = vectors;
         builder.rows = graph.rows.clone();
@@ -685,7 +668,7 @@ impl Builder {
     fn distances_from(&self, from: u32, to: &[u32], out: &mut Vec<f32>) {
         let dims = self.shape.dims;
         let query = &self.vectors[from as usize * dims..][..dims];
-        self.arch.dispatch(Distances { query, vectors: Source::Rows { matrix: &self.vectors, rows: to }, out });
+        self.arch.dispatch(Distances { query, matrix: &self.vectors, rows: to, out });
     }
 
     /// hnswlib's heuristic: walking the candidates nearest first, keep one only if it is nearer the query than
@@ -869,61 +852,28 @@ pub struct Graph {
 
 enum Vectors {
     Memory(Vec<f32>),
-    File(LazyVectors),
-}
-
-/// Vectors read from the file as a search visits them, until as many have been read as the file holds.
-struct LazyVectors {
-    file: File,
-    offset: u64,
-    nodes: usize,
-    dims: usize,
-    reads: AtomicU64,
-    loaded: OnceLock<Vec<f32>>,
-}
-
-impl LazyVectors {
-    fn read_all(&self) -> std::io::Result<Vec<f32>> {
-        let mut all = vec![0f32; self.nodes * self.dims];
-        self.file.read_exact_at(bytemuck::cast_slice_mut(&mut all), self.offset)?;
-        Ok(all)
-    }
-
-    /// The vectors in memory once reading them one by one has cost about as much as reading them all.
-    fn resident(&self) -> Option<&[f32]> {
-        if let Some(all) = self.loaded.get() {
-            return Some(all);
-        }
-        if self.reads.load(AtomicOrdering::Relaxed) < self.nodes as u64 {
-            return None;
-        }
-        // On an error the vectors are read one by one as before.
-        let all = self.read_all().ok()?;
-        Some(self.loaded.get_or_init(|| all))
-    }
-
-    fn read_into(&self, nodes: &[u32], out: &mut Vec<f32>) -> std::io::Result<()> {
-        out.clear();
-        out.resize(nodes.len() * self.dims, 0.0);
-        let bytes = (self.dims * 4) as u64;
-        for (&node, slot) in nodes.iter().zip(out.chunks_exact_mut(self.dims)) {
-            self.file.read_exact_at(bytemuck::cast_slice_mut(slot), self.offset + node as u64 * bytes)?;
-        }
-        self.reads.fetch_add(nodes.len() as u64, AtomicOrdering::Relaxed);
-        Ok(())
-    }
+    /// The file's vector section, mapped: a search reads only the pages it visits, from the page cache that every
+    /// process searching the index shares.
+    Mapped(memmap2::Mmap),
 }
 
 impl Vectors {
-    fn all(&self) -> std::io::Result<std::borrow::Cow<'_, [f32]>> {
+    /// All vectors, node after node. (A mapping is checked to cast when the file is opened.)
+    fn all(&self) -> &[f32] {
         match self {
-            Vectors::Memory(all) => Ok(std::borrow::Cow::Borrowed(all)),
-            Vectors::File(lazy) => match lazy.loaded.get() {
-                Some(all) => Ok(std::borrow::Cow::Borrowed(all)),
-                None => lazy.read_all().map(std::borrow::Cow::Owned),
-            },
+            Vectors::Memory(all) => all,
+            Vectors::Mapped(map) => bytemuck::try_cast_slice(map).unwrap_or_default(),
         }
     }
+}
+
+/// Maps `len` bytes of `file` from `offset`, which is a multiple of [`VECTOR_ALIGN`].
+#[allow(unsafe_code)]
+fn map_vectors(file: &File, offset: u64, len: usize) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: a graph file is written once under a name of its own (generation and process id), synced, and never
+    // written again: it is replaced by writing another file and removed by unlinking, which leaves a mapping valid.
+    // Only a file truncated by hand while mapped could fault a reader (SIGBUS), as with any memory-mapped index.
+    unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(file) }
 }
 
 impl Layers for Graph {
@@ -951,17 +901,8 @@ impl Layers for Graph {
     }
 
     fn distances(&self, query: &[f32], nodes: &[u32], scratch: &mut Scratch) -> std::io::Result<()> {
-        let vectors = match &self.vectors {
-            Vectors::Memory(all) => Source::Rows { matrix: all, rows: nodes },
-            Vectors::File(lazy) => match lazy.resident() {
-                Some(all) => Source::Rows { matrix: all, rows: nodes },
-                None => {
-                    lazy.read_into(nodes, &mut scratch.vectors)?;
-                    Source::Packed(&scratch.vectors)
-                }
-            },
-        };
-        self.arch.dispatch(Distances { query, vectors, out: &mut scratch.distances });
+        let matrix = self.vectors.all();
+        self.arch.dispatch(Distances { query, matrix, rows: nodes, out: &mut scratch.distances });
         Ok(())
     }
 }
@@ -1018,36 +959,11 @@ impl Graph {
         SCRATCH.with_borrow_mut(|scratch| search_graph(self, self.entry, query, k, ef, allowed, scratch))
     }
 
-    /// Calls `f` with every node `wanted` accepts and its vector, in node order; the vectors of a file-backed
-    /// graph are read in blocks, skipping blocks with no wanted node.
+    /// Calls `f` with every node `wanted` accepts and its vector, in node order.
     pub fn scan(&self, wanted: &dyn Fn(u32) -> bool, f: &mut dyn FnMut(u32, &[f32])) -> std::io::Result<()> {
-        const BLOCK: usize = 512;
-        let dims = self.shape.dims;
-        let resident = match &self.vectors {
-            Vectors::Memory(all) => Some(all.as_slice()),
-            Vectors::File(lazy) => lazy.resident(),
-        };
-        if let Some(all) = resident {
-            for (node, v) in all.chunks_exact(dims).enumerate() {
-                if wanted(node as u32) {
-                    f(node as u32, v);
-                }
-            }
-            return Ok(());
-        }
-        let Vectors::File(lazy) = &self.vectors else { return Ok(()) };
-        let mut buf = Vec::new();
-        for start in (0..self.nodes()).step_by(BLOCK) {
-            let end = (start + BLOCK).min(self.nodes());
-            let wanted: Vec<u32> = (start as u32..end as u32).filter(|&n| wanted(n)).collect();
-            let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else { continue };
-            buf.clear();
-            buf.resize((last - first + 1) as usize * dims, 0.0);
-            lazy.file
-                .read_exact_at(bytemuck::cast_slice_mut(&mut buf), lazy.offset + first as u64 * dims as u64 * 4)?;
-            lazy.reads.fetch_add(u64::from(last - first + 1), AtomicOrdering::Relaxed);
-            for &node in &wanted {
-                f(node, &buf[(node - first) as usize * dims..][..dims]);
+        for (node, v) in self.vectors.all().chunks_exact(self.shape.dims).enumerate() {
+            if wanted(node as u32) {
+                f(node as u32, v);
             }
         }
         Ok(())
@@ -1055,7 +971,7 @@ impl Graph {
 
     /// Writes the graph to `path` and syncs it.
     pub fn save(&self, path: &Path) -> Result<(), GraphError> {
-        let vectors = self.vectors.all()?;
+        let vectors = self.vectors.all();
         let shape = &self.shape;
         let nodes = self.nodes() as u64;
         let layout = Layout::new(shape, nodes, self.upper.len() as u64);
@@ -1080,13 +996,13 @@ impl Graph {
         out.write_all(bytemuck::cast_slice(&self.upper_start))?;
         out.write_all(bytemuck::cast_slice(&self.upper))?;
         out.write_all(&vec![0u8; (layout.vectors - layout.upper - self.upper.len() as u64 * 4) as usize])?;
-        out.write_all(bytemuck::cast_slice::<f32, u8>(&vectors))?;
+        out.write_all(bytemuck::cast_slice::<f32, u8>(vectors))?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         Ok(())
     }
 
-    /// Opens a graph file: reads and checks everything but the vectors, which are read as searches visit them.
+    /// Opens a graph file: reads and checks everything but the vectors, which are mapped.
     /// Every link, level and offset is checked, so that no file, however damaged, can make a search index out of
     /// bounds; damaged vectors only give wrong scores, which the index's checksums are there to catch.
     pub fn open(path: &Path) -> Result<Graph, GraphError> {
@@ -1164,14 +1080,16 @@ impl Graph {
                 }
             }
         }
-        let vectors = Vectors::File(LazyVectors {
-            file,
-            offset: layout.vectors,
-            nodes: n,
-            dims: shape.dims,
-            reads: AtomicU64::new(0),
-            loaded: OnceLock::new(),
-        });
+        let len = n * shape.dims * 4;
+        let vectors = if len == 0 {
+            Vectors::Memory(Vec::new())
+        } else {
+            let map = map_vectors(&file, layout.vectors, len)?;
+            if bytemuck::try_cast_slice::<u8, f32>(&map).map(<[f32]>::len) != Ok(n * shape.dims) {
+                return Err(format_error("the vectors cannot be mapped as floats"));
+            }
+            Vectors::Mapped(map)
+        };
         Ok(Graph { shape, entry, rows, levels, layer0, upper_start, upper, vectors, arch: pulp::Arch::new() })
     }
 }
@@ -1223,17 +1141,11 @@ mod tests {
         let path = dir.path().join("g.bin");
         graph.save(&path).expect("save");
         let opened = Graph::open(&path).expect("open");
-        assert!(matches!(opened.vectors, Vectors::File(_)));
+        assert!(matches!(opened.vectors, Vectors::Mapped(_)));
         assert_eq!(opened.rows(), graph.rows());
         for q in queries.chunks_exact(dims).take(20) {
             assert_eq!(opened.search(q, 10, 64, None).expect("search"), graph.search(q, 10, 64, None).expect("search"));
         }
-        // Enough queries read as many vectors as the file holds: then they are all read once and kept.
-        for q in queries.chunks_exact(dims).cycle().take(400) {
-            opened.search(q, 10, 64, None).expect("search");
-        }
-        let Vectors::File(lazy) = &opened.vectors else { unreachable!() };
-        assert!(lazy.loaded.get().is_some());
         assert_eq!(recall(&opened, &data, &queries, dims, 64), in_memory);
     }
 

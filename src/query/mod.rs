@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 pub use filter::{Columns, Filter, FilterError};
@@ -317,11 +318,22 @@ impl Engine {
     }
 
     pub fn search(&self, query: &Query<'_>) -> Result<Answer, QueryError> {
+        let mut answers = self.search_many(std::slice::from_ref(query))?;
+        answers.pop().unwrap_or_else(|| Err(QueryError::Thread("no answer".to_owned())))
+    }
+
+    /// Answers every query against the same version, in order: ranked in parallel, their hits read together. A
+    /// query that is wrong fails alone; the dataset failing fails them all.
+    pub fn search_many(&self, queries: &[Query<'_>]) -> Result<Vec<Result<Answer, QueryError>>, QueryError> {
         let mut use_index = true;
         for _ in 0..MAX_ATTEMPTS {
             let before = Stamp::read(&self.dir);
-            match self.current(&before, use_index).and_then(|snapshot| snapshot.search(query)) {
-                Ok(Some(answer)) => return Ok(answer),
+            match self.current(&before, use_index).and_then(|snapshot| snapshot.search_many(queries)) {
+                // A query that failed while the dataset changed may have failed because of it: all go again.
+                Ok(Some(answers)) if answers.iter().any(Result::is_err) && Stamp::read(&self.dir) != before => {
+                    continue;
+                }
+                Ok(Some(answers)) => return Ok(answers),
                 // An index newer than the manifest read: the manifest has moved on too, unless the index is simply
                 // ahead of it (a dataset restored without its index, say): then every row is scored instead.
                 Ok(None) => use_index = Stamp::read(&self.dir) != before,
@@ -399,6 +411,13 @@ struct Docs {
     by_name: HashMap<String, usize>,
     /// Sorted live row ids; `None` when every row id given out is live.
     live: Option<Vec<u64>>,
+}
+
+/// A search ranked but its hits not yet read: the answer without hits, and the rows to fill them from.
+struct Ranked {
+    answer: Answer,
+    rows: Vec<(u64, f32, Ranks)>,
+    documents: bool,
 }
 
 /// What the vector retriever found.
@@ -550,8 +569,8 @@ impl Snapshot {
         Ok(rows)
     }
 
-    /// One search of this version; `None` when its index is newer than its manifest.
-    fn search(&self, query: &Query<'_>) -> Result<Option<Answer>, QueryError> {
+    /// The ranked rows of one search of this version; `None` when its index is newer than its manifest.
+    fn rank(&self, query: &Query<'_>) -> Result<Option<Ranked>, QueryError> {
         let manifest = &self.dataset.manifest;
         let selected = query.filter.map(|f| self.select(f)).transpose()?;
         let keyword_index = match query.mode {
@@ -627,11 +646,32 @@ impl Snapshot {
             plan =
                 Some(FilterPlan { matched: rows.len(), live_rows, strategy: FilterStrategy::Keyword, rows_scored: 0 });
         }
-        let ranked: Vec<_> = ranked.into_iter().take(query.k).collect();
+        let rows = ranked.into_iter().take(query.k).collect();
+        let answer =
+            Answer { generation: manifest.generation, mode, method, keyword_generation, filter: plan, hits: vec![] };
+        Ok(Some(Ranked { answer, rows, documents: query.documents }))
+    }
 
-        let rows: Vec<u64> = ranked.iter().map(|(row, ..)| *row).collect();
-        let chunks = self.dataset.fetch(&rows)?;
-        let docs = if query.documents && manifest.docs_file.is_some() && !chunks.is_empty() {
+    /// Searches for every query, ranking them in parallel, then reads the hits of all of them in one pass over the
+    /// data files (a batch's hits share pages, each decompressed once instead of once per query); `None` when the
+    /// index is newer than the manifest. A query that fails fails alone.
+    fn search_many(&self, queries: &[Query<'_>]) -> Result<Option<Vec<Result<Answer, QueryError>>>, QueryError> {
+        let ranked: Vec<Result<Option<Ranked>, QueryError>> = if queries.len() == 1 {
+            vec![self.rank(&queries[0])]
+        } else {
+            queries.par_iter().map(|query| self.rank(query)).collect()
+        };
+        let Some(ranked) = ranked.into_iter().map(Result::transpose).collect::<Option<Vec<_>>>() else {
+            // One query found the index ahead of the manifest: so would the others.
+            return Ok(None);
+        };
+        let mut rows: Vec<u64> = ranked.iter().flatten().flat_map(|r| r.rows.iter().map(|(row, ..)| *row)).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let chunks: HashMap<u64, StoredChunk> =
+            self.dataset.fetch(&rows)?.into_iter().map(|c| (c.ordinal, c)).collect();
+        let wants_documents = ranked.iter().flatten().any(|r| r.documents && !r.rows.is_empty());
+        let docs = if wants_documents && self.dataset.manifest.docs_file.is_some() {
             match self.docs() {
                 Ok(docs) => Some(docs),
                 // The hits stand without their documents' metadata: say so, rather than fail the search.
@@ -648,12 +688,25 @@ impl Snapshot {
             let record = &docs.records[*docs.by_name.get(doc)?];
             Some(DocRecord { rows: Vec::new(), ..record.clone() })
         };
-        let hits = ranked
+        let answers = ranked
             .into_iter()
-            .zip(chunks)
-            .map(|((_, score, ranks), chunk)| SearchHit { score, ranks, document: document(&chunk.doc), chunk })
+            .map(|ranked| {
+                let Ranked { mut answer, rows, documents } = ranked?;
+                answer.hits = rows
+                    .into_iter()
+                    .map(|(row, score, ranks)| {
+                        let chunk = chunks.get(&row).cloned().ok_or_else(|| StoreError::Corrupt {
+                            path: self.dataset.dir.clone(),
+                            message: format!("row {row} not found"),
+                        })?;
+                        let document = if documents { document(&chunk.doc) } else { None };
+                        Ok(SearchHit { score, ranks, document, chunk })
+                    })
+                    .collect::<Result<_, QueryError>>()?;
+                Ok(answer)
+            })
             .collect();
-        Ok(Some(Answer { generation: manifest.generation, mode, method, keyword_generation, filter: plan, hits }))
+        Ok(Some(answers))
     }
 
     /// The `k` rows nearest to `vector` that `selected` (or, without it, liveness) lets through; `None` when the
@@ -926,21 +979,27 @@ impl Searcher {
         self.search_embedded(inputs).await
     }
 
-    /// The query vectors of `texts` (checked against the model's input limit), embedded `QUERY_BATCH` per request.
+    /// The query vectors of `texts` (checked against the model's input limit), embedded `QUERY_BATCH` per request,
+    /// up to `IN_FLIGHT` requests at a time (the embedder paces them as it does `embed`'s).
     pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, QueryError> {
+        use futures::{StreamExt, TryStreamExt};
         const QUERY_BATCH: usize = 64;
-        let mut vectors = Vec::with_capacity(texts.len());
-        for batch in texts.chunks(QUERY_BATCH) {
-            let embedding = self.embedder.embed(batch).await.map_err(QueryError::Embed)?;
-            if embedding.len() != batch.len() {
-                return Err(QueryError::Embed(EmbedError::InvalidResponse {
-                    attempts: 1,
-                    last: format!("{} vectors for {} queries", embedding.len(), batch.len()),
-                }));
-            }
-            vectors.extend((0..batch.len()).map(|i| embedding.vector(i).to_vec()));
-        }
-        Ok(vectors)
+        const IN_FLIGHT: usize = 4;
+        let batches: Vec<Vec<Vec<f32>>> = futures::stream::iter(texts.chunks(QUERY_BATCH))
+            .map(|batch| async move {
+                let embedding = self.embedder.embed(batch).await.map_err(QueryError::Embed)?;
+                if embedding.len() != batch.len() {
+                    return Err(QueryError::Embed(EmbedError::InvalidResponse {
+                        attempts: 1,
+                        last: format!("{} vectors for {} queries", embedding.len(), batch.len()),
+                    }));
+                }
+                Ok((0..batch.len()).map(|i| embedding.vector(i).to_vec()).collect())
+            })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(batches.into_iter().flatten().collect())
     }
 
     /// Answers queries whose vectors are already made (`None` for the keyword mode), in order, on one blocking
@@ -949,28 +1008,40 @@ impl Searcher {
         let engine = Arc::clone(&self.engine);
         let (model, requested_dimensions) = (self.model.clone(), self.requested_dimensions);
         tokio::task::spawn_blocking(move || {
-            queries
-                .into_iter()
-                .map(|(query, vector)| {
-                    let vector = vector?;
-                    engine.search(&Query {
-                        vector: vector.as_deref(),
-                        text: &query.text,
-                        mode: query.mode,
-                        rrf_k: query.rrf_k,
-                        candidates: query.candidates,
-                        model: &model,
-                        requested_dimensions,
-                        k: query.k,
-                        ef: query.ef,
-                        documents: query.documents,
-                        filter: query.filter.as_ref(),
-                    })
+            let mut answers: Vec<Option<Result<Answer, QueryError>>> = Vec::with_capacity(queries.len());
+            let mut asked: Vec<(usize, TextQuery, Option<Vec<f32>>)> = Vec::new();
+            for (i, (query, vector)) in queries.into_iter().enumerate() {
+                match vector {
+                    Ok(vector) => {
+                        answers.push(None);
+                        asked.push((i, query, vector));
+                    }
+                    Err(e) => answers.push(Some(Err(e))),
+                }
+            }
+            let searches: Vec<Query<'_>> = asked
+                .iter()
+                .map(|(_, query, vector)| Query {
+                    vector: vector.as_deref(),
+                    text: &query.text,
+                    mode: query.mode,
+                    rrf_k: query.rrf_k,
+                    candidates: query.candidates,
+                    model: &model,
+                    requested_dimensions,
+                    k: query.k,
+                    ef: query.ef,
+                    documents: query.documents,
+                    filter: query.filter.as_ref(),
                 })
-                .collect()
+                .collect();
+            for ((i, ..), answer) in asked.iter().zip(engine.search_many(&searches)?) {
+                answers[*i] = Some(answer);
+            }
+            Ok(answers.into_iter().flatten().collect())
         })
         .await
-        .map_err(|e| QueryError::Thread(e.to_string()))
+        .map_err(|e| QueryError::Thread(e.to_string()))?
     }
 }
 
