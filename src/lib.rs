@@ -13,8 +13,8 @@
 //! | build, save, load and search the HNSW graph | [`index`] | [`index::SearchIndex`] |
 //!
 //! [`query`] answers searches (filtered or not) from the newest version of a dataset, whether or not its index has
-//! caught up: [`query::Engine`] holds a dataset open, [`query::Searcher`] adds its model, for every caller (the CLI,
-//! later the server). [`embed::ModelEmbedder`] is the one place that knows which embedder a model name asks for.
+//! caught up: [`query::Engine`] holds a dataset open, [`query::Searcher`] adds its model, for every caller (the CLI
+//! and [`server`], which serves them over HTTP). [`embed::ModelEmbedder`] is the one place that knows which embedder a model name asks for.
 //! [`stats`] holds the counters every stage reports to; [`config`] reads pipeline files; [`cli`] is the only module
 //! that prints.
 
@@ -27,6 +27,7 @@ pub mod error;
 pub mod index;
 pub mod pipeline;
 pub mod query;
+pub mod server;
 pub mod source;
 pub mod stats;
 pub mod store;

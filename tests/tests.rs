@@ -12,3 +12,4 @@ mod incremental;
 mod pacing;
 mod safety;
 mod search;
+mod serve;

@@ -37,6 +37,9 @@ pub enum Command {
     Search(SearchArgs),
     /// Measure retrieval against labelled queries: recall@k, MRR@10 and nDCG@10 per mode.
     Eval(EvalArgs),
+    /// Serve datasets over HTTP: a JSON search API, a search page, health and Prometheus metrics; each dataset is
+    /// reloaded without downtime when a run publishes a new version.
+    Serve(ServeArgs),
     /// List the models the endpoint offers (GET /models).
     Models(ModelsArgs),
 }
@@ -288,6 +291,34 @@ pub struct SearchArgs {
     /// One JSON object per result line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Datasets to serve, each named by its directory's name unless --name says otherwise.
+    #[arg(required = true, value_name = "DATASET_DIR")]
+    pub datasets: Vec<PathBuf>,
+    /// Names for the datasets, in the order they are given (repeat it; the rest keep their directory's name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Vec<String>,
+    /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Clients must send `Authorization: Bearer <token>` with the token held in this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// How often to look for new versions of the datasets.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = positive_f64)]
+    pub poll_interval: f64,
+    /// Query vectors kept, per dataset, for repeated queries (0: none).
+    #[arg(long, value_name = "QUERIES", default_value_t = 1024)]
+    pub cache: usize,
+    /// Longest a request may take, embedding included, before it is answered with 504.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_f64)]
+    pub request_timeout: f64,
+    /// On SIGTERM or Ctrl-C: longest to wait for requests in flight.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_f64)]
+    pub shutdown_timeout: f64,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod job;
 mod progress;
 mod report;
 mod search;
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 pub use args::{
     Cli, Command, EmbedArgs, EvalArgs, IndexArgs, JobFlags, ModelsArgs, RepairArgs, RequestFlags, RetryFailedArgs,
-    RunArgs, SearchArgs, ValidateArgs,
+    RunArgs, SearchArgs, ServeArgs, ValidateArgs,
 };
 pub use job::JobSpec;
 pub use progress::LogWriter;
@@ -110,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Repair(args) => repair(args).await,
         Command::Search(args) => search::search(args).await,
         Command::Eval(args) => eval::eval(args).await,
+        Command::Serve(args) => serve::serve(args).await,
         Command::Models(args) => models(args).await,
     }
 }
@@ -384,7 +386,7 @@ async fn validate_one(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM (what schedulers such as systemd and Kubernetes send) on Unix.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -1,10 +1,6 @@
 //! `search`: one query, or a file of them; the query engine answers, this module prints.
 //!
-//! JSON output, one object per hit: `rank`, `score` (the mode's: cosine, BM25 or fused), `doc`, `chunk_index`,
-//! `start`, `end` (byte offsets in the document's text), `id`, `text`, `page`, `ranks` (`vector`, `keyword`: the
-//! hit's 1-based place in each retriever's list, or null), `scores` (`vector`, `keyword`), `exact` (present and true
-//! when the chunk holds every identifier of the query), and the document's `file`, `format`, `title`, `size`,
-//! `modified` and `metadata`; with `--queries`, also `query_id`.
+//! JSON output, one object per hit, as [`crate::query::json::hit`] describes; with `--queries`, also `query_id`.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -12,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Failure, SearchArgs, damage_advice, exit, report};
 use crate::embed::RequestSettings;
-use crate::query::{Answer, Columns, Filter, Method, Mode, QueryError, ScanReason, Searcher, TextQuery};
+use crate::query::{Answer, Columns, Filter, Method, Mode, QueryError, ScanReason, Searcher, TextQuery, json};
 use crate::stats::Stats;
 
 /// Queries of a `--queries` file embedded and searched together (their hits share the data files' pages, which
@@ -63,11 +59,7 @@ pub async fn search(args: SearchArgs) -> Result<u8, Failure> {
     let mut stdout = std::io::stdout().lock();
     if args.explain {
         let lines = if args.json {
-            let plan = serde_json::json!({
-                "explain": { "generation": answer.generation, "mode": answer.mode, "method": answer.method,
-                    "keyword_generation": answer.keyword_generation, "filter": answer.filter }
-            });
-            vec![plan.to_string()]
+            vec![serde_json::json!({ "explain": json::explain(&answer) }).to_string()]
         } else {
             report::explain_lines(&answer)
         };
@@ -78,7 +70,7 @@ pub async fn search(args: SearchArgs) -> Result<u8, Failure> {
     for (rank, hit) in answer.hits.iter().enumerate() {
         let (rank, row) = (rank + 1, &hit.chunk);
         let line = if args.json {
-            hit_json(rank, hit).to_string()
+            json::hit(rank, hit).to_string()
         } else if args.explain {
             let at = |r: Option<u32>| r.map_or_else(|| "-".to_owned(), |r| r.to_string());
             format!(
@@ -233,7 +225,7 @@ async fn answer_batch(
         match answer {
             Ok(answer) => {
                 for (rank, hit) in answer.hits.iter().enumerate() {
-                    let mut line = hit_json(rank + 1, hit);
+                    let mut line = json::hit(rank + 1, hit);
                     if let Some(object) = line.as_object_mut() {
                         object.insert("query_id".into(), query.id.clone());
                     }
@@ -249,49 +241,6 @@ async fn answer_batch(
         }
     }
     Ok(failed)
-}
-
-fn hit_json(rank: usize, hit: &crate::query::SearchHit) -> serde_json::Value {
-    let row = &hit.chunk;
-    let mut line = serde_json::json!({
-        "rank": rank, "score": hit.score, "doc": row.doc, "chunk_index": row.chunk_index,
-        "start": row.start, "end": row.end, "id": row.id, "text": row.text, "page": row.page,
-        "ranks": { "vector": hit.ranks.vector, "keyword": hit.ranks.keyword },
-        "scores": { "vector": hit.ranks.vector_score, "keyword": hit.ranks.keyword_score },
-    });
-    if let Some(object) = line.as_object_mut() {
-        if hit.ranks.exact {
-            object.insert("exact".into(), true.into());
-        }
-        if let Some(document) = &hit.document {
-            object.extend(document_json(document));
-        }
-    }
-    line
-}
-
-/// A hit's document, for JSON output: where it came from, its title and its metadata fields.
-fn document_json(record: &crate::store::DocRecord) -> serde_json::Map<String, serde_json::Value> {
-    use crate::source::{Value, meta::format_timestamp};
-    let value = |v: &Value| match v {
-        Value::Null => serde_json::Value::Null,
-        Value::String(s) => s.clone().into(),
-        Value::Int64(n) => (*n).into(),
-        Value::Float64(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
-        Value::Bool(b) => (*b).into(),
-        Value::Timestamp(t) => format_timestamp(*t).into(),
-    };
-    let metadata: serde_json::Map<String, serde_json::Value> =
-        record.fields.iter().map(|(k, v)| (k.to_string(), value(v))).collect();
-    let modified = (record.mtime_ns != 0).then(|| format_timestamp(record.mtime_ns.div_euclid(1000)));
-    let mut out = serde_json::Map::new();
-    out.insert("file".into(), record.file.clone().into());
-    out.insert("format".into(), record.format.map(|f| f.name()).into());
-    out.insert("title".into(), record.title.clone().into());
-    out.insert("size".into(), record.size.into());
-    out.insert("modified".into(), modified.into());
-    out.insert("metadata".into(), metadata.into());
-    out
 }
 
 /// The first `max` characters of `text` on one line.

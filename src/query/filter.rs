@@ -51,10 +51,17 @@ pub struct FilterError {
     pub span: (usize, usize),
 }
 
+impl FilterError {
+    /// Where the part at fault starts, in characters from 1.
+    pub fn column(&self) -> usize {
+        self.expr.get(..self.span.0.min(self.expr.len())).map_or(0, |s| s.chars().count()) + 1
+    }
+}
+
 impl fmt::Display for FilterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (start, end) = self.span;
-        let column = self.expr[..start.min(self.expr.len())].chars().count();
+        let column = self.column() - 1;
         let width = self.expr.get(start..end).map_or(1, |s| s.chars().count().max(1));
         write!(
             f,

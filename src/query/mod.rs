@@ -21,10 +21,12 @@
 
 pub mod eval;
 pub mod filter;
+pub mod json;
 mod rows;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -283,6 +285,34 @@ pub struct Engine {
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     exact_max_points: usize,
     exact_filter_rows: u64,
+    /// Searches use the open version until [`Engine::refresh`] replaces it, instead of checking for a new one each
+    /// time (a server: it refreshes in the background, so no query waits for a version to load).
+    pinned: bool,
+    /// Held while a refresh loads a version, so two never load the same one.
+    refreshing: Mutex<()>,
+}
+
+/// A summary of the open version, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub generation: u64,
+    pub model: String,
+    pub dimensions: Option<usize>,
+    /// Live chunks.
+    pub rows: u64,
+    /// `None` for datasets written before documents were recorded.
+    pub documents: Option<u64>,
+    pub updated_unix: u64,
+    pub metadata: std::collections::BTreeMap<String, crate::source::FieldType>,
+    pub keyword_index: bool,
+    pub vector_index: bool,
+}
+
+/// One document of the open version and its chunks, in order.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub record: DocRecord,
+    pub chunks: Vec<StoredChunk>,
 }
 
 impl Engine {
@@ -292,6 +322,96 @@ impl Engine {
             snapshot: Mutex::new(None),
             exact_max_points: EXACT_SEARCH_MAX_POINTS,
             exact_filter_rows: EXACT_FILTER_ROWS,
+            pinned: false,
+            refreshing: Mutex::new(()),
+        }
+    }
+
+    /// Searches the open version until [`Engine::refresh`] finds a newer one (they still move on by themselves
+    /// when the open version fails them because its files are gone).
+    pub fn pinned(mut self) -> Self {
+        self.pinned = true;
+        self
+    }
+
+    /// Opens the newest version if it is not the open one, loads everything a search of it may need (graph, keyword
+    /// index, documents), and only then makes it the one searches use: searches in flight finish on the version
+    /// they started on, which is dropped after them. Returns the new version's generation, `None` when the open one
+    /// is still the newest.
+    pub fn refresh(&self) -> Result<Option<u64>, QueryError> {
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = Stamp::read(&self.dir);
+        if self.held().is_some_and(|s| s.stamp == stamp && s.use_index) {
+            return Ok(None);
+        }
+        let snapshot = Arc::new(Snapshot::open(self, stamp, true)?);
+        snapshot.warm()?;
+        let generation = snapshot.dataset.manifest.generation;
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+        Ok(Some(generation))
+    }
+
+    fn held(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The version to answer from now: the open one when pinned, else the newest.
+    fn now(&self) -> Result<Arc<Snapshot>, QueryError> {
+        match self.held().filter(|_| self.pinned) {
+            Some(snapshot) => Ok(snapshot),
+            None => self.current(&Stamp::read(&self.dir), true),
+        }
+    }
+
+    /// What the version searches would see now holds.
+    pub fn summary(&self) -> Result<Summary, QueryError> {
+        let snapshot = self.now()?;
+        let manifest = &snapshot.dataset.manifest;
+        let documents = match manifest.docs_file {
+            Some(_) => Some(snapshot.docs()?.records.len() as u64),
+            None => None,
+        };
+        let keyword_index = snapshot
+            .keyword()
+            .ok()
+            .is_some_and(|k| Option::as_ref(&k).is_some_and(|k| k.meta.lineage == manifest.lineage));
+        let vector_index = snapshot.index().ok().is_some_and(|i| Option::as_ref(&i).is_some());
+        Ok(Summary {
+            generation: manifest.generation,
+            model: manifest.model.clone(),
+            dimensions: manifest.dimensions,
+            rows: manifest.live_rows,
+            documents,
+            updated_unix: manifest.updated_unix,
+            metadata: manifest.metadata.clone(),
+            keyword_index,
+            vector_index,
+        })
+    }
+
+    /// The document named `name` and its chunks in order; `None` when the version has no such document.
+    pub fn document(&self, name: &str) -> Result<Option<Document>, QueryError> {
+        let snapshot = self.now()?;
+        if snapshot.dataset.manifest.docs_file.is_none() {
+            return Err(QueryError::NoDocuments { path: self.dir.clone() });
+        }
+        let docs = snapshot.docs()?;
+        let Some(record) = docs.by_name.get(name).map(|&i| &docs.records[i]) else {
+            return Ok(None);
+        };
+        let mut rows = record.rows.clone();
+        rows.sort_unstable();
+        let mut chunks = snapshot.dataset.fetch(&rows)?;
+        chunks.sort_by_key(|c| c.chunk_index);
+        Ok(Some(Document { record: record.clone(), chunks }))
+    }
+
+    /// Live chunks `filter` matches (all live chunks without one).
+    pub fn count(&self, filter: Option<&Filter>) -> Result<u64, QueryError> {
+        let snapshot = self.now()?;
+        match filter {
+            Some(filter) => Ok(snapshot.select(filter)?.len()),
+            None => Ok(snapshot.dataset.manifest.live_rows),
         }
     }
 
@@ -309,7 +429,7 @@ impl Engine {
 
     /// The version searches would see now.
     pub fn dataset(&self) -> Result<Dataset, QueryError> {
-        Ok(self.current(&Stamp::read(&self.dir), true)?.dataset.clone())
+        Ok(self.now()?.dataset.clone())
     }
 
     /// The columns filters can name, for the version searches would see now.
@@ -325,6 +445,13 @@ impl Engine {
     /// Answers every query against the same version, in order: ranked in parallel, their hits read together. A
     /// query that is wrong fails alone; the dataset failing fails them all.
     pub fn search_many(&self, queries: &[Query<'_>]) -> Result<Vec<Result<Answer, QueryError>>, QueryError> {
+        if let Some(snapshot) = self.held().filter(|_| self.pinned)
+            && let Ok(Some(answers)) = snapshot.search_many(queries)
+            && answers.iter().all(Result::is_ok)
+        {
+            return Ok(answers);
+        }
+        // Anything amiss with the open version: look at the newest, as an engine that is not pinned does.
         let mut use_index = true;
         for _ in 0..MAX_ATTEMPTS {
             let before = Stamp::read(&self.dir);
@@ -440,6 +567,19 @@ impl Snapshot {
             docs: Mutex::new(None),
             last_filter: Mutex::new(None),
         })
+    }
+
+    /// Loads what searches of this version may need, so the first of them does not wait for it.
+    fn warm(&self) -> Result<(), QueryError> {
+        self.index()?;
+        // A damaged keyword index is reported by the searches that need it; vector searches go on without it.
+        if let Err(e) = self.keyword() {
+            tracing::warn!("{}: the keyword index cannot be used: {e}", self.dataset.dir.display());
+        }
+        if self.dataset.manifest.docs_file.is_some() {
+            self.docs()?;
+        }
+        Ok(())
     }
 
     fn index(&self) -> Result<Arc<Option<SearchIndex>>, QueryError> {
@@ -914,6 +1054,17 @@ pub struct Searcher {
     embedder: Arc<ModelEmbedder>,
     model: String,
     requested_dimensions: Option<u32>,
+    /// Query vectors by text, when kept ([`Searcher::with_cache`]): clients repeat queries.
+    cache: Option<Mutex<lru::LruCache<String, Arc<[f32]>>>>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+}
+
+/// How a [`Searcher`]'s cache of query vectors has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
 }
 
 impl Searcher {
@@ -932,7 +1083,33 @@ impl Searcher {
         model: String,
         requested_dimensions: Option<u32>,
     ) -> Self {
-        Self { engine, embedder, model, requested_dimensions }
+        Self {
+            engine,
+            embedder,
+            model,
+            requested_dimensions,
+            cache: None,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps the vectors of the last `capacity` distinct query texts, so a repeated query is not embedded again.
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = std::num::NonZeroUsize::new(capacity).map(|c| Mutex::new(lru::LruCache::new(c)));
+        self
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.cache_hits.load(AtomicOrdering::Relaxed),
+            misses: self.cache_misses.load(AtomicOrdering::Relaxed),
+        }
+    }
+
+    /// The model queries are embedded with, as the dataset names it.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -982,24 +1159,57 @@ impl Searcher {
     /// The query vectors of `texts` (checked against the model's input limit), embedded `QUERY_BATCH` per request,
     /// up to `IN_FLIGHT` requests at a time (the embedder paces them as it does `embed`'s).
     pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, QueryError> {
+        let Some(cache) = &self.cache else {
+            return self.embed_uncached(texts).await;
+        };
+        let mut found: Vec<Option<Vec<f32>>> = {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            texts.iter().map(|t| cache.get(*t).map(|v| v.to_vec())).collect()
+        };
+        let mut missing: Vec<&str> = texts.iter().zip(&found).filter(|(_, v)| v.is_none()).map(|(t, _)| *t).collect();
+        let hits = (texts.len() - missing.len()) as u64;
+        self.cache_hits.fetch_add(hits, AtomicOrdering::Relaxed);
+        self.cache_misses.fetch_add(missing.len() as u64, AtomicOrdering::Relaxed);
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        let embedded = self.embed_uncached(&missing).await?;
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        for (text, vector) in missing.iter().zip(&embedded) {
+            cache.put((*text).to_owned(), Arc::from(vector.as_slice()));
+        }
+        for (text, slot) in texts.iter().zip(found.iter_mut()) {
+            if slot.is_none()
+                && let Ok(i) = missing.binary_search(text)
+            {
+                *slot = Some(embedded[i].clone());
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn embed_uncached(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, QueryError> {
         use futures::{StreamExt, TryStreamExt};
         const QUERY_BATCH: usize = 64;
         const IN_FLIGHT: usize = 4;
-        let batches: Vec<Vec<Vec<f32>>> = futures::stream::iter(texts.chunks(QUERY_BATCH))
-            .map(|batch| async move {
-                let embedding = self.embedder.embed(batch).await.map_err(QueryError::Embed)?;
-                if embedding.len() != batch.len() {
-                    return Err(QueryError::Embed(EmbedError::InvalidResponse {
-                        attempts: 1,
-                        last: format!("{} vectors for {} queries", embedding.len(), batch.len()),
-                    }));
-                }
-                Ok((0..batch.len()).map(|i| embedding.vector(i).to_vec()).collect())
-            })
-            .buffered(IN_FLIGHT)
-            .try_collect()
-            .await?;
+        // The futures made first, by a method: a closure here would borrow with a lifetime the server's handlers,
+        // which must be `Send` for any, cannot name.
+        let requests: Vec<_> = texts.chunks(QUERY_BATCH).map(|batch| self.embed_batch(batch)).collect();
+        let batches: Vec<Vec<Vec<f32>>> = futures::stream::iter(requests).buffered(IN_FLIGHT).try_collect().await?;
         Ok(batches.into_iter().flatten().collect())
+    }
+
+    async fn embed_batch(&self, batch: &[&str]) -> Result<Vec<Vec<f32>>, QueryError> {
+        let embedding = self.embedder.embed(batch).await.map_err(QueryError::Embed)?;
+        if embedding.len() != batch.len() {
+            return Err(QueryError::Embed(EmbedError::InvalidResponse {
+                attempts: 1,
+                last: format!("{} vectors for {} queries", embedding.len(), batch.len()),
+            }));
+        }
+        Ok((0..batch.len()).map(|i| embedding.vector(i).to_vec()).collect())
     }
 
     /// Answers queries whose vectors are already made (`None` for the keyword mode), in order, on one blocking
@@ -1178,6 +1388,33 @@ mod tests {
         update(&Dataset::open(dir.path()).expect("open"), IndexParams::default(), false).expect("index");
         let after = search(dir.path(), &query(&axis(2), 3)).expect("search");
         assert_eq!((after.method.clone(), docs_of(&after)), (Some(Method::Index), before));
+    }
+
+    #[test]
+    fn a_pinned_engine_answers_from_its_version_until_a_refresh_loads_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v1 = publish(dir.path(), None, &[], &[0, 1, 2]);
+        let engine = Engine::new(dir.path()).pinned();
+        assert_eq!(engine.refresh().expect("refresh"), Some(1));
+        assert_eq!(engine.refresh().expect("refresh"), None, "nothing new");
+        assert_eq!(engine.count(None).expect("count"), 3);
+
+        // Version 2 deletes doc-1 and adds doc-9 (axis 1): searches stay on version 1 until the refresh.
+        publish(dir.path(), Some(&v1), &[0, 2], &[9]);
+        let found = engine.search(&query(&axis(1), 1)).expect("search");
+        assert_eq!((found.generation, docs_of(&found)), (1, vec!["doc-1".to_owned()]));
+        assert!(engine.document("doc-9").expect("document").is_none());
+        assert_eq!(engine.refresh().expect("refresh"), Some(2));
+        let found = engine.search(&query(&axis(1), 1)).expect("search");
+        assert_eq!((found.generation, docs_of(&found)), (2, vec!["doc-9".to_owned()]));
+        let doc = engine.document("doc-9").expect("document").expect("doc-9");
+        assert_eq!(doc.chunks.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(), ["text 9"]);
+        let summary = engine.summary().expect("summary");
+        assert_eq!((summary.generation, summary.rows, summary.documents), (2, 3, Some(3)));
+
+        // An engine that is not pinned sees a new version at once.
+        let unpinned = Engine::new(dir.path());
+        assert_eq!(unpinned.search(&query(&axis(1), 1)).expect("search").generation, 2);
     }
 
     #[test]

@@ -1,0 +1,175 @@
+//! `serve`: checks the datasets and the address, binds, then loads the datasets in the background (`/readyz`
+//! answers 503 until they are) and serves until SIGTERM or Ctrl-C.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Failure, ServeArgs, exit, stop_signal};
+use crate::config::normal_path;
+use crate::embed::{EmbedderSpec, ModelEmbedder, RequestSettings};
+use crate::query::{Engine, Searcher};
+use crate::server::{self, Limits, Served, Server};
+use crate::stats::Stats;
+use crate::store::Dataset;
+
+pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
+    let datasets: Vec<PathBuf> = args.datasets.iter().map(|d| normal_path(d)).collect();
+    let names = names(&datasets, &args.name)?;
+    for dir in &datasets {
+        Dataset::open(dir).map_err(Failure::usage)?;
+    }
+    let token = match &args.token_env {
+        Some(var) => match std::env::var(var) {
+            Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            _ => return Err(Failure::usage(anyhow::anyhow!("--token-env {var}: the variable is not set or empty"))),
+        },
+        None => None,
+    };
+    let deadline = Duration::from_secs_f64(args.request_timeout.max(0.1));
+    let limits = Limits { deadline, ..Limits::default() };
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| Failure::usage(anyhow::anyhow!("cannot listen on {}: {e}", args.addr)))?;
+    let addr = listener.local_addr().map_err(Failure::run)?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        tracing::warn!(
+            "listening on {addr}, which other machines can reach, without a token: anyone who can connect can search \
+             these datasets (--token-env VAR requires one)"
+        );
+    }
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "serving {} on http://{addr}", names.join(", "));
+        let _ = stdout.flush();
+    }
+
+    let server = Server::new(names.clone(), token, limits);
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<Failure>();
+    let loading = {
+        let server = Arc::clone(&server);
+        let requests = RequestSettings {
+            timeout: deadline.min(Duration::from_secs(60)),
+            max_retries: 2,
+            ..RequestSettings::default()
+        };
+        tokio::spawn(async move {
+            match load(&datasets, &names, requests, args.cache).await {
+                Ok(served) => {
+                    server.loaded(served);
+                    tracing::info!("every dataset is loaded: ready");
+                }
+                Err(failure) => {
+                    server.load_failed();
+                    let _ = failed_tx.send(failure);
+                }
+            }
+        })
+    };
+    let refreshing =
+        tokio::spawn(server::refresh_all(Arc::clone(&server), Duration::from_secs_f64(args.poll_interval.max(0.05))));
+
+    // Stop on a signal, or when loading failed (the server could never become ready).
+    let (load_failure_tx, mut load_failure) = tokio::sync::watch::channel(None::<Arc<Failure>>);
+    let stop = async move {
+        let failed = async {
+            match failed_rx.await {
+                Ok(failure) => failure,
+                // Loading succeeded (and dropped the sender): only a signal stops the server now.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop_signal() => {}
+            failure = failed => { let _ = load_failure_tx.send(Some(Arc::new(failure))); }
+        }
+    };
+    let drain = Duration::from_secs_f64(args.shutdown_timeout);
+    let served = server::http::run(listener, Arc::clone(&server), stop, drain).await;
+    loading.abort();
+    refreshing.abort();
+    served.map_err(Failure::run)?;
+    if let Some(failure) = load_failure.borrow_and_update().clone() {
+        return Err(Failure {
+            code: failure.code,
+            error: anyhow::anyhow!("{:#}", failure.error),
+            advice: failure.advice.clone(),
+        });
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Each dataset's name: the one given with --name, in order, else its directory's.
+fn names(datasets: &[PathBuf], given: &[String]) -> Result<Vec<String>, Failure> {
+    if given.len() > datasets.len() {
+        return Err(Failure::usage(anyhow::anyhow!("{} --name given for {} datasets", given.len(), datasets.len())));
+    }
+    let mut names = Vec::with_capacity(datasets.len());
+    for (i, dir) in datasets.iter().enumerate() {
+        let name = match given.get(i) {
+            Some(name) => name.clone(),
+            None => directory_name(dir)?,
+        };
+        if name.is_empty() || name.contains('/') {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{name:?} cannot name a dataset: it must be non-empty, without '/'"
+            )));
+        }
+        if names.contains(&name) {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "two datasets are named {name:?}; give them distinct names with --name"
+            )));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn directory_name(dir: &Path) -> Result<String, Failure> {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    absolute
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Failure::usage(anyhow::anyhow!("{}: give this dataset a name with --name", dir.display())))
+}
+
+/// Opens every dataset with its model (one embedder per model, shared) and loads its current version.
+async fn load(
+    datasets: &[PathBuf],
+    names: &[String],
+    requests: RequestSettings,
+    cache: usize,
+) -> Result<Vec<Served>, Failure> {
+    // One embedder (and its counters) per model and dimensions, shared by the datasets embedded with it.
+    type Shared = (Arc<ModelEmbedder>, Arc<Stats>);
+    let mut embedders: HashMap<(String, Option<u32>), Shared> = HashMap::new();
+    let mut served = Vec::with_capacity(datasets.len());
+    for (dir, name) in datasets.iter().zip(names) {
+        let manifest = Dataset::open(dir).map_err(Failure::usage)?.manifest;
+        let key = (manifest.model.clone(), manifest.requested_dimensions);
+        let (embedder, stats) = match embedders.get(&key) {
+            Some(found) => found.clone(),
+            None => {
+                let stats = Arc::new(Stats::default());
+                let spec = EmbedderSpec::for_queries(&manifest.model, manifest.requested_dimensions, requests);
+                let embedder = Arc::new(ModelEmbedder::build(&spec, &stats).await.map_err(|e| {
+                    Failure::usage(anyhow::anyhow!("{name}: the model {} cannot be used: {e}", manifest.model))
+                })?);
+                embedders.insert(key, (Arc::clone(&embedder), Arc::clone(&stats)));
+                (embedder, stats)
+            }
+        };
+        let engine = Arc::new(Engine::new(dir).pinned());
+        let loading = Arc::clone(&engine);
+        tokio::task::spawn_blocking(move || loading.refresh())
+            .await
+            .map_err(|e| Failure::run(anyhow::anyhow!("{name}: the loading thread failed: {e}")))?
+            .map_err(|e| Failure::run(anyhow::anyhow!("{name}: {e}")))?;
+        let searcher =
+            Searcher::with_embedder(engine, embedder, manifest.model, manifest.requested_dimensions).with_cache(cache);
+        served.push(Served { name: name.clone(), searcher, stats });
+    }
+    Ok(served)
+}
