@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::util::mock::{self, Fault, MockServer};
 use crate::util::{cli, corpus, json_lines, run};
 
-/// Records with metadata, a Markdown guide and a note; embedded and indexed.
-fn dataset(mock: &MockServer) -> (tempfile::TempDir, PathBuf) {
+/// Records with metadata and a Markdown guide; embedded and indexed.
+pub fn dataset(mock: &MockServer) -> (tempfile::TempDir, PathBuf) {
     let records = [
         r#"{"id": "r1", "text": "Tune the bicycle gears before a long ride.", "year": 2019, "lang": "en"}"#,
         r#"{"id": "r2", "text": "Das Fahrrad braucht neue Bremsen und eine Kette.", "year": 2021, "lang": "de"}"#,
@@ -42,14 +42,14 @@ fn embed(mock: &MockServer, input: &Path, dataset: &Path) {
 }
 
 /// A running `serve`, killed when dropped; its log goes to a file the test can read.
-struct Served {
+pub struct Served {
     child: Child,
     base: String,
     log: tempfile::NamedTempFile,
 }
 
 impl Served {
-    fn start(mock: &MockServer, datasets: &[&Path], extra: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start(mock: &MockServer, datasets: &[&Path], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut cmd = cli(Some(&mock.base()));
         cmd.arg("-v").arg("serve").args(datasets).args(["--addr", "127.0.0.1:0", "--poll-interval", "0.2"]).args(extra);
@@ -72,7 +72,7 @@ impl Served {
         served
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -100,19 +100,19 @@ fn read(path: &Path) -> String {
 }
 
 /// A blocking HTTP client (the mock runs its own runtime, so the tests are not async).
-struct Client {
-    runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
+pub struct Client {
+    pub runtime: tokio::runtime::Runtime,
+    pub http: reqwest::Client,
 }
 
 impl Client {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         Self { runtime, http: reqwest::Client::new() }
     }
 
-    fn send(&self, request: reqwest::RequestBuilder) -> (u16, String, String) {
+    pub fn send(&self, request: reqwest::RequestBuilder) -> (u16, String, String) {
         self.runtime.block_on(async {
             let response = request.send().await.expect("send");
             let status = response.status().as_u16();

@@ -9,6 +9,7 @@ mod faults;
 mod formats;
 mod gateway;
 mod incremental;
+mod mcp;
 mod pacing;
 mod safety;
 mod search;

@@ -40,6 +40,9 @@ pub enum Command {
     /// Serve datasets over HTTP: a JSON search API, a search page, health and Prometheus metrics; each dataset is
     /// reloaded without downtime when a run publishes a new version.
     Serve(ServeArgs),
+    /// Serve datasets to AI agents over the Model Context Protocol on stdin/stdout: tools search, list_datasets,
+    /// get_document and count.
+    Mcp(McpArgs),
     /// List the models the endpoint offers (GET /models).
     Models(ModelsArgs),
 }
@@ -293,32 +296,45 @@ pub struct SearchArgs {
     pub json: bool,
 }
 
+/// What `serve` and `mcp` share: the datasets, their names, and how they are kept fresh and queried.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct ServedFlags {
     /// Datasets to serve, each named by its directory's name unless --name says otherwise.
     #[arg(required = true, value_name = "DATASET_DIR")]
     pub datasets: Vec<PathBuf>,
     /// Names for the datasets, in the order they are given (repeat it; the rest keep their directory's name).
     #[arg(long, value_name = "NAME")]
     pub name: Vec<String>,
-    /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: std::net::SocketAddr,
-    /// Clients must send `Authorization: Bearer <token>` with the token held in this environment variable.
-    #[arg(long, value_name = "VAR")]
-    pub token_env: Option<String>,
     /// How often to look for new versions of the datasets.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = positive_f64)]
     pub poll_interval: f64,
     /// Query vectors kept, per dataset, for repeated queries (0: none).
     #[arg(long, value_name = "QUERIES", default_value_t = 1024)]
     pub cache: usize,
-    /// Longest a request may take, embedding included, before it is answered with 504.
+    /// Longest a request may take, embedding included, before it is answered with an error (HTTP 504).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_f64)]
     pub request_timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub served: ServedFlags,
+    /// Address to listen on; port 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Clients must send `Authorization: Bearer <token>` with the token held in this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
     /// On SIGTERM or Ctrl-C: longest to wait for requests in flight.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_f64)]
     pub shutdown_timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub served: ServedFlags,
 }
 
 #[derive(Debug, Args)]

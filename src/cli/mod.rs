@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    Cli, Command, EmbedArgs, EvalArgs, IndexArgs, JobFlags, ModelsArgs, RepairArgs, RequestFlags, RetryFailedArgs,
-    RunArgs, SearchArgs, ServeArgs, ValidateArgs,
+    Cli, Command, EmbedArgs, EvalArgs, IndexArgs, JobFlags, McpArgs, ModelsArgs, RepairArgs, RequestFlags,
+    RetryFailedArgs, RunArgs, SearchArgs, ServeArgs, ServedFlags, ValidateArgs,
 };
 pub use job::JobSpec;
 pub use progress::LogWriter;
@@ -112,6 +112,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Search(args) => search::search(args).await,
         Command::Eval(args) => eval::eval(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Mcp(args) => serve::mcp(args).await,
         Command::Models(args) => models(args).await,
     }
 }

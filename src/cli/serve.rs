@@ -1,5 +1,6 @@
 //! `serve`: checks the datasets and the address, binds, then loads the datasets in the background (`/readyz`
-//! answers 503 until they are) and serves until SIGTERM or Ctrl-C.
+//! answers 503 until they are) and serves until SIGTERM or Ctrl-C. `mcp`: loads them, then serves MCP on stdio
+//! until the client hangs up.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Failure, ServeArgs, exit, stop_signal};
+use super::{Failure, McpArgs, ServeArgs, ServedFlags, exit, stop_signal};
 use crate::config::normal_path;
 use crate::embed::{EmbedderSpec, ModelEmbedder, RequestSettings};
 use crate::query::{Engine, Searcher};
@@ -16,11 +17,7 @@ use crate::stats::Stats;
 use crate::store::Dataset;
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
-    let datasets: Vec<PathBuf> = args.datasets.iter().map(|d| normal_path(d)).collect();
-    let names = names(&datasets, &args.name)?;
-    for dir in &datasets {
-        Dataset::open(dir).map_err(Failure::usage)?;
-    }
+    let (datasets, names) = check(&args.served)?;
     let token = match &args.token_env {
         Some(var) => match std::env::var(var) {
             Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
@@ -28,8 +25,9 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         },
         None => None,
     };
-    let deadline = Duration::from_secs_f64(args.request_timeout.max(0.1));
+    let deadline = Duration::from_secs_f64(args.served.request_timeout.max(0.1));
     let limits = Limits { deadline, ..Limits::default() };
+    let (cache, poll) = (args.served.cache, poll_interval(&args.served));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| Failure::usage(anyhow::anyhow!("cannot listen on {}: {e}", args.addr)))?;
@@ -46,17 +44,13 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         let _ = stdout.flush();
     }
 
-    let server = Server::new(names.clone(), token, limits);
+    let server = Server::new(names.clone(), token, limits, !addr.ip().is_loopback());
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<Failure>();
     let loading = {
         let server = Arc::clone(&server);
-        let requests = RequestSettings {
-            timeout: deadline.min(Duration::from_secs(60)),
-            max_retries: 2,
-            ..RequestSettings::default()
-        };
+        let requests = query_requests(deadline);
         tokio::spawn(async move {
-            match load(&datasets, &names, requests, args.cache).await {
+            match load(&datasets, &names, requests, cache).await {
                 Ok(served) => {
                     server.loaded(served);
                     tracing::info!("every dataset is loaded: ready");
@@ -68,8 +62,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
             }
         })
     };
-    let refreshing =
-        tokio::spawn(server::refresh_all(Arc::clone(&server), Duration::from_secs_f64(args.poll_interval.max(0.05))));
+    let refreshing = tokio::spawn(server::refresh_all(Arc::clone(&server), poll));
 
     // Stop on a signal, or when loading failed (the server could never become ready).
     let (load_failure_tx, mut load_failure) = tokio::sync::watch::channel(None::<Arc<Failure>>);
@@ -99,6 +92,38 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         });
     }
     Ok(exit::SUCCESS)
+}
+
+pub async fn mcp(McpArgs { served: args }: McpArgs) -> Result<u8, Failure> {
+    let (datasets, names) = check(&args)?;
+    let deadline = Duration::from_secs_f64(args.request_timeout.max(0.1));
+    let server = Server::new(names.clone(), None, Limits { deadline, ..Limits::default() }, false);
+    server.loaded(load(&datasets, &names, query_requests(deadline), args.cache).await?);
+    let refreshing = tokio::spawn(server::refresh_all(Arc::clone(&server), poll_interval(&args)));
+    // Standard output is the protocol's: everything else goes to the log on stderr.
+    let served = server::mcp::serve_stdio(server).await;
+    refreshing.abort();
+    served.map_err(|e| Failure::run(anyhow::anyhow!("MCP: {e}")))?;
+    Ok(exit::SUCCESS)
+}
+
+/// The datasets' paths and names, each dataset checked to open.
+fn check(flags: &ServedFlags) -> Result<(Vec<PathBuf>, Vec<String>), Failure> {
+    let datasets: Vec<PathBuf> = flags.datasets.iter().map(|d| normal_path(d)).collect();
+    let names = names(&datasets, &flags.name)?;
+    for dir in &datasets {
+        Dataset::open(dir).map_err(Failure::usage)?;
+    }
+    Ok((datasets, names))
+}
+
+fn poll_interval(flags: &ServedFlags) -> Duration {
+    Duration::from_secs_f64(flags.poll_interval.max(0.05))
+}
+
+/// How query embeddings are requested: each attempt within the request deadline, and few retries.
+fn query_requests(deadline: Duration) -> RequestSettings {
+    RequestSettings { timeout: deadline.min(Duration::from_secs(60)), max_retries: 2, ..RequestSettings::default() }
 }
 
 /// Each dataset's name: the one given with --name, in order, else its directory's.

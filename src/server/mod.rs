@@ -5,7 +5,9 @@
 //! it is fully loaded; searches in flight finish on the version they started on. So a run that publishes while the
 //! server is under load fails no request, and its documents are found within a poll interval and a load.
 
+pub mod api;
 pub mod http;
+pub mod mcp;
 mod metrics;
 
 use std::collections::BTreeMap;
@@ -66,10 +68,12 @@ pub struct Server {
     pub token: Option<String>,
     pub limits: Limits,
     pub metrics: Metrics,
+    /// Bound where other machines can connect (not loopback).
+    pub exposed: bool,
 }
 
 impl Server {
-    pub fn new(names: Vec<String>, token: Option<String>, limits: Limits) -> Arc<Self> {
+    pub fn new(names: Vec<String>, token: Option<String>, limits: Limits, exposed: bool) -> Arc<Self> {
         Arc::new(Self {
             names,
             datasets: OnceLock::new(),
@@ -77,6 +81,7 @@ impl Server {
             token,
             limits,
             metrics: Metrics::new(),
+            exposed,
         })
     }
 
