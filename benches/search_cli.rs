@@ -17,8 +17,7 @@ mod common;
 #[allow(dead_code)]
 mod mock;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -33,15 +32,9 @@ fn main() {
         return;
     }
     let n: usize = std::env::var("SEARCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("search-cli-{n}"));
     let mock = mock::MockServer::start();
     let base = mock.base();
-    let dataset = dir.join("dataset");
-    if !dir.join("ready").exists() {
-        build(&dir, &dataset, n, &base);
-    }
-    let local = dir.join("dataset-local");
-    make_local_copy(&dataset, &local);
+    let (dataset, local) = common::search_dataset(n, &base, mock::KEY);
 
     let mut rng = StdRng::seed_from_u64(9);
     let query = |rng: &mut StdRng| {
@@ -76,7 +69,7 @@ fn main() {
         }
     }
 
-    let file = dir.join("queries.txt");
+    let file = dataset.with_file_name("queries.txt");
     let lines: Vec<String> = (0..BATCH).map(|_| query(&mut rng)).collect();
     std::fs::write(&file, lines.join("\n") + "\n").expect("write queries");
     let mut best = f64::INFINITY;
@@ -100,61 +93,4 @@ fn search(base: &str, dataset: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tars-index"));
     cmd.env("TARS_API_BASE", base).env("TARS_API_KEY", mock::KEY).env_remove("RUST_LOG").arg("search").arg(dataset);
     cmd
-}
-
-fn build(dir: &Path, dataset: &Path, n: usize, base: &str) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).expect("bench dir");
-    let input = dir.join("corpus.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&input).expect("corpus"));
-    let mut rng = StdRng::seed_from_u64(1);
-    for i in 0..n {
-        let words: Vec<&str> =
-            (0..rng.random_range(12..40)).map(|_| common::WORDS[rng.random_range(0..common::WORDS.len())]).collect();
-        let line = serde_json::json!({"id": format!("doc-{i}"), "text": format!("{} code-{i:06}.", words.join(" "))});
-        writeln!(out, "{line}").expect("write corpus");
-    }
-    out.flush().expect("flush corpus");
-    drop(out);
-    eprintln!("embedding {n} records through the mock …");
-    let status = Command::new(env!("CARGO_BIN_EXE_tars-index"))
-        .env("TARS_API_BASE", base)
-        .env("TARS_API_KEY", mock::KEY)
-        .args(["embed", "--dimensions", "384", "--concurrency", "8", "--batch-inputs", "256", "--quiet", "--out"])
-        .arg(dataset)
-        .arg(&input)
-        .status()
-        .expect("embed");
-    assert!(status.success());
-    eprintln!("indexing …");
-    let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_tars-index")).arg("index").arg(dataset).status().expect("index");
-    assert!(status.success());
-    eprintln!("index built in {:.1} s", started.elapsed().as_secs_f64());
-    std::fs::write(dir.join("ready"), b"").expect("marker");
-}
-
-/// The same dataset, its manifest naming the embedded model.
-fn make_local_copy(dataset: &Path, local: &Path) {
-    let _ = std::fs::remove_dir_all(local);
-    copy_dir(dataset, local);
-    let path = local.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("manifest json");
-    manifest["model"] = "local/all-minilm-l6-v2".into();
-    manifest["requested_dimensions"] = serde_json::Value::Null;
-    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).expect("json")).expect("write manifest");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }

@@ -169,6 +169,9 @@ fn every_endpoint_answers_as_documented() {
     let client = Client::new();
 
     assert_eq!(client.get(&served.url("/healthz")), (200, r#"{"status":"ok"}"#.to_owned()));
+    let timed = client.runtime.block_on(client.http.get(served.url("/v1/datasets")).send()).expect("send");
+    let timing = timed.headers().get("server-timing").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(timing.strip_prefix("app;dur=").is_some_and(|ms| ms.parse::<f64>().is_ok()), "{timing:?}");
     let (status, ready) = client.get(&served.url("/readyz"));
     assert_eq!((status, parse(&ready)["status"].clone()), (200, json!("ready")));
 
@@ -284,6 +287,7 @@ fn bad_requests_get_a_4xx_with_a_json_error_that_says_what_to_fix() {
         (json!({}), 400, "bad_request", "is required"),
         (json!({ "queries": [] }), 400, "empty_batch", "empty"),
         (json!({ "queries": vec!["q"; 257] }), 400, "batch_too_large", "at most 256"),
+        (json!({ "queries": vec!["q"; 200], "k": 100 }), 400, "too_many_hits", "20000, more than the limit of 10000"),
         (json!({ "query": "   " }), 400, "empty_query", "empty"),
         (json!({ "query": "x".repeat(17 << 10) }), 400, "query_too_long", "limit"),
         (json!({ "query": "x", "filter": "a".repeat(5000) }), 400, "filter_too_long", "limit"),

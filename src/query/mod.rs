@@ -401,7 +401,7 @@ impl Engine {
         };
         let mut rows = record.rows.clone();
         rows.sort_unstable();
-        let mut chunks = snapshot.dataset.fetch(&rows)?;
+        let mut chunks = snapshot.dataset.fetch_with(&rows, Some(&snapshot.footers))?;
         chunks.sort_by_key(|c| c.chunk_index);
         Ok(Some(Document { record: record.clone(), chunks }))
     }
@@ -511,6 +511,8 @@ struct Snapshot {
     docs: Mutex<Option<Arc<Docs>>>,
     /// The last filter's rows (a batch of queries or a server's clients often repeat one).
     last_filter: Mutex<Option<(Filter, Arc<RowSet>)>>,
+    /// The data files' footers, parsed by the first fetch of hits.
+    footers: crate::store::Footers,
 }
 
 /// A value loaded on first use; a failed load is tried again next time.
@@ -566,6 +568,7 @@ impl Snapshot {
             keyword: Lazy::new(),
             docs: Mutex::new(None),
             last_filter: Mutex::new(None),
+            footers: crate::store::Footers::default(),
         })
     }
 
@@ -809,7 +812,7 @@ impl Snapshot {
         rows.sort_unstable();
         rows.dedup();
         let chunks: HashMap<u64, StoredChunk> =
-            self.dataset.fetch(&rows)?.into_iter().map(|c| (c.ordinal, c)).collect();
+            self.dataset.fetch_with(&rows, Some(&self.footers))?.into_iter().map(|c| (c.ordinal, c)).collect();
         let wants_documents = ranked.iter().flatten().any(|r| r.documents && !r.rows.is_empty());
         let docs = if wants_documents && self.dataset.manifest.docs_file.is_some() {
             match self.docs() {

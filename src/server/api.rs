@@ -198,6 +198,16 @@ pub async fn search(server: &Server, request: SearchRequest) -> Result<Value, Ap
         candidates: ranged("candidates", request.candidates, crate::query::DEFAULT_CANDIDATES, 10_000)?,
         ..TextQuery::new("")
     };
+    if base.k * texts.len() > limits.max_hits {
+        return Err(ApiError::bad(
+            "too_many_hits",
+            format!(
+                "k × queries is {}, more than the limit of {} hits per request",
+                base.k * texts.len(),
+                limits.max_hits
+            ),
+        ));
+    }
     let filtered = base.filter.is_some();
     let queries: Vec<TextQuery> = texts.into_iter().map(|text| TextQuery { text, ..base.clone() }).collect();
 

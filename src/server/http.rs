@@ -101,6 +101,11 @@ async fn guard(State(server): State<Arc<Server>>, request: Request, next: Next) 
         _ => next.run(request).await,
     };
     let took = started.elapsed();
+    let mut response = response;
+    // The time spent here, for clients and load generators to tell the server's share from the network's.
+    if let Ok(value) = HeaderValue::from_str(&format!("app;dur={:.3}", took.as_secs_f64() * 1e3)) {
+        response.headers_mut().insert("server-timing", value);
+    }
     let status = response.status().as_u16();
     server.metrics.request(&endpoint, status, took);
     tracing::info!(%method, endpoint, status, ms = took.as_secs_f64() * 1e3, "request");

@@ -33,6 +33,8 @@ pub struct Limits {
     pub max_query: usize,
     /// A filter expression, in bytes.
     pub max_filter: usize,
+    /// Hits in one answer (k × queries), which bounds the answer's size.
+    pub max_hits: usize,
     /// A request's whole answer, embedding included; past it the client gets a 504.
     pub deadline: Duration,
 }
@@ -45,6 +47,7 @@ impl Default for Limits {
             max_batch: 256,
             max_query: 16 << 10,
             max_filter: 4 << 10,
+            max_hits: 10_000,
             deadline: Duration::from_secs(30),
         }
     }

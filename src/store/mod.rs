@@ -33,7 +33,7 @@ pub use lock::{DatasetLock, LOCK_FILE, LockHolder};
 pub use manifest::{
     ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, unix_now, write_json_atomic,
 };
-pub use reader::{Dataset, StoredChunk};
+pub use reader::{Dataset, Footers, StoredChunk};
 pub use repair::{DAMAGED_DIR, DamagedFile, Repair, repair};
 pub use writer::{DATA_DIR, DatasetWriter};
 

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
 use parquet::file::metadata::PageIndexPolicy;
 
 use std::sync::Arc;
@@ -24,6 +26,11 @@ pub struct Dataset {
     pub dir: PathBuf,
     pub manifest: Manifest,
 }
+
+/// The footers (and page indexes) of a dataset's data files, parsed once: a server fetching the hits of query after
+/// query would otherwise parse them again for every one. Keyed by path (files are never rewritten in place).
+#[derive(Debug, Default)]
+pub struct Footers(std::sync::Mutex<std::collections::HashMap<PathBuf, ArrowReaderMetadata>>);
 
 /// A chunk's row without its vector.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,7 +219,7 @@ impl Dataset {
         let dims = self.dimensions()?;
         let mut out = Vec::with_capacity(row_ids.len());
         let wanted = |name: &str| name == schema::HASH || name == schema::EMBEDDING;
-        self.read_selected(row_ids, wanted, |batch, row_ids, path| {
+        self.read_selected(row_ids, wanted, None, |batch, row_ids, path| {
             let (hashes, vectors) = hashes_and_vectors(batch, path, dims)?;
             for (i, row_id) in row_ids.iter().enumerate() {
                 out.push((*row_id, hashes.value(i).to_owned(), vectors[i * dims..(i + 1) * dims].to_vec()));
@@ -232,6 +239,7 @@ impl Dataset {
         &self,
         row_ids: &[u64],
         keep: impl Fn(&str) -> bool,
+        footers: Option<&Footers>,
         mut f: impl FnMut(&RecordBatch, &[u64], &Path) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for (file, rows) in self.group(row_ids)? {
@@ -239,7 +247,28 @@ impl Dataset {
             let path = self.dir.join(&entry.path);
             // With the offset index the selection skips whole pages instead of decompressing them.
             let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-            let builder = self.open_file_with(&path, entry.rows, options)?;
+            let builder = match footers {
+                None => self.open_file_with(&path, entry.rows, options)?,
+                Some(footers) => {
+                    let opened = File::open(&path).map_err(StoreError::io(&path))?;
+                    let known = footers.0.lock().unwrap_or_else(|p| p.into_inner()).get(&path).cloned();
+                    let metadata = match known {
+                        Some(metadata) => metadata,
+                        None => {
+                            let metadata =
+                                ArrowReaderMetadata::load(&opened, options).map_err(StoreError::parquet(&path))?;
+                            let actual = metadata.metadata().file_metadata().num_rows();
+                            if actual != entry.rows as i64 {
+                                let message = format!("holds {actual} rows, the manifest says {}", entry.rows);
+                                return Err(corrupt(&path, &message));
+                            }
+                            footers.0.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), metadata.clone());
+                            metadata
+                        }
+                    };
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(opened, metadata)
+                }
+            };
             let roots: Vec<usize> = builder
                 .schema()
                 .fields()
@@ -379,10 +408,17 @@ impl Dataset {
     /// The rows at `row_ids` (without vectors), in the order asked. Reads only the row groups and pages that hold
     /// them.
     pub fn fetch(&self, ordinals: &[u64]) -> Result<Vec<StoredChunk>, StoreError> {
+        self.fetch_with(ordinals, None)
+    }
+
+    /// [`Dataset::fetch`], with the files' footers kept in `footers` between calls.
+    pub fn fetch_with(&self, ordinals: &[u64], footers: Option<&Footers>) -> Result<Vec<StoredChunk>, StoreError> {
         let mut found = BTreeMap::new();
         self.read_selected(
             ordinals,
-            |name| name != schema::EMBEDDING,
+            // Only what a hit shows: not the vector, nor the hash and row id (a tenth of the pages to decompress).
+            |name| ![schema::EMBEDDING, schema::HASH, schema::ROW_ID].contains(&name),
+            footers,
             |batch, row_ids, path| {
                 for (chunk, row_id) in decode_rows(batch, path)?.into_iter().zip(row_ids) {
                     found.insert(*row_id, chunk);
