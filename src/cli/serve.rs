@@ -64,19 +64,18 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     };
     let refreshing = tokio::spawn(server::refresh_all(Arc::clone(&server), poll));
 
-    // Stop on a signal, or when loading failed (the server could never become ready).
-    let (load_failure_tx, mut load_failure) = tokio::sync::watch::channel(None::<Arc<Failure>>);
-    let stop = async move {
-        let failed = async {
-            match failed_rx.await {
-                Ok(failure) => failure,
-                // Loading succeeded (and dropped the sender): only a signal stops the server now.
-                Err(_) => std::future::pending().await,
+    // Stop on a signal, or when loading failed (the server could never become ready): then the failure is the exit.
+    let load_failure = Arc::new(std::sync::Mutex::new(None::<Failure>));
+    let stop = {
+        let load_failure = Arc::clone(&load_failure);
+        async move {
+            tokio::select! {
+                () = stop_signal() => {}
+                // Loading succeeded when the sender is dropped unsent: only a signal stops the server then.
+                Ok(failure) = failed_rx => {
+                    *load_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
+                }
             }
-        };
-        tokio::select! {
-            () = stop_signal() => {}
-            failure = failed => { let _ = load_failure_tx.send(Some(Arc::new(failure))); }
         }
     };
     let drain = Duration::from_secs_f64(args.shutdown_timeout);
@@ -84,12 +83,8 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     loading.abort();
     refreshing.abort();
     served.map_err(Failure::run)?;
-    if let Some(failure) = load_failure.borrow_and_update().clone() {
-        return Err(Failure {
-            code: failure.code,
-            error: anyhow::anyhow!("{:#}", failure.error),
-            advice: failure.advice.clone(),
-        });
+    if let Some(failure) = load_failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(failure);
     }
     Ok(exit::SUCCESS)
 }
