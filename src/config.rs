@@ -202,6 +202,10 @@ pub struct IndexSection {
 /// to where the link is.
 pub fn normal_path(path: &Path) -> PathBuf {
     use std::path::Component;
+    // A dataset on object storage: `s3://b/p` is no path to tidy.
+    if path.to_str().and_then(crate::store::url_scheme).is_some() {
+        return path.to_path_buf();
+    }
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
@@ -256,6 +260,9 @@ impl Pipeline {
 
     /// A path of the file, resolved against the file's directory and normalised ([`normal_path`]).
     pub fn resolve_path(&self, relative: &str) -> PathBuf {
+        if crate::store::url_scheme(relative).is_some() {
+            return PathBuf::from(relative);
+        }
         let p = Path::new(relative);
         normal_path(&if p.is_absolute() { p.to_path_buf() } else { self.base_dir().join(p) })
     }

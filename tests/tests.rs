@@ -14,3 +14,4 @@ mod pacing;
 mod safety;
 mod search;
 mod serve;
+mod storage;

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use super::target::Target;
 use super::{EvalArgs, Failure, exit};
 use crate::embed::RequestSettings;
 use crate::query::eval::{self, Judged, Summary};
@@ -20,7 +21,8 @@ pub async fn eval(args: EvalArgs) -> Result<u8, Failure> {
     }
     let usage = |e: QueryError| if e.is_usage() { Failure::usage(e) } else { Failure::run(e) };
     let stats = Arc::new(Stats::default());
-    let searcher = Searcher::open(&args.dataset, RequestSettings::default(), &stats).await.map_err(usage)?;
+    let target = Target::for_read(&args.dataset).await.map_err(Failure::usage)?;
+    let searcher = Searcher::open(&target.dir, RequestSettings::default(), &stats).await.map_err(usage)?;
     let columns = searcher.engine().columns().map_err(usage)?;
     let filter = Filter::parse_all(&args.filter, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
     let has_keyword = crate::index::keyword::KeywordIndex::open(&searcher.engine().dataset().map_err(usage)?).is_ok();

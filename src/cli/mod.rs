@@ -12,6 +12,7 @@ mod progress;
 mod report;
 mod search;
 mod serve;
+mod target;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ use crate::pipeline::{EmbedJob, RunOutcome, run_embed};
 use crate::stats::Stats;
 use crate::store::{Dataset, DatasetLock, RunStatus, StoreError};
 use report::RunReport;
+use target::Target;
 
 /// Exit codes (documented in README.md).
 pub mod exit {
@@ -94,17 +96,18 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Embed(args) => {
             let spec = JobSpec::from_flags(args.inputs, args.out, args.job);
-            execute(spec, cli.quiet, None, "embed").await
+            execute(spec, None, cli.quiet, None, "embed").await
         }
         Command::Run(args) => {
             let pipeline = Pipeline::load(&args.pipeline).map_err(Failure::usage)?;
             let spec = JobSpec::from_pipeline(&pipeline, args.out, args.m, args.ef_construction, args.job);
-            execute(spec, cli.quiet, Some(args.rebuild_index), "run").await
+            execute(spec, None, cli.quiet, Some(args.rebuild_index), "run").await
         }
         Command::RetryFailed(args) => {
-            let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
+            let target = Target::for_write(&args.dataset, false).await.map_err(Failure::usage)?;
+            let dataset = Dataset::open(&target.dir).map_err(Failure::usage)?;
             let spec = JobSpec::for_retry(args.dataset, &dataset.manifest, args.requests);
-            execute(spec, cli.quiet, None, "retry-failed").await
+            execute(spec, Some(target), cli.quiet, None, "retry-failed").await
         }
         Command::Validate(args) => validate(args).await,
         Command::Index(args) => build_index(args).await,
@@ -167,7 +170,13 @@ async fn lock_dataset(dir: &Path, command: &'static str, wait: Duration) -> Resu
 /// `embed`, `run` and `retry-failed`: the incremental embed, then the index update (`run` always builds one; the
 /// others update the index the dataset has, so that searches stay fast), and the run report. `index` is `run`'s
 /// `--rebuild-index`.
-async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'static str) -> Result<u8, Failure> {
+async fn execute(
+    spec: JobSpec,
+    target: Option<Target>,
+    quiet: bool,
+    index: Option<bool>,
+    command: &'static str,
+) -> Result<u8, Failure> {
     let started_unix = crate::store::unix_now();
     spec.check_general().map_err(Failure::usage)?;
     let stats = Arc::new(Stats::default());
@@ -189,11 +198,24 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         // Inputs are checked before the dataset's folder is made: a run that cannot start leaves nothing behind.
         crate::source::FileSource::new(spec.source_options().map_err(Failure::usage)?).map_err(Failure::usage)?;
     }
+    // A dataset on object storage is worked on in its mirror, which holds the newest version from here on.
+    let mut target = match target {
+        Some(target) => target,
+        None => Target::for_write(&spec.out, spec.dry_run).await.map_err(Failure::run)?,
+    };
+    let dir = target.dir.clone();
+    let (cache_uploads, uploaded) = match (&target.remote, spec.dry_run) {
+        (Some(remote), false) => {
+            let (sink, task) = target::spawn_segment_uploads(Arc::clone(remote));
+            (Some(sink), Some(task))
+        }
+        _ => (None, None),
+    };
     // A dry run reads the dataset (to count only what would be sent) and writes nothing, so it takes no lock.
-    let _lock = if spec.dry_run { None } else { Some(lock_dataset(&spec.out, command, spec.wait_lock).await?) };
-    if spec.repair && !spec.dry_run && spec.out.join(crate::store::MANIFEST_FILE).exists() {
-        let repair = repair_dataset(&spec.out).await?;
-        for line in repair_lines(&repair, &spec.out) {
+    let _lock = if spec.dry_run { None } else { Some(lock_dataset(&dir, command, spec.wait_lock).await?) };
+    if spec.repair && !spec.dry_run && dir.join(crate::store::MANIFEST_FILE).exists() {
+        let repair = repair_dataset(&dir).await?;
+        for line in repair_lines(&repair, &dir) {
             tracing::warn!("--repair: {line}");
         }
     }
@@ -203,7 +225,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         counter,
         batching,
         concurrency: usize::from(spec.concurrency.as_ref().map_or(default_concurrency, |c| c.value)),
-        out: spec.out.clone(),
+        out: dir.clone(),
         fresh: spec.fresh,
         requested_dimensions: spec.dimensions.as_ref().map(|d| d.value),
         dry_run: spec.dry_run,
@@ -211,6 +233,7 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         max_failures: spec.max_failures.as_ref().map(|m| m.value),
         retry_failed: spec.retry_failed,
         max_delete: spec.delete_limit().map_err(Failure::usage)?,
+        cache_uploads,
     };
 
     // The bar's total: a walk of the inputs that reads no file, alongside the run (stopped with it).
@@ -234,6 +257,11 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     let outcome = run_embed(job, Arc::new(embedder), run_stats, shutdown).await;
     drop(progress);
     prescan_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The run's cache is closed: its last segment names have been sent.
+    let uploaded = match uploaded {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(crate::pipeline::PipelineError::Source(e)) => return Err(Failure::usage(e)),
@@ -248,26 +276,51 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
             let failed = RunOutcome::failed(stats.snapshot(started.elapsed()), format!("{error:#}"));
             let report = RunReport::new(&spec, &failed, None, started_unix, price);
             if !spec.dry_run {
-                report.save(&spec.out);
+                report.save(&dir);
+                if let Err(e) = target.settle_cache(false, uploaded).await {
+                    tracing::warn!("could not upload the embedding cache: {}", crate::error::Chain(&e));
+                }
             }
             report.print(spec.json);
-            let kept = format!("run failed; {}", kept_message(&spec.out, None));
+            let kept = format!("run failed; {}", kept_message(&target, None));
             return Err(Failure { advice, ..Failure::run(error.context(kept)) });
         }
     };
 
-    let stopped = outcome.fatal.is_some() || outcome.interrupted;
+    let mut outcome = outcome;
+    // On object storage the version is only published once committed there.
+    let mut commit_failure = None;
+    if let Some(published) = outcome.published.as_mut().filter(|_| !spec.dry_run) {
+        match target.commit(published).await {
+            Ok(committed) => *published = committed,
+            Err(e) => commit_failure = Some(e),
+        }
+    }
+    let committed = commit_failure.is_none();
+    let stopped = outcome.fatal.is_some() || outcome.interrupted || !committed;
+    if !spec.dry_run {
+        let complete = committed && !stopped && outcome.status == RunStatus::Complete && outcome.published.is_some();
+        if let Err(e) = target.settle_cache(complete, uploaded).await {
+            tracing::warn!("could not settle the embedding cache on {}: {}", target.name, crate::error::Chain(&e));
+        }
+    }
     let index = match index {
         _ if spec.no_index => None,
         Some(rebuild) => Some((index_params, rebuild)),
-        None => index::existing_params(&spec.out).map(|params| (params, false)),
+        None => index::existing_params(&dir).map(|params| (params, false)),
     };
     let mut index_failure = None;
     let index_meta = match (&outcome.published, index) {
         (Some(manifest), Some((index_params, rebuild))) if !stopped && manifest.rows > 0 => {
-            let dataset = Dataset { dir: spec.out.clone(), manifest: manifest.clone() };
+            let dataset = Dataset { dir: dir.clone(), manifest: manifest.clone() };
             match tokio::task::spawn_blocking(move || index::update(&dataset, index_params, rebuild)).await {
-                Ok(Ok(meta)) => Some(meta),
+                Ok(Ok(meta)) => match target.push_indexes().await {
+                    Ok(()) => Some(meta),
+                    Err(e) => {
+                        index_failure = Some(anyhow::Error::new(e));
+                        None
+                    }
+                },
                 Ok(Err(e)) => {
                     index_failure = Some(anyhow::Error::new(e));
                     None
@@ -286,10 +339,14 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
         report.print_dry_run(spec.json);
         return Ok(exit::SUCCESS);
     }
-    report.save(&spec.out);
+    report.save(&dir);
     report.print(spec.json);
 
-    let kept = kept_message(&spec.out, outcome.published.as_ref());
+    if let Some(error) = commit_failure {
+        let code = if matches!(error, StoreError::Conflict { .. }) { exit::LOCKED } else { exit::FAILURES };
+        return Err(Failure { code, error: error.into(), advice: None });
+    }
+    let kept = kept_message(&target, outcome.published.as_ref());
     if let Some(refusal) = outcome.mass_delete {
         return Err(Failure::usage(refusal));
     }
@@ -336,17 +393,16 @@ async fn execute(spec: JobSpec, quiet: bool, index: Option<bool>, command: &'sta
     })
 }
 
-/// What a run that stopped leaves in `dir`: the version it published, or the one before.
-fn kept_message(dir: &Path, published: Option<&crate::store::Manifest>) -> String {
+/// What a run that stopped leaves in its dataset: the version it published, or the one before.
+fn kept_message(target: &Target, published: Option<&crate::store::Manifest>) -> String {
+    let name = &target.name;
     match published {
-        Some(m) => format!("the dataset in {} holds {}", dir.display(), count(m.live_rows, "chunk")),
-        None if dir.join(crate::store::MANIFEST_FILE).exists() => format!(
-            "the previous version of {} is kept; the chunks embedded so far are cached there and will not be sent again",
-            dir.display()
+        Some(m) => format!("the dataset in {name} holds {}", count(m.live_rows, "chunk")),
+        None if target.base.is_some() || target.dir.join(crate::store::MANIFEST_FILE).exists() => format!(
+            "the previous version of {name} is kept; the chunks embedded so far are cached there and will not be sent again"
         ),
         None => format!(
-            "nothing was published in {}; the chunks embedded so far are cached there and will not be sent again",
-            dir.display()
+            "nothing was published in {name}; the chunks embedded so far are cached there and will not be sent again"
         ),
     }
 }
@@ -443,20 +499,24 @@ fn repair_lines(repair: &crate::store::Repair, dir: &Path) -> Vec<String> {
 }
 
 async fn repair(args: RepairArgs) -> Result<u8, Failure> {
-    Dataset::open(&args.dataset).map_err(Failure::usage)?;
-    let _lock = lock_dataset(&args.dataset, "repair", Duration::from_secs(args.wait_lock)).await?;
-    let repair = repair_dataset(&args.dataset).await?;
+    let mut target = Target::for_write(&args.dataset, false).await.map_err(Failure::usage)?;
+    let dir = target.dir.clone();
+    Dataset::open(&dir).map_err(Failure::usage)?;
+    let _lock = lock_dataset(&dir, "repair", Duration::from_secs(args.wait_lock)).await?;
+    let repair = repair_dataset(&dir).await?;
     // The index keeps working (rows dropped are filtered out); bring it up to date, rebuilding it if it was damaged.
     let mut index_meta = None;
-    if repair.generation.is_some()
-        && let Some(params) = index::existing_params(&args.dataset)
-    {
-        let dataset = Dataset::open(&args.dataset).map_err(Failure::run)?;
-        if dataset.manifest.rows > 0 {
+    if repair.generation.is_some() {
+        let mut dataset = Dataset::open(&dir).map_err(Failure::run)?;
+        dataset.manifest = target.commit(&dataset.manifest).await.map_err(Failure::run)?;
+        if let Some(params) = index::existing_params(&dir)
+            && dataset.manifest.rows > 0
+        {
             let meta = tokio::task::spawn_blocking(move || index::update(&dataset, params, false))
                 .await
                 .map_err(|e| Failure::run(anyhow::anyhow!("index thread failed: {e}")))?
                 .map_err(Failure::run)?;
+            target.push_indexes().await.map_err(Failure::run)?;
             index_meta = Some(meta);
         }
     }
@@ -489,7 +549,8 @@ pub(crate) fn damage_advice(error: &StoreError, dir: &Path) -> Option<String> {
 async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
     let params = IndexParams { m: args.m, ef_construction: args.ef_construction };
     params.validate().map_err(Failure::usage)?;
-    let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
+    let target = Target::for_write(&args.dataset, args.verify).await.map_err(Failure::usage)?;
+    let dataset = Dataset::open(&target.dir).map_err(Failure::usage)?;
     if args.verify {
         let meta = tokio::task::spawn_blocking(move || index::SearchIndex::check(&dataset, index::Check::Full))
             .await
@@ -513,13 +574,14 @@ async fn build_index(args: IndexArgs) -> Result<u8, Failure> {
         }
         return Ok(exit::SUCCESS);
     }
-    let _lock = lock_dataset(&args.dataset, "index", Duration::from_secs(args.wait_lock)).await?;
+    let _lock = lock_dataset(&target.dir, "index", Duration::from_secs(args.wait_lock)).await?;
     // Read again under the lock: a run may have published a new version meanwhile.
-    let dataset = Dataset::open(&args.dataset).map_err(Failure::usage)?;
+    let dataset = Dataset::open(&target.dir).map_err(Failure::usage)?;
     let meta = tokio::task::spawn_blocking(move || index::update(&dataset, params, args.rebuild))
         .await
         .map_err(|e| Failure::run(anyhow::anyhow!("index build thread failed: {e}")))?
         .map_err(Failure::run)?;
+    target.push_indexes().await.map_err(Failure::run)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let _ = writeln!(stdout, "{}", serde_json::to_string(&meta).unwrap_or_default());

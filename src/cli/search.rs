@@ -6,6 +6,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use super::target::Target;
 use super::{Failure, SearchArgs, damage_advice, exit, report};
 use crate::embed::RequestSettings;
 use crate::query::{Answer, Columns, Filter, Method, Mode, QueryError, ScanReason, Searcher, TextQuery, json};
@@ -35,7 +36,8 @@ pub async fn search(args: SearchArgs) -> Result<u8, Failure> {
         return Err(Failure::usage(QueryError::EmptyQuery));
     }
     let stats = Arc::new(Stats::default());
-    let searcher = Searcher::open(&args.dataset, RequestSettings::default(), &stats).await.map_err(&failure)?;
+    let target = Target::for_read(&args.dataset).await.map_err(Failure::usage)?;
+    let searcher = Searcher::open(&target.dir, RequestSettings::default(), &stats).await.map_err(&failure)?;
     let columns = searcher.engine().columns().map_err(&failure)?;
     let filter = Filter::parse_all(&args.filter, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
     let base = TextQuery {

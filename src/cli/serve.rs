@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::target::Target;
 use super::{Failure, McpArgs, ServeArgs, ServedFlags, exit, stop_signal};
 use crate::config::normal_path;
 use crate::embed::{EmbedderSpec, ModelEmbedder, RequestSettings};
@@ -50,7 +51,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         let server = Arc::clone(&server);
         let requests = query_requests(deadline);
         tokio::spawn(async move {
-            match load(&datasets, &names, requests, cache).await {
+            match load(&datasets, &names, requests, cache, poll).await {
                 Ok(served) => {
                     server.loaded(served);
                     tracing::info!("every dataset is loaded: ready");
@@ -93,7 +94,7 @@ pub async fn mcp(McpArgs { served: args }: McpArgs) -> Result<u8, Failure> {
     let (datasets, names) = check(&args)?;
     let deadline = Duration::from_secs_f64(args.request_timeout.max(0.1));
     let server = Server::new(names.clone(), None, Limits { deadline, ..Limits::default() }, false);
-    server.loaded(load(&datasets, &names, query_requests(deadline), args.cache).await?);
+    server.loaded(load(&datasets, &names, query_requests(deadline), args.cache, poll_interval(&args)).await?);
     let refreshing = tokio::spawn(server::refresh_all(Arc::clone(&server), poll_interval(&args)));
     // Standard output is the protocol's: everything else goes to the log on stderr.
     let served = server::mcp::serve_stdio(server).await;
@@ -102,14 +103,51 @@ pub async fn mcp(McpArgs { served: args }: McpArgs) -> Result<u8, Failure> {
     Ok(exit::SUCCESS)
 }
 
-/// The datasets' paths and names, each dataset checked to open.
+/// The datasets' paths and names, each local dataset checked to open (one on object storage is only named here: it
+/// is fetched while the server loads).
 fn check(flags: &ServedFlags) -> Result<(Vec<PathBuf>, Vec<String>), Failure> {
     let datasets: Vec<PathBuf> = flags.datasets.iter().map(|d| normal_path(d)).collect();
     let names = names(&datasets, &flags.name)?;
     for dir in &datasets {
-        Dataset::open(dir).map_err(Failure::usage)?;
+        match dir.to_str().and_then(crate::store::url_scheme) {
+            Some(_) => drop(crate::store::Location::parse(&dir.to_string_lossy()).map_err(Failure::usage)?),
+            None => drop(Dataset::open(dir).map_err(Failure::usage)?),
+        }
     }
     Ok((datasets, names))
+}
+
+/// Keeps the mirror of a dataset on object storage as new as the store: a new version, or a new index of the one
+/// served, is pulled into the mirror, where the server's own refresh finds it.
+async fn follow(target: Target, every: Duration) {
+    let Some(remote) = target.remote else { return };
+    let mut generation = target.base.map(|b| b.generation);
+    let mut stamp = remote.index_stamp().await.ok().flatten();
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let pulled = async {
+            let latest = remote.latest().await?;
+            let now = remote.index_stamp().await?;
+            match latest {
+                Some(manifest) if Some(manifest.generation) != generation => {
+                    remote.pull(&manifest, true).await?;
+                    generation = Some(manifest.generation);
+                    stamp = now;
+                }
+                _ if now != stamp => {
+                    remote.pull_indexes().await?;
+                    stamp = now;
+                }
+                _ => {}
+            }
+            Ok::<_, crate::store::StoreError>(())
+        };
+        if let Err(e) = pulled.await {
+            tracing::warn!(dataset = %remote.url, "could not look for a new version: {}", crate::error::Chain(&e));
+        }
+    }
 }
 
 fn poll_interval(flags: &ServedFlags) -> Duration {
@@ -161,12 +199,18 @@ async fn load(
     names: &[String],
     requests: RequestSettings,
     cache: usize,
+    poll: Duration,
 ) -> Result<Vec<Served>, Failure> {
     // One embedder (and its counters) per model and dimensions, shared by the datasets embedded with it.
     type Shared = (Arc<ModelEmbedder>, Arc<Stats>);
     let mut embedders: HashMap<(String, Option<u32>), Shared> = HashMap::new();
     let mut served = Vec::with_capacity(datasets.len());
-    for (dir, name) in datasets.iter().zip(names) {
+    for (dataset, name) in datasets.iter().zip(names) {
+        let target = Target::for_read(dataset).await.map_err(|e| Failure::usage(anyhow::anyhow!("{name}: {e}")))?;
+        let dir = &target.dir.clone();
+        if target.is_remote() {
+            tokio::spawn(follow(target, poll));
+        }
         let manifest = Dataset::open(dir).map_err(Failure::usage)?.manifest;
         let key = (manifest.model.clone(), manifest.requested_dimensions);
         let (embedder, stats) = match embedders.get(&key) {

@@ -73,6 +73,8 @@ pub struct EmbedJob {
     pub retry_failed: bool,
     /// How many of the dataset's documents the run may delete before it is refused (`--max-delete`).
     pub max_delete: DeleteLimit,
+    /// For a dataset on object storage: where the embedding cache sends its closed segments for upload.
+    pub cache_uploads: Option<crate::store::SegmentSink>,
 }
 
 /// How a run ended.
@@ -151,13 +153,14 @@ pub async fn run_embed<E: Embedder>(
         let (out, settings, fresh, dry_run) = (job.out.clone(), settings.clone(), job.fresh, job.dry_run);
         let guarded = job.max_delete != DeleteLimit::Unlimited;
         let retry_failed = job.retry_failed;
+        let uploads = job.cache_uploads.clone();
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut settings = settings;
             let space = vector_space(&settings);
-            let cache = if dry_run {
-                EmbeddingCache::open_read_only(&out, &space)?
-            } else {
-                EmbeddingCache::open(&out, &space)?
+            let cache = match (dry_run, uploads) {
+                (true, _) => EmbeddingCache::open_read_only(&out, &space)?,
+                (false, None) => EmbeddingCache::open(&out, &space)?,
+                (false, Some(sink)) => EmbeddingCache::open(&out, &space)?.with_uploads(sink),
             };
             let previous = Previous::load(&out, &settings, fresh, &cache, dry_run, guarded)?;
             if retry_failed && let Some(m) = &previous.manifest {

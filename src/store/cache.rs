@@ -52,7 +52,20 @@ pub struct EmbeddingCache {
     /// Names this run's log apart from any earlier run's (a pid alone repeats after a reboot).
     run_id: u128,
     log: Option<File>,
+    /// Set for a dataset on object storage, which cannot append: logs are closed once they hold
+    /// [`ROLL_BYTES`] or are [`ROLL_SECS`] old and their names (`cache/<file>`) sent here to be uploaded, so a lost
+    /// machine loses at most that much; and `clear` is left to whoever commits the version.
+    uploads: Option<SegmentSink>,
+    /// This run's logs so far, and the size and age of the open one.
+    log_seq: u32,
+    log_bytes: u64,
+    log_started: Option<std::time::Instant>,
 }
+
+/// Receives the names of closed cache logs (relative to the dataset) for upload.
+pub type SegmentSink = tokio::sync::mpsc::UnboundedSender<String>;
+const ROLL_BYTES: u64 = 8 << 20;
+const ROLL_SECS: u64 = 1;
 
 impl EmbeddingCache {
     /// Opens `<dataset>/cache` for vectors of `space`, deleting temp files a killed run left behind.
@@ -88,7 +101,24 @@ impl EmbeddingCache {
         }
         segments.sort();
         let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Ok(Self { dir, space: space.to_owned(), segments, index: Mutex::new(HashMap::new()), run_id, log: None })
+        Ok(Self {
+            dir,
+            space: space.to_owned(),
+            segments,
+            index: Mutex::new(HashMap::new()),
+            run_id,
+            log: None,
+            uploads: None,
+            log_seq: 0,
+            log_bytes: 0,
+            log_started: None,
+        })
+    }
+
+    /// Rolls this run's log into immutable segments whose names go to `sink` (see [`EmbeddingCache::uploads`]).
+    pub fn with_uploads(mut self, sink: SegmentSink) -> Self {
+        self.uploads = Some(sink);
+        self
     }
 
     pub fn segments(&self) -> usize {
@@ -168,7 +198,7 @@ impl EmbeddingCache {
         if hashes.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(format!("seg-{:x}-{}.{LOG_EXTENSION}", self.run_id, std::process::id()));
+        let path = self.dir.join(self.log_name());
         let too_long = || StoreError::Corrupt { path: path.clone(), message: "response too large to cache".into() };
         let mut payload = Vec::with_capacity(8 + hashes.len() * 66 + hashes.len() * dimensions * 4);
         payload.extend_from_slice(&u32::try_from(hashes.len()).map_err(|_| too_long())?.to_le_bytes());
@@ -191,7 +221,20 @@ impl EmbeddingCache {
         let log = self.log.insert(log);
         log.write_all(&record).map_err(StoreError::io(&path))?;
         log.sync_data().map_err(StoreError::io(&path))?;
+        self.log_bytes += record.len() as u64;
+        let started = *self.log_started.get_or_insert_with(std::time::Instant::now);
+        if let Some(sink) = &self.uploads
+            && (self.log_bytes >= ROLL_BYTES || started.elapsed().as_secs() >= ROLL_SECS)
+        {
+            self.log = None;
+            let _ = sink.send(format!("{CACHE_DIR}/{}", self.log_name()));
+            (self.log_seq, self.log_bytes, self.log_started) = (self.log_seq + 1, 0, None);
+        }
         Ok(())
+    }
+
+    fn log_name(&self) -> String {
+        format!("seg-{:x}-{}-{}.{LOG_EXTENSION}", self.run_id, std::process::id(), self.log_seq)
     }
 
     /// Creates this run's log with its header, durably (the file and its directory entry).
@@ -207,16 +250,31 @@ impl EmbeddingCache {
         Ok(log)
     }
 
-    /// Removes every segment (after a complete run, whose data holds all of them).
+    /// Removes every segment (after a complete run, whose data holds all of them); for a dataset on object storage
+    /// that waits until the version is committed ([`clear_cache`]).
     pub fn clear(&self) -> Result<(), StoreError> {
-        for entry in std::fs::read_dir(&self.dir).map_err(StoreError::io(&self.dir))? {
-            let path = entry.map_err(StoreError::io(&self.dir))?.path();
-            if path.extension().is_some_and(|e| e == LOG_EXTENSION || e == "parquet" || e == "tmp") {
-                std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
-            }
+        if self.uploads.is_some() {
+            return Ok(());
         }
-        Ok(())
+        clear_cache(self.dir.parent().unwrap_or(Path::new(".")))
     }
+}
+
+/// Removes every segment of the cache of the dataset in `dataset`.
+pub fn clear_cache(dataset: &Path) -> Result<(), StoreError> {
+    let dir = dataset.join(CACHE_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+    };
+    for entry in entries {
+        let path = entry.map_err(StoreError::io(&dir))?.path();
+        if path.extension().is_some_and(|e| e == LOG_EXTENSION || e == "parquet" || e == "tmp") {
+            std::fs::remove_file(&path).map_err(StoreError::io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads a log of `space` record by record, checking each; stops quietly at a torn last record. A log of another

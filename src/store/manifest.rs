@@ -156,15 +156,26 @@ impl Manifest {
         if dir.exists() && !dir.is_dir() {
             return Err(StoreError::NotADirectory { path: dir.to_path_buf() });
         }
-        let path = dir.join(MANIFEST_FILE);
+        let mut path = dir.join(MANIFEST_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotADataset { path: dir.to_path_buf() });
-            }
+            // A dataset written through object storage's layout (`file://`): its newest version object.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match newest_version(dir) {
+                Some(version) => {
+                    path = version;
+                    std::fs::read(&path).map_err(StoreError::io(&path))?
+                }
+                None => return Err(StoreError::NotADataset { path: dir.to_path_buf() }),
+            },
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        let mut manifest: Manifest = serde_json::from_slice(&bytes)
+        Self::from_bytes(&bytes, &path)
+    }
+
+    /// Parses and checks a manifest read from `path` (a file, or an object named like one).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let mut manifest: Manifest = serde_json::from_slice(bytes)
             .map_err(|e| StoreError::Manifest { path: path.clone(), message: e.to_string() })?;
         if manifest.format != FORMAT {
             return Err(StoreError::Manifest {
@@ -206,9 +217,32 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Publishes this version in `dir`. A dataset that also has object storage's layout (made through `file://`)
+    /// gets its version object too, so that both ways of naming it see the same newest version.
     pub fn save(&self, dir: &Path) -> Result<(), StoreError> {
+        let versions = dir.join(super::VERSIONS_DIR);
+        if versions.is_dir() {
+            let path = versions.join(format!("{:020}.json", self.generation));
+            if !path.exists() {
+                write_json_atomic(&path, self)?;
+            }
+            write_json_atomic(&dir.join("_latest.json"), &serde_json::json!({ "generation": self.generation }))?;
+        }
         write_json_atomic(&dir.join(MANIFEST_FILE), self)
     }
+}
+
+/// The newest `_versions/<generation>.json` of `dir`.
+fn newest_version(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join(super::VERSIONS_DIR))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((name.strip_suffix(".json")?.parse::<u64>().ok()?, e.path()))
+        })
+        .max_by_key(|(generation, _)| *generation)
+        .map(|(_, path)| path)
 }
 
 pub fn unix_now() -> u64 {

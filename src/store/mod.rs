@@ -5,7 +5,7 @@
 //! ```text
 //! <dataset>/
 //!   manifest.json          model, dimensions, metric, chunking, schema version, the list of data files
-//!   data/part-00000.parquet one row per chunk (schema in [`schema`]), zstd
+//!   data/part-<generation>-<run>-<n>.parquet  one row per chunk (schema in [`schema`]), zstd
 //!   index/                 the HNSW index (see crate::index)
 //! ```
 //!
@@ -19,13 +19,14 @@ mod failed;
 mod lock;
 mod manifest;
 mod reader;
+mod remote;
 mod repair;
 pub mod schema;
 mod writer;
 
 use std::path::PathBuf;
 
-pub use cache::{CACHE_DIR, CacheLoc, EmbeddingCache};
+pub use cache::{CACHE_DIR, CacheLoc, EmbeddingCache, SegmentSink, clear_cache};
 pub use compact::{COMPACT_DEAD_SHARE, compact, needs_compaction};
 pub use docs::{DOCS_DIR, DocRecord};
 pub use failed::{FAILED_DIR, FailedChunk};
@@ -34,6 +35,7 @@ pub use manifest::{
     ChunkingInfo, DataFile, MANIFEST_FILE, Manifest, RunStatus, SCHEMA_VERSION, unix_now, write_json_atomic,
 };
 pub use reader::{Dataset, Footers, StoredChunk};
+pub use remote::{Location, Remote, VERSIONS_DIR, url_scheme};
 pub use repair::{DAMAGED_DIR, DamagedFile, Repair, repair};
 pub use writer::{DATA_DIR, DatasetWriter};
 
@@ -69,6 +71,17 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
     #[error("{path}: the dataset holds no embedded chunks")]
     Empty { path: PathBuf },
+    #[error("{url}: {message}")]
+    Remote {
+        url: String,
+        message: String,
+        #[source]
+        source: Option<object_store::Error>,
+    },
+    #[error(
+        "{url}: another run published version {generation} first; nothing of this run is lost (its embeddings are cached there): run it again to build on that version"
+    )]
+    Conflict { url: String, generation: u64 },
 }
 
 impl StoreError {
@@ -171,7 +184,11 @@ mod tests {
         let v1 = writer.finish(&docs_for(&placed), &[], RunStatus::Complete).expect("finish");
         assert_eq!((v1.rows, v1.live_rows, v1.generation), (10, 10, 1));
         assert_eq!(v1.files.iter().map(|f| (f.first_row, f.rows)).collect::<Vec<_>>(), [(0, 6), (6, 4)]);
-        assert!(!dir.path().join("data/part-000001-00000.parquet.tmp").exists());
+        let names: Vec<String> = std::fs::read_dir(dir.path().join(DATA_DIR))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with("part-000001-") && n.ends_with(".parquet")), "{names:?}");
 
         let dataset = Dataset::open(dir.path()).expect("open");
         assert_eq!(dataset.manifest, v1);

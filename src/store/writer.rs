@@ -41,6 +41,9 @@ pub struct DatasetWriter {
     keep_base: bool,
     /// The type each metadata field has in this run (declared, known, or first seen), over what the values say.
     field_types: BTreeMap<String, FieldType>,
+    /// In every file name this run writes: two writers of one generation (racing on object storage, where only
+    /// one can commit) never write the same name.
+    tag: String,
 }
 
 struct OpenFile {
@@ -93,6 +96,7 @@ impl DatasetWriter {
             next_row,
             keep_base: false,
             field_types: BTreeMap::new(),
+            tag: new_lineage()[..8].to_owned(),
         })
     }
 
@@ -209,12 +213,12 @@ impl DatasetWriter {
         let mut files: Vec<DataFile> = self.base_files.drain(..).filter(|f| keep_base || has_live(f)).collect();
         files.append(&mut self.new_files);
         let m = &mut self.manifest;
-        let docs_file = format!("{DOCS_DIR}/docs-{:06}.parquet", m.generation);
+        let docs_file = format!("{DOCS_DIR}/docs-{:06}-{}.parquet", m.generation, self.tag);
         m.metadata = field_types(docs, &self.field_types);
         write_docs(&self.dir, &docs_file, docs, &m.metadata)?;
         m.failed_file = None;
         if !failed.is_empty() {
-            let failed_file = format!("{FAILED_DIR}/failed-{:06}.jsonl", m.generation);
+            let failed_file = format!("{FAILED_DIR}/failed-{:06}-{}.jsonl", m.generation, self.tag);
             write_failed(&self.dir, &failed_file, failed)?;
             m.failed_file = Some(failed_file);
         }
@@ -232,7 +236,8 @@ impl DatasetWriter {
     }
 
     fn open_file(&self, schema: &SchemaRef) -> Result<OpenFile, StoreError> {
-        let relative = format!("{DATA_DIR}/part-{:06}-{:05}.parquet", self.manifest.generation, self.new_files.len());
+        let relative =
+            format!("{DATA_DIR}/part-{:06}-{}-{:05}.parquet", self.manifest.generation, self.tag, self.new_files.len());
         let final_path = self.dir.join(&relative);
         let tmp = final_path.with_extension("parquet.tmp");
         let file = File::create(&tmp).map_err(StoreError::io(&tmp))?;

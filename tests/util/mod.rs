@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the mock server, running the CLI, reading datasets back.
 
 pub mod mock;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

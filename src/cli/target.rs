@@ -1,0 +1,141 @@
+//! The dataset a command names: a local directory, used in place, or a URL on object storage, worked on in its
+//! local mirror (see `store::Remote`): pulled before the command, pushed and committed after it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::store::{Location, Manifest, Remote, StoreError, clear_cache};
+
+pub(crate) struct Target {
+    /// Where the local code reads and writes: the dataset itself, or the mirror.
+    pub dir: PathBuf,
+    /// The dataset as the user named it, for messages.
+    pub name: String,
+    pub remote: Option<Arc<Remote>>,
+    /// The remote version pulled into the mirror, which a commit replaces.
+    pub base: Option<Manifest>,
+    /// The remote cache segments there were when the command started (removed once a version holds them).
+    pub cached: Vec<String>,
+}
+
+impl Target {
+    fn local(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), name: dir.display().to_string(), remote: None, base: None, cached: Vec::new() }
+    }
+
+    fn location(dataset: &Path) -> Result<Location, StoreError> {
+        match dataset.to_str() {
+            Some(text) => Location::parse(text),
+            None => Ok(Location::Local(dataset.to_path_buf())),
+        }
+    }
+
+    /// For `search`, `serve`, `eval`: the newest version and its indexes, pulled into the mirror.
+    pub async fn for_read(dataset: &Path) -> Result<Self, StoreError> {
+        let remote = match Self::location(dataset)? {
+            Location::Local(dir) => return Ok(Self::local(&dir)),
+            Location::Remote(remote) => remote,
+        };
+        let Some(base) = remote.latest().await? else {
+            return Err(StoreError::NotADataset { path: PathBuf::from(&remote.url) });
+        };
+        let dir = remote.pull(&base, true).await?;
+        Ok(Self { dir, name: remote.url.clone(), remote: Some(remote), base: Some(base), cached: Vec::new() })
+    }
+
+    /// For the commands that publish (`embed`, `run`, `index`, `repair`, `retry-failed`): checks once that the store
+    /// honours conditional writes, then pulls the newest version, its indexes and the cache segments.
+    pub async fn for_write(dataset: &Path, dry_run: bool) -> Result<Self, StoreError> {
+        let remote = match Self::location(dataset)? {
+            Location::Local(dir) => return Ok(Self::local(&dir)),
+            Location::Remote(remote) => remote,
+        };
+        if !dry_run {
+            remote.probe().await?;
+        }
+        let base = remote.latest().await?;
+        match &base {
+            Some(base) => {
+                remote.pull(base, true).await?;
+            }
+            None => forget_local_version(&remote.mirror)?,
+        }
+        let cached = remote.pull_cache().await?;
+        let dir = remote.mirror.clone();
+        Ok(Self { dir, name: remote.url.clone(), remote: Some(remote), base, cached })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Commits the version a command published in the mirror as the next version of the remote dataset, and
+    /// returns it as committed (numbered after the version it builds on, whatever the mirror went through: a
+    /// compaction publishes twice there). A local dataset is already published.
+    pub async fn commit(&mut self, published: &Manifest) -> Result<Manifest, StoreError> {
+        let Some(remote) = &self.remote else { return Ok(published.clone()) };
+        let unchanged = self.base.as_ref().is_some_and(|b| {
+            b.generation == published.generation && b.lineage == published.lineage && b.files == published.files
+        });
+        if unchanged {
+            return Ok(published.clone());
+        }
+        let mut committed = published.clone();
+        committed.generation = self.base.as_ref().map_or(0, |b| b.generation) + 1;
+        remote.push(&committed, self.base.as_ref()).await?;
+        crate::store::write_json_atomic(&self.dir.join(crate::store::MANIFEST_FILE), &committed)?;
+        self.base = Some(committed.clone());
+        Ok(committed)
+    }
+
+    /// Uploads the mirror's indexes after an index update.
+    pub async fn push_indexes(&self) -> Result<(), StoreError> {
+        match &self.remote {
+            Some(remote) => remote.push_indexes().await,
+            None => Ok(()),
+        }
+    }
+
+    /// After a run on a remote dataset: a version that holds every vector makes the cache segments redundant
+    /// (`uploaded` are this run's); otherwise what the run embedded goes up for the next run.
+    pub async fn settle_cache(&self, committed_complete: bool, uploaded: Vec<String>) -> Result<(), StoreError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        if committed_complete {
+            let mut names = self.cached.clone();
+            names.extend(uploaded);
+            remote.remove_cache(&names).await;
+            clear_cache(&self.dir)
+        } else {
+            remote.push_cache().await
+        }
+    }
+}
+
+/// A mirror whose dataset is gone from the store (or was never committed) must not offer its stale version.
+fn forget_local_version(mirror: &Path) -> Result<(), StoreError> {
+    let manifest = mirror.join(crate::store::MANIFEST_FILE);
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io { path: manifest, source: e }),
+    }
+}
+
+/// Runs the uploads of a run's closed cache segments as they come; returns their names when the sender is gone.
+pub(crate) fn spawn_segment_uploads(
+    remote: Arc<Remote>,
+) -> (crate::store::SegmentSink, tokio::task::JoinHandle<Vec<String>>) {
+    let (sink, mut closed) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let task = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        while let Some(name) = closed.recv().await {
+            match remote.push_cache_segment(&name).await {
+                Ok(()) => sent.push(name),
+                // The segment stays in the mirror, and goes up with the rest at the end of the run.
+                Err(e) => tracing::warn!("could not upload cache segment {name}: {}", crate::error::Chain(&e)),
+            }
+        }
+        sent
+    });
+    (sink, task)
+}
