@@ -77,6 +77,7 @@ fn embed_with(
         let embedder = Arc::new(OpenAiEmbedder::new(config, Arc::clone(&stats)).expect("client"));
         let job = EmbedJob {
             cache_uploads: None,
+            shard: None,
             source: SourceOptions {
                 inputs: vec![input.to_path_buf()],
                 records: RecordMapping::new("text".into(), Some("id".into()), Default::default(), Default::default()),

@@ -14,4 +14,5 @@ mod pacing;
 mod safety;
 mod search;
 mod serve;
+mod shards;
 mod storage;

@@ -45,6 +45,42 @@ pub enum Command {
     Mcp(McpArgs),
     /// List the models the endpoint offers (GET /models).
     Models(ModelsArgs),
+    /// Publish a sharded run whose shards are all done as one version, and index it (idempotent: the last shard to
+    /// finish does this itself; run it as the final step of a sharded job in case that shard died).
+    Commit(CommitArgs),
+    /// Sharded runs of a dataset: where one stands.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// The dataset (a path or a URL such as s3://bucket/prefix).
+    #[arg(value_name = "DATASET")]
+    pub dataset: PathBuf,
+    /// The run to commit (its shards' --run-id).
+    #[arg(long, value_name = "ID", env = "TARS_INDEX_RUN_ID")]
+    pub run_id: String,
+    /// Publish without building or updating the index.
+    #[arg(long)]
+    pub no_index: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Shards done and missing, their rows, and whether the run was committed.
+    Status(RunsStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunsStatusArgs {
+    #[arg(value_name = "DATASET")]
+    pub dataset: PathBuf,
+    #[arg(long, value_name = "ID", env = "TARS_INDEX_RUN_ID")]
+    pub run_id: String,
+    /// Print the state as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +100,20 @@ pub struct EmbedArgs {
 /// file, and both fall back to the defaults in the help text.
 #[derive(Debug, Args, Default)]
 pub struct JobFlags {
+    /// Embed only shard I of N (0-based) of the documents, by a stable hash of their names: one of N processes of
+    /// a sharded run, published as one version when all are done. `auto` reads I (and N where the engine gives it)
+    /// from JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs, N from --shards), CLOUD_RUN_TASK_INDEX/_COUNT,
+    /// AWS_BATCH_JOB_ARRAY_INDEX/_SIZE or SLURM_ARRAY_TASK_ID/_COUNT. --tpm and --rpm are then the whole run's:
+    /// each shard takes 1/N of them.
+    #[arg(long, value_name = "I/N|auto", help_heading = "Sharded runs")]
+    pub shard: Option<String>,
+    /// The number of shards, for `--shard auto` where the engine does not say (Kubernetes).
+    #[arg(long, value_name = "N", env = "TARS_INDEX_SHARDS", help_heading = "Sharded runs")]
+    pub shards: Option<u32>,
+    /// Names the sharded run all N shards belong to (the same for all of them, new for each run: a Kubernetes Job's
+    /// name, say).
+    #[arg(long, value_name = "ID", env = "TARS_INDEX_RUN_ID", help_heading = "Sharded runs")]
+    pub run_id: Option<String>,
     /// Embedding model: `tars/<id>` (or any id the endpoint offers; `tars/` is stripped on the wire), or
     /// `local/all-minilm-l6-v2` / `local/<DIR>` for the in-process model (no key, no network)
     /// [default: tars/text-embedding-3-small].

@@ -58,6 +58,10 @@ pub struct JobSpec {
     pub max_delete: Option<Setting<Option<String>>>,
     /// `--no-index`: publish without touching the index.
     pub no_index: bool,
+    /// `--shard`, `--shards`, `--run-id`, as given (see [`JobSpec::sharding`]).
+    pub shard: Option<String>,
+    pub shards: Option<u32>,
+    pub run_id: Option<String>,
     /// `--repair`: check the dataset's files and drop damaged ones before the run.
     pub repair: bool,
 }
@@ -266,6 +270,9 @@ impl JobSpec {
             rpm: pick(flags.requests.rpm, "--rpm", p, requests.and_then(|r| r.rpm.as_ref()), "requests.rpm"),
             tpm: pick(flags.requests.tpm, "--tpm", p, requests.and_then(|r| r.tpm.as_ref()), "requests.tpm"),
             fresh: flags.overwrite,
+            shard: flags.shard,
+            shards: flags.shards,
+            run_id: flags.run_id,
             json: flags.requests.json,
             wait_lock: Duration::from_secs(flags.requests.wait_lock),
             retry_failed: false,
@@ -406,10 +413,27 @@ impl JobSpec {
         }
     }
 
+    /// The shard this process runs and the run it belongs to, for a sharded run.
+    pub fn sharding(&self) -> anyhow::Result<Option<(crate::store::Shard, String)>> {
+        let Some(given) = &self.shard else { return Ok(None) };
+        let shard = if given == "auto" {
+            shard_from_env(self.shards, |name| std::env::var(name).ok())?
+        } else {
+            crate::store::Shard::parse(given).map_err(|e| anyhow::anyhow!("--shard {e}"))?
+        };
+        let run = self.run_id.clone().ok_or_else(|| {
+            anyhow::anyhow!("--shard needs --run-id (or TARS_INDEX_RUN_ID): the name every shard of this run shares")
+        })?;
+        crate::store::check_run_id(&run).map_err(|e| anyhow::anyhow!("--run-id {e}"))?;
+        Ok(Some((shard, run)))
+    }
+
+    /// `--rpm`/`--tpm`: the key's limits, which the N shards of a sharded run share evenly (each takes 1/N).
     pub fn rate_limits(&self) -> RateLimits {
+        let shards = self.sharding().ok().flatten().map_or(1, |(shard, _)| shard.count);
         RateLimits {
-            requests_per_minute: self.rpm.as_ref().map(|r| r.value),
-            tokens_per_minute: self.tpm.as_ref().map(|t| t.value),
+            requests_per_minute: self.rpm.as_ref().map(|r| (r.value / shards).max(1)),
+            tokens_per_minute: self.tpm.as_ref().map(|t| (t.value / u64::from(shards)).max(1)),
         }
     }
 
@@ -465,5 +489,86 @@ impl JobSpec {
             },
         )?;
         Ok((chunking, batching))
+    }
+}
+
+/// The shard the engine running this process assigned it, from its environment (`lookup`).
+pub fn shard_from_env(
+    shards: Option<u32>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<crate::store::Shard> {
+    let number = |name: &str| -> anyhow::Result<Option<u32>> {
+        lookup(name)
+            .map(|v| v.trim().parse::<u32>().map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")))
+            .transpose()
+    };
+    let make = |index: u32, count: Option<u32>, from: &str| -> anyhow::Result<crate::store::Shard> {
+        let count = count.or(shards).ok_or_else(|| {
+            anyhow::anyhow!("--shard auto: {from} gives the index; give the number of shards with --shards N")
+        })?;
+        crate::store::Shard::new(index, count).map_err(|e| anyhow::anyhow!("--shard auto ({from}): {e}"))
+    };
+    if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+        return make(index, None, "JOB_COMPLETION_INDEX");
+    }
+    if let Some(index) = number("CLOUD_RUN_TASK_INDEX")? {
+        return make(index, number("CLOUD_RUN_TASK_COUNT")?, "CLOUD_RUN_TASK_INDEX");
+    }
+    if let Some(index) = number("AWS_BATCH_JOB_ARRAY_INDEX")? {
+        return make(index, number("AWS_BATCH_JOB_ARRAY_SIZE")?, "AWS_BATCH_JOB_ARRAY_INDEX");
+    }
+    if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+        // Slurm arrays may start anywhere (--array=1-16): count from the first.
+        let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        let index = id
+            .checked_sub(min)
+            .ok_or_else(|| anyhow::anyhow!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
+        return make(index, number("SLURM_ARRAY_TASK_COUNT")?, "SLURM_ARRAY_TASK_ID");
+    }
+    anyhow::bail!(
+        "--shard auto: none of JOB_COMPLETION_INDEX, CLOUD_RUN_TASK_INDEX, AWS_BATCH_JOB_ARRAY_INDEX or \
+         SLURM_ARRAY_TASK_ID is set; give the shard as --shard I/N"
+    )
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::shard_from_env;
+    use crate::store::Shard;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn shards_share_the_keys_rate_limits() {
+        let flags = |shard: Option<&str>| crate::cli::JobFlags {
+            shard: shard.map(str::to_owned),
+            run_id: Some("r".into()),
+            requests: crate::cli::RequestFlags { tpm: Some(1_000_000), rpm: Some(10), ..Default::default() },
+            ..Default::default()
+        };
+        let limits = |shard| super::JobSpec::from_flags(vec![], "ds".into(), flags(shard)).rate_limits();
+        let quarter = limits(Some("1/4"));
+        assert_eq!((quarter.tokens_per_minute, quarter.requests_per_minute), (Some(250_000), Some(2)));
+        let whole = limits(None);
+        assert_eq!((whole.tokens_per_minute, whole.requests_per_minute), (Some(1_000_000), Some(10)));
+        assert_eq!(limits(Some("0/64")).requests_per_minute, Some(1), "never below one");
+    }
+
+    #[test]
+    fn each_engine_says_which_shard_this_is() {
+        let k8s = [("JOB_COMPLETION_INDEX", "3")];
+        assert_eq!(shard_from_env(Some(8), env(&k8s)).expect("k8s"), Shard { index: 3, count: 8 });
+        assert!(shard_from_env(None, env(&k8s)).expect_err("no count").to_string().contains("--shards N"));
+        let cloud_run = [("CLOUD_RUN_TASK_INDEX", "1"), ("CLOUD_RUN_TASK_COUNT", "4")];
+        assert_eq!(shard_from_env(None, env(&cloud_run)).expect("cloud run"), Shard { index: 1, count: 4 });
+        let batch = [("AWS_BATCH_JOB_ARRAY_INDEX", "0"), ("AWS_BATCH_JOB_ARRAY_SIZE", "2")];
+        assert_eq!(shard_from_env(None, env(&batch)).expect("batch"), Shard { index: 0, count: 2 });
+        let slurm = [("SLURM_ARRAY_TASK_ID", "5"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "8")];
+        assert_eq!(shard_from_env(None, env(&slurm)).expect("slurm"), Shard { index: 4, count: 8 });
+        assert!(shard_from_env(Some(4), env(&[("JOB_COMPLETION_INDEX", "4")])).is_err(), "out of range");
+        assert!(shard_from_env(Some(4), env(&[("JOB_COMPLETION_INDEX", "x")])).is_err());
+        assert!(shard_from_env(Some(4), env(&[])).expect_err("no index").to_string().contains("--shard I/N"));
     }
 }

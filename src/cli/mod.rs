@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    Cli, Command, EmbedArgs, EvalArgs, IndexArgs, JobFlags, McpArgs, ModelsArgs, RepairArgs, RequestFlags,
-    RetryFailedArgs, RunArgs, SearchArgs, ServeArgs, ServedFlags, ValidateArgs,
+    Cli, Command, CommitArgs, EmbedArgs, EvalArgs, IndexArgs, JobFlags, McpArgs, ModelsArgs, RepairArgs, RequestFlags,
+    RetryFailedArgs, RunArgs, RunsCommand, RunsStatusArgs, SearchArgs, ServeArgs, ServedFlags, ValidateArgs,
 };
 pub use job::JobSpec;
 pub use progress::LogWriter;
@@ -117,6 +117,8 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Mcp(args) => serve::mcp(args).await,
         Command::Models(args) => models(args).await,
+        Command::Commit(args) => commit(args).await,
+        Command::Runs(RunsCommand::Status(args)) => runs_status(args).await,
     }
 }
 
@@ -198,15 +200,49 @@ async fn execute(
         // Inputs are checked before the dataset's folder is made: a run that cannot start leaves nothing behind.
         crate::source::FileSource::new(spec.source_options().map_err(Failure::usage)?).map_err(Failure::usage)?;
     }
-    // A dataset on object storage is worked on in its mirror, which holds the newest version from here on.
-    let mut target = match target {
-        Some(target) => target,
-        None => Target::for_write(&spec.out, spec.dry_run).await.map_err(Failure::run)?,
+    let sharding = spec.sharding().map_err(Failure::usage)?;
+    if sharding.is_some() && (spec.dry_run || spec.retry_failed || spec.repair) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--shard runs one shard of a run; --dry-run, --repair and retry-failed work on the whole dataset"
+        )));
+    }
+    // A dataset on object storage is worked on in its mirror, which holds the newest version from here on; a
+    // shard of a sharded run works in a folder of its own there.
+    let (mut target, sharded) = match (target, &sharding) {
+        (Some(target), _) => (target, None),
+        (None, Some((shard, run))) => {
+            let settings = target::ShardSettings {
+                run: run.clone(),
+                model: crate::embed::Embedder::model(&embedder).to_owned(),
+                requested_dimensions: spec.dimensions.as_ref().map(|d| d.value),
+                chunking: crate::store::ChunkingInfo {
+                    tokenizer: counter.name(),
+                    max_tokens: chunking.max_tokens,
+                    overlap: chunking.overlap,
+                },
+                metadata_spec: spec.source_options().map_err(Failure::usage)?.records.metadata.to_strings(),
+                fresh: spec.fresh,
+            };
+            let (target, run) = Target::for_shard(&spec.out, *shard, settings).await.map_err(|e| match e {
+                // Exit 2 is the "do not retry" code a Kubernetes podFailurePolicy can act on.
+                e @ StoreError::RunSettings { .. } => Failure::usage(e),
+                e => Failure::run(e),
+            })?;
+            if let Some(generation) = run.committed {
+                println!(
+                    "run {} was committed as version {generation} of {}; nothing to do",
+                    run.plan.run, target.name
+                );
+                return Ok(exit::SUCCESS);
+            }
+            (target, Some(run))
+        }
+        (None, None) => (Target::for_write(&spec.out, spec.dry_run).await.map_err(Failure::run)?, None),
     };
     let dir = target.dir.clone();
     let (cache_uploads, uploaded) = match (&target.remote, spec.dry_run) {
         (Some(remote), false) => {
-            let (sink, task) = target::spawn_segment_uploads(Arc::clone(remote));
+            let (sink, task) = target::spawn_segment_uploads(Arc::clone(remote), dir.clone());
             (Some(sink), Some(task))
         }
         _ => (None, None),
@@ -234,6 +270,7 @@ async fn execute(
         retry_failed: spec.retry_failed,
         max_delete: spec.delete_limit().map_err(Failure::usage)?,
         cache_uploads,
+        shard: sharded.as_ref().map(|s| s.shard),
     };
 
     // The bar's total: a walk of the inputs that reads no file, alongside the run (stopped with it).
@@ -290,7 +327,7 @@ async fn execute(
     let mut outcome = outcome;
     // On object storage the version is only published once committed there.
     let mut commit_failure = None;
-    if let Some(published) = outcome.published.as_mut().filter(|_| !spec.dry_run) {
+    if let Some(published) = outcome.published.as_mut().filter(|_| !spec.dry_run && sharded.is_none()) {
         match target.commit(published).await {
             Ok(committed) => *published = committed,
             Err(e) => commit_failure = Some(e),
@@ -298,9 +335,9 @@ async fn execute(
     }
     let committed = commit_failure.is_none();
     let stopped = outcome.fatal.is_some() || outcome.interrupted || !committed;
-    if !spec.dry_run {
+    if !spec.dry_run && sharded.is_none() {
         let complete = committed && !stopped && outcome.status == RunStatus::Complete && outcome.published.is_some();
-        if let Err(e) = target.settle_cache(complete, uploaded).await {
+        if let Err(e) = target.settle_cache(complete, uploaded.clone()).await {
             tracing::warn!("could not settle the embedding cache on {}: {}", target.name, crate::error::Chain(&e));
         }
     }
@@ -309,6 +346,8 @@ async fn execute(
         Some(rebuild) => Some((index_params, rebuild)),
         None => index::existing_params(&dir).map(|params| (params, false)),
     };
+    // A shard's version is one slice: the index is built once the run is committed (below).
+    let (index, shard_index) = if sharded.is_some() { (None, index) } else { (index, None) };
     let mut index_failure = None;
     let index_meta = match (&outcome.published, index) {
         (Some(manifest), Some((index_params, rebuild))) if !stopped && manifest.rows > 0 => {
@@ -342,6 +381,10 @@ async fn execute(
     report.save(&dir);
     report.print(spec.json);
 
+    if let Some(run) = sharded {
+        let shard_stopped = stopped || outcome.budget_reached || outcome.mass_delete.is_some();
+        return finish_shard(&target, run, &outcome, shard_stopped, uploaded, shard_index.map(|(p, _)| p)).await;
+    }
     if let Some(error) = commit_failure {
         let code = if matches!(error, StoreError::Conflict { .. }) { exit::LOCKED } else { exit::FAILURES };
         return Err(Failure { code, error: error.into(), advice: None });
@@ -391,6 +434,140 @@ async fn execute(
             exit::FAILURES
         }
     })
+}
+
+/// After a shard's pipeline: a shard that finished records itself done (unless another attempt of it did first),
+/// and whichever shard finds all N done commits the run and indexes it; a shard that stopped leaves its cache
+/// segments for the attempt that replaces it.
+async fn finish_shard(
+    target: &Target,
+    run: target::ShardRun,
+    outcome: &RunOutcome,
+    stopped: bool,
+    uploaded: Vec<String>,
+    index: Option<IndexParams>,
+) -> Result<u8, Failure> {
+    let Some(remote) = &target.remote else { return Err(Failure::run(anyhow::anyhow!("a shard needs a store"))) };
+    let name = &target.name;
+    let label = format!("shard {} of run {}", run.shard, run.plan.run);
+    let published = match (&outcome.published, stopped) {
+        (Some(published), false) => published,
+        _ => {
+            remote.push_cache(&target.dir).await.map_err(Failure::run)?;
+            if let Some(error) = &outcome.fatal {
+                return Err(Failure::run(anyhow::anyhow!("{label} stopped: {error}; what it embedded is cached")));
+            }
+            eprintln!("{label} stopped before it finished; what it embedded is cached for the next attempt");
+            return Ok(if outcome.interrupted { exit::INTERRUPTED } else { exit::FAILURES });
+        }
+    };
+    let mut segments = target.cached.clone();
+    segments.extend(uploaded);
+    let attempt =
+        crate::store::Attempt { shard: run.shard, id: &run.attempt, work: &target.dir, base_files: &run.base_files };
+    let finished = remote.finish_shard(&run.plan, &attempt, published, segments).await.map_err(Failure::run)?;
+    if finished == crate::store::Finished::AnotherAttempt {
+        eprintln!("{label}: another attempt of this shard finished first; this one's files are removed");
+    }
+    let state = remote.run_state(&run.plan.run).await.map_err(Failure::run)?;
+    if !state.missing.is_empty() {
+        eprintln!(
+            "{label} done: {} of {} shards done; the last one to finish commits the run (or `tars-index commit {name} --run-id {}`)",
+            state.done.len(),
+            run.plan.shards,
+            run.plan.run
+        );
+        return Ok(exit::SUCCESS);
+    }
+    commit_and_index(remote, &run.plan.run, index).await
+}
+
+/// Commits a sharded run whose shards are done (idempotent), pulls the version into the mirror and brings the
+/// index up to date there and in the store.
+async fn commit_and_index(
+    remote: &Arc<crate::store::Remote>,
+    run: &str,
+    index: Option<IndexParams>,
+) -> Result<u8, Failure> {
+    let manifest = remote.commit_run(run).await.map_err(|e| match e {
+        e @ StoreError::Conflict { .. } => Failure { code: exit::LOCKED, error: e.into(), advice: None },
+        e => Failure::run(e),
+    })?;
+    let dir = remote.pull(&manifest, true).await.map_err(Failure::run)?;
+    let index = index.or_else(|| index::existing_params(&dir));
+    let mut line = format!(
+        "run {run} committed: {} version {}, {}",
+        remote.url,
+        manifest.generation,
+        count(manifest.live_rows, "chunk")
+    );
+    if let Some(params) = index.filter(|_| manifest.rows > 0) {
+        let dataset = Dataset { dir: dir.clone(), manifest: manifest.clone() };
+        let _lock = lock_dataset(&dir, "commit", Duration::from_secs(600)).await?;
+        let meta = tokio::task::spawn_blocking(move || index::update(&dataset, params, false))
+            .await
+            .map_err(|e| Failure::run(anyhow::anyhow!("index thread failed: {e}")))?
+            .map_err(|e| {
+                Failure::run(anyhow::Error::new(e).context("the run is committed, but the index update failed"))
+            })?;
+        remote.push_indexes().await.map_err(Failure::run)?;
+        line = format!("{line}; {}", report::index_line(&meta));
+    }
+    eprintln!("{line}");
+    Ok(exit::SUCCESS)
+}
+
+/// The store a sharded run's dataset lives in (a local path through `file://`).
+fn run_store(dataset: &Path) -> Result<Arc<crate::store::Remote>, Failure> {
+    let text = dataset.to_string_lossy();
+    let url = match crate::store::url_scheme(&text) {
+        Some(_) => text.into_owned(),
+        None => format!("file://{}", std::path::absolute(dataset).map_err(Failure::usage)?.display()),
+    };
+    match crate::store::Location::parse(&url).map_err(Failure::usage)? {
+        crate::store::Location::Remote(remote) => Ok(remote),
+        crate::store::Location::Local(_) => Err(Failure::usage(anyhow::anyhow!("{url}: not a store"))),
+    }
+}
+
+async fn commit(args: CommitArgs) -> Result<u8, Failure> {
+    crate::store::check_run_id(&args.run_id).map_err(|e| Failure::usage(anyhow::anyhow!("--run-id {e}")))?;
+    let remote = run_store(&args.dataset)?;
+    remote.probe().await.map_err(Failure::run)?;
+    let index = if args.no_index { None } else { Some(IndexParams::default()) };
+    commit_and_index(&remote, &args.run_id, index).await
+}
+
+async fn runs_status(args: RunsStatusArgs) -> Result<u8, Failure> {
+    let remote = run_store(&args.dataset)?;
+    let state = remote.run_state(&args.run_id).await.map_err(Failure::usage)?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(stdout, "{}", serde_json::to_string(&state).unwrap_or_default());
+        return Ok(exit::SUCCESS);
+    }
+    let plan = &state.plan;
+    let committed = state.committed.map_or_else(|| "not committed".to_owned(), |g| format!("committed as version {g}"));
+    let _ = writeln!(
+        stdout,
+        "run {} of {}: {} of {} shards done, {committed}",
+        plan.run,
+        remote.url,
+        state.done.len(),
+        plan.shards
+    );
+    for shard in &state.done {
+        let _ = writeln!(
+            stdout,
+            "  shard {:>4}: done ({} new rows, {} live; attempt {})",
+            shard.shard, shard.new_rows, shard.live_rows, shard.attempt
+        );
+    }
+    if !state.missing.is_empty() {
+        let missing: Vec<String> = state.missing.iter().map(ToString::to_string).collect();
+        let _ = writeln!(stdout, "  not done: {}", missing.join(", "));
+    }
+    Ok(exit::SUCCESS)
 }
 
 /// What a run that stopped leaves in its dataset: the version it published, or the one before.

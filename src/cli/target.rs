@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{Location, Manifest, Remote, StoreError, clear_cache};
+use crate::store::{DataFile, Location, Manifest, Plan, Remote, Shard, StoreError, clear_cache, prepare_work};
 
 pub(crate) struct Target {
     /// Where the local code reads and writes: the dataset itself, or the mirror.
@@ -65,6 +65,67 @@ impl Target {
         Ok(Self { dir, name: remote.url.clone(), remote: Some(remote), base, cached })
     }
 
+    /// For one shard of a sharded run: the run's plan (made by the first shard to get here), the version it builds
+    /// on pulled into the mirror, and a work folder holding that version's documents of this shard's slice, where
+    /// the pipeline runs. A local dataset is worked on through `file://`, as on object storage.
+    pub async fn for_shard(
+        dataset: &Path,
+        shard: Shard,
+        settings: ShardSettings,
+    ) -> Result<(Self, ShardRun), StoreError> {
+        let remote = match Self::location(dataset)? {
+            Location::Remote(remote) => remote,
+            Location::Local(dir) => {
+                std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+                let absolute = std::path::absolute(&dir).map_err(StoreError::io(&dir))?;
+                match Location::parse(&format!("file://{}", absolute.display()))? {
+                    Location::Remote(remote) => remote,
+                    Location::Local(_) => unreachable!("a file:// URL is remote"),
+                }
+            }
+        };
+        remote.probe().await?;
+        let latest = remote.latest().await?;
+        let appends = !settings.fresh
+            && latest
+                .as_ref()
+                .is_some_and(|m| m.model == settings.model && m.requested_dimensions == settings.requested_dimensions);
+        let proposed = Plan {
+            run: settings.run.clone(),
+            shards: shard.count,
+            base_generation: latest.as_ref().map(|m| m.generation),
+            appends,
+            lineage: match (&latest, appends) {
+                (Some(m), true) => m.lineage.clone(),
+                _ => format!("{:016x}", rand::random::<u64>()),
+            },
+            model: settings.model,
+            requested_dimensions: settings.requested_dimensions,
+            chunking: settings.chunking,
+            metadata_spec: settings.metadata_spec,
+            created_unix: crate::store::unix_now(),
+        };
+        let committed =
+            latest.as_ref().filter(|m| m.run_id.as_deref() == Some(settings.run.as_str())).map(|m| m.generation);
+        let plan = match committed {
+            Some(_) => remote.read_plan(&settings.run).await?,
+            None => remote.plan(&proposed).await?,
+        };
+        let base = match (plan.base_generation, plan.appends) {
+            (Some(generation), true) => remote.read_version(generation).await?,
+            _ => None,
+        };
+        if let Some(base) = &base {
+            remote.pull(base, false).await?;
+        }
+        let cached = remote.pull_cache().await?;
+        let attempt = format!("{:016x}", rand::random::<u64>());
+        let work = remote.mirror.join(crate::store::RUNS_DIR).join(&plan.run).join(format!("shard-{:04}", shard.index));
+        let base_files = prepare_work(&remote.mirror, &work, base.as_ref(), shard)?;
+        let target = Self { dir: work, name: remote.url.clone(), remote: Some(remote), base: base.clone(), cached };
+        Ok((target, ShardRun { shard, plan, attempt, base_files, committed }))
+    }
+
     pub fn is_remote(&self) -> bool {
         self.remote.is_some()
     }
@@ -106,9 +167,29 @@ impl Target {
             remote.remove_cache(&names).await;
             clear_cache(&self.dir)
         } else {
-            remote.push_cache().await
+            remote.push_cache(&self.dir).await
         }
     }
+}
+
+/// What a shard proposes for its run's plan.
+pub(crate) struct ShardSettings {
+    pub run: String,
+    pub model: String,
+    pub requested_dimensions: Option<u32>,
+    pub chunking: crate::store::ChunkingInfo,
+    pub metadata_spec: Vec<String>,
+    pub fresh: bool,
+}
+
+/// This process's part in a sharded run.
+pub(crate) struct ShardRun {
+    pub shard: Shard,
+    pub plan: Plan,
+    pub attempt: String,
+    pub base_files: Vec<DataFile>,
+    /// The version the run was already committed as (a shard started again after the commit has nothing to do).
+    pub committed: Option<u64>,
 }
 
 /// A mirror whose dataset is gone from the store (or was never committed) must not offer its stale version.
@@ -124,12 +205,13 @@ fn forget_local_version(mirror: &Path) -> Result<(), StoreError> {
 /// Runs the uploads of a run's closed cache segments as they come; returns their names when the sender is gone.
 pub(crate) fn spawn_segment_uploads(
     remote: Arc<Remote>,
+    dir: PathBuf,
 ) -> (crate::store::SegmentSink, tokio::task::JoinHandle<Vec<String>>) {
     let (sink, mut closed) = tokio::sync::mpsc::unbounded_channel::<String>();
     let task = tokio::spawn(async move {
         let mut sent = Vec::new();
         while let Some(name) = closed.recv().await {
-            match remote.push_cache_segment(&name).await {
+            match remote.push_cache_segment(&dir, &name).await {
                 Ok(()) => sent.push(name),
                 // The segment stays in the mirror, and goes up with the rest at the end of the run.
                 Err(e) => tracing::warn!("could not upload cache segment {name}: {}", crate::error::Chain(&e)),

@@ -93,6 +93,9 @@ pub struct Assembled {
     pub incomplete: usize,
     /// Whether there is anything to publish: new rows, or a documents table that differs from the published one.
     pub changed: bool,
+    /// Leave the files as they are even when many rows are dead: a shard of a sharded run shares the base version's
+    /// files with the other shards, and a compaction would renumber rows under them.
+    pub no_compaction: bool,
 }
 
 impl Assembler {
@@ -154,6 +157,7 @@ impl Assembler {
             source_done: self.source_done,
             incomplete: self.pending.len(),
             changed: self.changed,
+            no_compaction: false,
         })
     }
 
@@ -388,6 +392,7 @@ pub fn publish(
         return Ok(Some(current.clone()));
     }
     let dir = assembled.writer.dir().to_path_buf();
+    let no_compaction = assembled.no_compaction;
     let mut writer = assembled.writer;
     if let Some(published) = previous.filter(|_| appends && !assembled.source_done) {
         writer.keep_settings_of(published);
@@ -395,7 +400,7 @@ pub fn publish(
     let mut manifest = writer.finish(&assembled.docs, &assembled.failed, status)?;
     if complete {
         assembled.cache.clear()?;
-        if needs_compaction(&manifest) {
+        if needs_compaction(&manifest) && !no_compaction {
             let dead = manifest.rows - manifest.live_rows;
             manifest = compact(&Dataset { dir, manifest })?;
             tracing::info!("compacted the dataset: {} of deleted or older documents dropped", count(dead, "row"));

@@ -75,6 +75,8 @@ pub struct EmbedJob {
     pub max_delete: DeleteLimit,
     /// For a dataset on object storage: where the embedding cache sends its closed segments for upload.
     pub cache_uploads: Option<crate::store::SegmentSink>,
+    /// In a sharded run: only the documents of this shard, new rows from the shard's own range, no compaction.
+    pub shard: Option<crate::store::Shard>,
 }
 
 /// How a run ended.
@@ -154,6 +156,7 @@ pub async fn run_embed<E: Embedder>(
         let guarded = job.max_delete != DeleteLimit::Unlimited;
         let retry_failed = job.retry_failed;
         let uploads = job.cache_uploads.clone();
+        let shard = job.shard;
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut settings = settings;
             let space = vector_space(&settings);
@@ -170,7 +173,15 @@ pub async fn run_embed<E: Embedder>(
             let writer = if dry_run {
                 None
             } else {
-                Some(DatasetWriter::begin(&out, settings, previous.manifest.as_ref(), previous.appends())?)
+                let writer = DatasetWriter::begin(&out, settings, previous.manifest.as_ref(), previous.appends())?;
+                Some(match shard {
+                    Some(shard) => {
+                        let base_next =
+                            previous.manifest.as_ref().filter(|_| previous.appends()).map_or(0, Manifest::next_row);
+                        writer.starting_at(shard.first_row(base_next))
+                    }
+                    None => writer,
+                })
             };
             Ok((cache, previous, writer))
         })
@@ -203,15 +214,16 @@ pub async fn run_embed<E: Embedder>(
     let source_task = tokio::task::spawn_blocking({
         let (stats, stop, previous) = (Arc::clone(&stats), Arc::clone(&stop), Arc::clone(&previous));
         let source = source.map(|s| s.with_progress(Arc::clone(&stats.input_bytes_read)));
+        let shard = job.shard;
         move || match source {
             Some(source) if appends => {
                 let filter = Arc::clone(&previous);
                 let source = source.with_unchanged_filter(Box::new(move |file, stat, format| {
                     filter.file_unchanged(file, stat.size, stat.mtime_ns, format)
                 }));
-                read_source(source, &doc_tx, &stats, &stop);
+                read_source(source, shard, &doc_tx, &stats, &stop);
             }
-            Some(source) => read_source(source, &doc_tx, &stats, &stop),
+            Some(source) => read_source(source, shard, &doc_tx, &stats, &stop),
             None => list_failed(&previous, &doc_tx),
         }
     });
@@ -355,6 +367,7 @@ pub async fn run_embed<E: Embedder>(
     let mut assembled = writer_task.await.map_err(|e| PipelineError::Thread(e.to_string()))??;
     if let Some(assembled) = &mut assembled {
         assembled.writer.set_field_types(job.source.records.field_types());
+        assembled.no_compaction = job.shard.is_some();
     }
     for task in [source_task, prepare_task, plan_task] {
         task.await.map_err(|e| PipelineError::Thread(e.to_string()))?;
@@ -431,7 +444,13 @@ enum Input {
 /// Problems of one kind logged one by one, before the rest are left to the report.
 const LOGGED_PER_KIND: u64 = 20;
 
-fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, stop: &AtomicBool) {
+fn read_source(
+    source: impl Source,
+    shard: Option<crate::store::Shard>,
+    docs: &mpsc::Sender<Input>,
+    stats: &Stats,
+    stop: &AtomicBool,
+) {
     // Input bytes read since the last document, carried with it to the planner: progress counts what is planned,
     // not what is read ahead into the channels.
     let mut counted = 0;
@@ -444,6 +463,8 @@ fn read_source(source: impl Source, docs: &mpsc::Sender<Input>, stats: &Stats, s
             return;
         }
         let input = match item {
+            // Another shard's document: every shard reads the listing and keeps its own slice.
+            SourceItem::Document(doc) if shard.is_some_and(|s| !s.owns(&doc.doc)) => continue,
             SourceItem::Document(doc) => {
                 Stats::add(&stats.documents, 1);
                 Input::Doc(Box::new(Prepared { doc, content_hash: String::new(), chunks: None, bytes: bytes_since() }))

@@ -70,6 +70,9 @@ pub struct Manifest {
     /// again (to rewrite the metadata, not to embed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata_spec: Vec<String>,
+    /// The sharded run that published this version (`tars-index commit`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +136,7 @@ impl Manifest {
             updated_unix: unix_now(),
             metadata: BTreeMap::new(),
             metadata_spec: Vec::new(),
+            run_id: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod reader;
 mod remote;
 mod repair;
 pub mod schema;
+mod shard;
 mod writer;
 
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ pub use manifest::{
 pub use reader::{Dataset, Footers, StoredChunk};
 pub use remote::{Location, Remote, VERSIONS_DIR, url_scheme};
 pub use repair::{DAMAGED_DIR, DamagedFile, Repair, repair};
+pub use shard::{
+    Attempt, Done, Finished, Plan, ROW_STRIDE, RUNS_DIR, RunState, Shard, ShardState, check_run_id, prepare_work,
+    shard_of,
+};
 pub use writer::{DATA_DIR, DatasetWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,9 @@ pub enum StoreError {
         #[source]
         source: Option<object_store::Error>,
     },
+    /// A shard whose settings differ from its run's: permanent, a retry cannot help.
+    #[error("{url}: {message}")]
+    RunSettings { url: String, message: String },
     #[error(
         "{url}: another run published version {generation} first; nothing of this run is lost (its embeddings are cached there): run it again to build on that version"
     )]

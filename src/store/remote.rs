@@ -168,20 +168,20 @@ impl Remote {
         Self { store, root: ObjectPath::default(), url: url.to_owned(), mirror }
     }
 
-    fn key(&self, relative: &str) -> ObjectPath {
+    pub(super) fn key(&self, relative: &str) -> ObjectPath {
         relative.split('/').filter(|p| !p.is_empty()).fold(self.root.clone(), |key, part| key.join(part))
     }
 
-    fn error(&self, what: String) -> impl FnOnce(object_store::Error) -> StoreError {
+    pub(super) fn error(&self, what: String) -> impl FnOnce(object_store::Error) -> StoreError {
         let url = self.url.clone();
         move |source| StoreError::Remote { url, message: what, source: Some(source) }
     }
 
-    fn version_key(generation: u64) -> String {
+    pub(super) fn version_key(generation: u64) -> String {
         format!("{VERSIONS_DIR}/{generation:020}.json")
     }
 
-    async fn get_bytes(&self, relative: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+    pub(super) async fn get_bytes(&self, relative: &str) -> Result<Option<bytes::Bytes>, StoreError> {
         match self.store.get(&self.key(relative)).await {
             Ok(found) => Ok(Some(found.bytes().await.map_err(self.error(format!("cannot read {relative}")))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -190,7 +190,7 @@ impl Remote {
     }
 
     /// Names (relative to the dataset) and sizes of the objects under `dir`.
-    async fn list(&self, dir: &str) -> Result<Listing, StoreError> {
+    pub(super) async fn list(&self, dir: &str) -> Result<Listing, StoreError> {
         let prefix = self.key(dir);
         let skip = self.root.parts().count();
         self.store
@@ -256,7 +256,7 @@ impl Remote {
             .max())
     }
 
-    async fn read_version(&self, generation: u64) -> Result<Option<Manifest>, StoreError> {
+    pub async fn read_version(&self, generation: u64) -> Result<Option<Manifest>, StoreError> {
         let relative = Self::version_key(generation);
         match self.get_bytes(&relative).await? {
             Some(bytes) => Manifest::from_bytes(&bytes, &self.object_name(&relative)).map(Some),
@@ -265,7 +265,7 @@ impl Remote {
     }
 
     /// An object's name for messages: the dataset's URL and the name in it.
-    fn object_name(&self, relative: &str) -> PathBuf {
+    pub(super) fn object_name(&self, relative: &str) -> PathBuf {
         PathBuf::from(format!("{}/{relative}", self.url))
     }
 
@@ -276,8 +276,12 @@ impl Remote {
         let mut wanted: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
         wanted.extend(manifest.docs_file.clone());
         wanted.extend(manifest.failed_file.clone());
+        // The folders the files are in: `data/` and the like, and for a version a sharded run committed, its shards'.
+        let mut dirs: Vec<&str> = wanted.iter().filter_map(|w| w.rsplit_once('/').map(|(d, _)| d)).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
         let mut remote = Listing::new();
-        for dir in [DATA_DIR, DOCS_DIR, FAILED_DIR] {
+        for dir in dirs {
             remote.extend(self.list(dir).await?);
         }
         let missing: Vec<(String, u64)> = wanted
@@ -343,7 +347,12 @@ impl Remote {
 
     /// Streams one object to the mirror, through a temp file renamed when complete.
     async fn download(&self, relative: &str) -> Result<(), StoreError> {
-        let path = self.mirror.join(relative);
+        self.download_to(relative, &self.mirror.join(relative)).await
+    }
+
+    /// Streams the object `relative` to the local file `path`.
+    pub(super) async fn download_to(&self, relative: &str, path: &Path) -> Result<(), StoreError> {
+        let path = path.to_path_buf();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
         }
@@ -375,21 +384,25 @@ impl Remote {
 
     /// Uploads one mirror file to the same name, in parts when it is big.
     async fn upload(&self, relative: &str) -> Result<(), StoreError> {
-        let path = self.mirror.join(relative);
+        self.upload_from(&self.mirror.join(relative), relative).await
+    }
+
+    /// Uploads the local file `path` as `relative`.
+    pub(super) async fn upload_from(&self, path: &Path, relative: &str) -> Result<(), StoreError> {
         let what = format!("cannot write {relative}");
-        let size = std::fs::metadata(&path).map_err(StoreError::io(&path))?.len();
+        let size = std::fs::metadata(path).map_err(StoreError::io(path))?.len();
         let key = self.key(relative);
         if size < MULTIPART_BYTES {
-            let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
+            let bytes = std::fs::read(path).map_err(StoreError::io(path))?;
             self.store.put(&key, PutPayload::from(bytes)).await.map_err(self.error(what))?;
             return Ok(());
         }
         let upload = self.store.put_multipart(&key).await.map_err(self.error(what.clone()))?;
         let mut parts = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut file = std::fs::File::open(&path).map_err(StoreError::io(&path))?;
+        let mut file = std::fs::File::open(path).map_err(StoreError::io(path))?;
         let mut buffer = vec![0u8; PART_BYTES];
         loop {
-            let read = std::io::Read::read(&mut file, &mut buffer).map_err(StoreError::io(&path))?;
+            let read = std::io::Read::read(&mut file, &mut buffer).map_err(StoreError::io(path))?;
             if read == 0 {
                 break;
             }
@@ -453,6 +466,22 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// Creates `relative` holding `bytes` unless it exists: `Ok(false)` when it did.
+    pub(super) async fn create(&self, relative: &str, bytes: Vec<u8>) -> Result<bool, StoreError> {
+        let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.key(relative), PutPayload::from(bytes), create).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.error(format!("cannot write {relative}"))(e)),
+        }
+    }
+
+    pub(super) async fn delete_quietly(&self, relative: &str) {
+        if let Err(e) = self.store.delete(&self.key(relative)).await {
+            tracing::debug!("{}: could not remove {relative}: {e}", self.url);
+        }
     }
 
     /// Creates the version object; a version of that number already there is a conflict, unless it is this very
@@ -533,17 +562,18 @@ impl Remote {
         Ok(remote.into_keys().collect())
     }
 
-    /// Uploads one closed cache segment of the mirror (`cache/<name>`).
-    pub async fn push_cache_segment(&self, relative: &str) -> Result<(), StoreError> {
-        self.upload(relative).await
+    /// Uploads one closed cache segment (`cache/<name>`) of the dataset in `dir` (the mirror, or a shard's work).
+    pub async fn push_cache_segment(&self, dir: &Path, relative: &str) -> Result<(), StoreError> {
+        self.upload_from(&dir.join(relative), relative).await
     }
 
-    /// Uploads every cache segment of the mirror the store lacks (at the end of a run that did not complete).
-    pub async fn push_cache(&self) -> Result<(), StoreError> {
+    /// Uploads every cache segment of the dataset in `dir` the store lacks (at the end of a run that did not
+    /// complete).
+    pub async fn push_cache(&self, dir: &Path) -> Result<(), StoreError> {
         let remote = self.list(CACHE_DIR).await?;
-        for (name, size) in local_tree(&self.mirror, CACHE_DIR) {
+        for (name, size) in local_tree(dir, CACHE_DIR) {
             if name.ends_with(".log") && remote.get(&name) != Some(&size) {
-                self.upload(&name).await?;
+                self.upload_from(&dir.join(&name), &name).await?;
             }
         }
         Ok(())

@@ -100,6 +100,12 @@ impl DatasetWriter {
         })
     }
 
+    /// Gives new rows ids from `first` on (a shard of a sharded run writes in a range of its own).
+    pub fn starting_at(mut self, first: u64) -> Self {
+        self.next_row = self.next_row.max(first);
+        self
+    }
+
     /// Leaves the base version's files for which `drop` holds out of the new version (`repair`: damaged files).
     pub fn drop_base_files(&mut self, drop: impl Fn(&str) -> bool) {
         self.base_files.retain(|f| !drop(&f.path));

@@ -99,8 +99,21 @@ pub struct Row {
     pub embedding: Vec<f32>,
 }
 
+/// The dataset's current manifest: `manifest.json`, or for object storage's layout (`file://`) the newest
+/// `_versions/<generation>.json`.
 pub fn manifest(dataset: &Path) -> serde_json::Value {
-    let bytes = std::fs::read(dataset.join("manifest.json")).expect("manifest.json");
+    let path = dataset.join("manifest.json");
+    let path = if path.exists() {
+        path
+    } else {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(dataset.join("_versions"))
+            .expect("manifest.json or _versions/")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        versions.sort();
+        versions.pop().expect("a version")
+    };
+    let bytes = std::fs::read(&path).expect("manifest");
     serde_json::from_slice(&bytes).expect("manifest is JSON")
 }
 
@@ -134,7 +147,11 @@ pub fn read_rows(dataset: &Path) -> Vec<Row> {
             let u64c = |n: &str| batch.column_by_name(n).expect(n).as_primitive::<UInt64Type>().clone();
             let (ci, tokens, start, end) = (u32c("chunk_index"), u32c("tokens"), u64c("start"), u64c("end"));
             let emb = batch.column_by_name("embedding").expect("embedding").as_fixed_size_list().clone();
+            let physical = batch.column_by_name("row_id").map(|c| c.as_primitive::<UInt64Type>().clone());
             for i in 0..batch.num_rows() {
+                if let Some(ids) = &physical {
+                    assert_eq!(ids.value(i), next, "{}: the row_id column says what the manifest says", path.display());
+                }
                 let v = emb.value(i);
                 rows.push(Row {
                     row_id: next,
