@@ -93,6 +93,15 @@ fn three_shards_as_three_processes_publish_what_one_process_would() {
         assert_eq!(hits, search(&mock, &single, &mirrors.join("s"), query), "{query}");
     }
 
+    // A filter selects rows by id across the shards' far-apart ranges (a flat bitmap of them would be gigabytes).
+    let mut filtered = cli(Some(&mock.base()));
+    filtered.env("TARS_INDEX_MIRROR_DIR", mirrors.join("f"));
+    let found = run(filtered.arg("search").arg(&sharded).args(["kilotopic", "--json", "--filter", "doc LIKE 'k%'"]));
+    assert_eq!(found.code, 0, "{}", found.all_output());
+    let docs: Vec<String> =
+        json_lines(&found.stdout).iter().map(|h| h["doc"].as_str().expect("doc").to_owned()).collect();
+    assert!(!docs.is_empty() && docs.iter().all(|d| d == "kilo.txt"), "{docs:?}");
+
     // The next sharded run (with another N: it only has to be fixed within one run) over a changed corpus sends
     // only the change and notices the deletion in whichever shard owns it.
     std::fs::write(input.path().join("bravo.txt"), document("bravo", 4)).expect("change");
@@ -107,6 +116,16 @@ fn three_shards_as_three_processes_publish_what_one_process_would() {
     assert_eq!(live_content(&sharded), live_content(&single));
     assert!(!live_content(&sharded).iter().any(|r| r.0 == "golf.txt"));
     assert_eq!(manifest(&sharded)["generation"].as_u64(), Some(2));
+
+    // A run of one process on the sharded dataset builds on it like on any other: the shards' files stay where
+    // they are and are not sent again.
+    std::fs::write(input.path().join("delta.txt"), document("delta", 4)).expect("change");
+    let before = mock.texts().len();
+    let one = run(&mut embed(&mock, input.path(), &sharded, &mirrors.join("after")));
+    assert_eq!(one.code, 0, "{}", one.all_output());
+    assert!(mock.texts()[before..].iter().all(|t| t.contains("delta")));
+    assert_eq!(run(&mut embed(&mock, input.path(), &single, &mirrors)).code, 0);
+    assert_eq!(live_content(&sharded), live_content(&single));
 }
 
 #[test]

@@ -216,3 +216,39 @@ fn a_file_url_dataset_uses_the_object_storage_layout_and_stays_readable_as_a_pat
     let hits = search(&mock, None, &dir.to_string_lossy(), "zuluword1 zulutopic");
     assert_eq!(hits[0].0, "zulu.txt");
 }
+
+#[test]
+fn shards_on_s3_commit_one_version_that_another_machine_searches() {
+    let Some(s3) = S3Server::start() else { return };
+    s3.bucket("sharded");
+    let mock = MockServer::start();
+    let input = files(&["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"], 2);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = "s3://sharded/ds";
+    let shards: Vec<_> = (0..2)
+        .map(|i| {
+            embed(&mock, &s3, &scratch.path().join(format!("m{i}")), input.path(), url)
+                .args(["--shard", &format!("{i}/2"), "--run-id", "job-1"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for shard in shards {
+        let out = shard.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(keys(&s3, "sharded", "ds/_versions/"), ["ds/_versions/00000000000000000001.json"]);
+    assert_eq!(keys(&s3, "sharded", "ds/_runs/job-1/done/").len(), 2);
+    assert!(keys(&s3, "sharded", "ds/cache/").is_empty(), "the shards' cache segments went with the commit");
+    let local = scratch.path().join("local");
+    let mut single = cli(Some(&mock.base()));
+    single.arg("embed").arg(input.path()).arg("--out").arg(&local).args(["--concurrency", "1"]).args(CHUNKING);
+    assert_eq!(run(&mut single).code, 0);
+    let query = "deltaword1 deltatopic";
+    let remote = search(&mock, Some((&s3, &scratch.path().join("reader"))), url, query);
+    assert_eq!(remote[0].0, "delta.txt");
+    let local_hits = search(&mock, None, &local.to_string_lossy(), query);
+    assert_eq!(remote[..2], local_hits[..2], "the two delta chunks rank first on both");
+}

@@ -488,12 +488,18 @@ impl Engine {
 
 /// What the current version and index are, to tell whether they changed.
 #[derive(Clone, PartialEq, Eq)]
-struct Stamp(Option<blake3::Hash>, Option<blake3::Hash>);
+struct Stamp(Option<blake3::Hash>, Option<blake3::Hash>, Option<blake3::Hash>);
 
 impl Stamp {
     fn read(dir: &Path) -> Self {
         let hash = |path: &Path| std::fs::read(path).ok().map(|b| blake3::hash(&b));
-        Stamp(hash(&dir.join(crate::store::MANIFEST_FILE)), hash(&crate::index::meta_path(dir)))
+        // `_latest.json` too: a dataset in object storage's layout on disk (`file://`, a sharded run's) is published
+        // there.
+        Stamp(
+            hash(&dir.join(crate::store::MANIFEST_FILE)),
+            hash(&crate::index::meta_path(dir)),
+            hash(&dir.join("_latest.json")),
+        )
     }
 }
 

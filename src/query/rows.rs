@@ -1,17 +1,24 @@
 //! A set of row ids: what a filter lets through.
 
-/// Row ids below a bound, as a bitmap (1 bit per row id given out: 125 KB per million rows).
+use std::collections::HashMap;
+
+/// Row ids below a bound, as a bitmap in blocks of 2^16 ids, allocated only where a row is (1 bit per row id given
+/// out in a block: 125 KB per million rows). Blocks, not one flat bitmap: a sharded run leaves wide gaps between its
+/// shards' ids (`store::ROW_STRIDE`), which a flat bitmap would have to span.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowSet {
-    words: Vec<u64>,
+    blocks: HashMap<u64, Box<[u64; BLOCK_WORDS]>>,
     end: u64,
     len: u64,
 }
 
+const BLOCK_BITS: u32 = 16;
+const BLOCK_WORDS: usize = (1 << BLOCK_BITS) / 64;
+
 impl RowSet {
     /// An empty set for row ids below `end`.
     pub fn new(end: u64) -> Self {
-        Self { words: vec![0; end.div_ceil(64) as usize], end, len: 0 }
+        Self { blocks: HashMap::new(), end, len: 0 }
     }
 
     /// Adds `row`; ids at or past the bound are ignored (no row holds them).
@@ -19,16 +26,17 @@ impl RowSet {
         if row >= self.end {
             return;
         }
-        let Some(word) = self.words.get_mut((row / 64) as usize) else { return };
-        let bit = 1u64 << (row % 64);
-        if *word & bit == 0 {
-            *word |= bit;
+        let block = self.blocks.entry(row >> BLOCK_BITS).or_insert_with(|| Box::new([0; BLOCK_WORDS]));
+        let (word, bit) = word_and_bit(row);
+        if block[word] & bit == 0 {
+            block[word] |= bit;
             self.len += 1;
         }
     }
 
     pub fn contains(&self, row: u64) -> bool {
-        self.words.get((row / 64) as usize).is_some_and(|w| w & (1u64 << (row % 64)) != 0)
+        let (word, bit) = word_and_bit(row);
+        self.blocks.get(&(row >> BLOCK_BITS)).is_some_and(|block| block[word] & bit != 0)
     }
 
     pub fn len(&self) -> u64 {
@@ -38,6 +46,11 @@ impl RowSet {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+fn word_and_bit(row: u64) -> (usize, u64) {
+    let within = (row & ((1 << BLOCK_BITS) - 1)) as usize;
+    (within / 64, 1u64 << (within % 64))
 }
 
 #[cfg(test)]
@@ -54,5 +67,16 @@ mod tests {
         assert!(set.contains(0) && set.contains(63) && set.contains(64) && set.contains(129));
         assert!(!set.contains(1) && !set.contains(130) && !set.contains(u64::MAX));
         assert!(RowSet::new(0).is_empty());
+    }
+
+    #[test]
+    fn ids_far_apart_cost_only_their_blocks() {
+        // Two shards' rows of a sharded run: 2^36 apart.
+        let (a, b) = (5u64, (1u64 << 36) + 7);
+        let mut set = RowSet::new(1 << 40);
+        set.insert(a);
+        set.insert(b);
+        assert_eq!((set.len(), set.blocks.len()), (2, 2));
+        assert!(set.contains(a) && set.contains(b) && !set.contains(b - 1) && !set.contains(a + (1 << 16)));
     }
 }

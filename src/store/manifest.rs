@@ -162,10 +162,22 @@ impl Manifest {
         }
         let mut path = dir.join(MANIFEST_FILE);
         let bytes = match std::fs::read(&path) {
+            // A dataset that also has object storage's layout (a sharded run commits there only): the newer of the
+            // two.
+            Ok(bytes) if dir.join(super::VERSIONS_DIR).is_dir() => {
+                let local = Self::from_bytes(&bytes, &path)?;
+                match newest_version(dir) {
+                    Some((generation, version)) if generation > local.generation => {
+                        let bytes = std::fs::read(&version).map_err(StoreError::io(&version))?;
+                        return Self::from_bytes(&bytes, &version);
+                    }
+                    _ => return Ok(local),
+                }
+            }
             Ok(bytes) => bytes,
             // A dataset written through object storage's layout (`file://`): its newest version object.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match newest_version(dir) {
-                Some(version) => {
+                Some((_, version)) => {
                     path = version;
                     std::fs::read(&path).map_err(StoreError::io(&path))?
                 }
@@ -236,8 +248,8 @@ impl Manifest {
     }
 }
 
-/// The newest `_versions/<generation>.json` of `dir`.
-fn newest_version(dir: &Path) -> Option<PathBuf> {
+/// The newest `_versions/<generation>.json` of `dir`, and its generation.
+fn newest_version(dir: &Path) -> Option<(u64, PathBuf)> {
     std::fs::read_dir(dir.join(super::VERSIONS_DIR))
         .ok()?
         .filter_map(Result::ok)
@@ -246,7 +258,6 @@ fn newest_version(dir: &Path) -> Option<PathBuf> {
             Some((name.strip_suffix(".json")?.parse::<u64>().ok()?, e.path()))
         })
         .max_by_key(|(generation, _)| *generation)
-        .map(|(_, path)| path)
 }
 
 pub fn unix_now() -> u64 {

@@ -276,14 +276,7 @@ impl Remote {
         let mut wanted: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
         wanted.extend(manifest.docs_file.clone());
         wanted.extend(manifest.failed_file.clone());
-        // The folders the files are in: `data/` and the like, and for a version a sharded run committed, its shards'.
-        let mut dirs: Vec<&str> = wanted.iter().filter_map(|w| w.rsplit_once('/').map(|(d, _)| d)).collect();
-        dirs.sort_unstable();
-        dirs.dedup();
-        let mut remote = Listing::new();
-        for dir in dirs {
-            remote.extend(self.list(dir).await?);
-        }
+        let remote = self.list_folders_of(&wanted).await?;
         let missing: Vec<(String, u64)> = wanted
             .into_iter()
             .filter_map(|relative| {
@@ -298,6 +291,19 @@ impl Remote {
         }
         write_json_atomic(&self.mirror.join(MANIFEST_FILE), manifest)?;
         Ok(self.mirror.clone())
+    }
+
+    /// What the store holds in the folders `files` are in: `data/` and the like, and for a version a sharded run
+    /// committed, its shards'.
+    async fn list_folders_of(&self, files: &[String]) -> Result<Listing, StoreError> {
+        let mut dirs: Vec<&str> = files.iter().filter_map(|w| w.rsplit_once('/').map(|(d, _)| d)).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        let mut listing = Listing::new();
+        for dir in dirs {
+            listing.extend(self.list(dir).await?);
+        }
+        Ok(listing)
     }
 
     /// Brings the mirror's indexes up to date with the store's (a server polls this: the index of a version goes up
@@ -452,7 +458,10 @@ impl Remote {
             remote.extend(self.list(dir).await?);
         }
         let files = referenced(manifest);
-        let uploads: Vec<String> = files.iter().filter(|r| !remote.contains_key(*r)).cloned().collect();
+        // Files a sharded run committed live under `_runs/`: there already, not to be sent again.
+        let present = self.list_folders_of(&files).await?;
+        let uploads: Vec<String> =
+            files.iter().filter(|r| !remote.contains_key(*r) && !present.contains_key(*r)).cloned().collect();
         futures::stream::iter(uploads)
             .map(|relative| async move { self.upload(&relative).await })
             .buffer_unordered(4)
