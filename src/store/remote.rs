@@ -112,31 +112,34 @@ impl Remote {
     fn open(text: &str) -> Result<Self, StoreError> {
         let url = text.trim_end_matches('/').to_owned();
         let bad = |message: String| StoreError::Remote { url: url.clone(), message, source: None };
+        let cannot_open = |e: object_store::Error| StoreError::Remote {
+            url: url.clone(),
+            message: "cannot open".into(),
+            source: Some(e),
+        };
         let parsed = reqwest::Url::parse(&url).map_err(|e| bad(format!("not a valid URL: {e}")))?;
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "s3" | "s3a" => {
                 let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket".into()))?;
-                let store =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| {
-                        StoreError::Remote { url: url.clone(), message: "cannot open".into(), source: Some(e) }
-                    })?;
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(cannot_open)?;
                 Arc::new(store)
             }
             "file" => {
                 let root = parsed.to_file_path().map_err(|()| bad("not a local path".into()))?;
                 std::fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(|e| {
-                    StoreError::Remote { url: url.clone(), message: "cannot open".into(), source: Some(e) }
-                })?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(cannot_open)?;
                 return Ok(Self { store: Arc::new(store), root: ObjectPath::default(), mirror: mirror_dir(&url), url });
             }
             #[cfg(feature = "gcs")]
             "gs" => {
                 let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
-                let store =
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).build().map_err(
-                        |e| StoreError::Remote { url: url.clone(), message: "cannot open".into(), source: Some(e) },
-                    )?;
+                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(cannot_open)?;
                 Arc::new(store)
             }
             #[cfg(feature = "azure")]
@@ -145,11 +148,7 @@ impl Remote {
                 let store = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
                     .build()
-                    .map_err(|e| StoreError::Remote {
-                        url: url.clone(),
-                        message: "cannot open".into(),
-                        source: Some(e),
-                    })?;
+                    .map_err(cannot_open)?;
                 Arc::new(store)
             }
             other => {

@@ -385,11 +385,8 @@ impl Remote {
         }
         let mut live: Vec<u64> = docs.values().flat_map(|d| d.rows.iter().copied()).collect();
         live.sort_unstable();
-        let has_live = |f: &DataFile| {
-            let at = live.partition_point(|&r| r < f.first_row);
-            live.get(at).is_some_and(|&r| r < f.first_row + f.rows)
-        };
-        let mut all: Vec<DataFile> = base_files.into_iter().filter(|f| has_live(f)).cloned().collect();
+        let mut all: Vec<DataFile> =
+            base_files.into_iter().filter(|f| super::writer::holds_live_row(f, &live)).cloned().collect();
         all.extend(files);
         all.sort_by_key(|f| f.first_row);
 

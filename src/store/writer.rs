@@ -211,10 +211,7 @@ impl DatasetWriter {
         self.close_file()?;
         let mut live: Vec<u64> = docs.values().flat_map(|d| d.rows.iter().copied()).collect();
         live.sort_unstable();
-        let has_live = |f: &DataFile| {
-            let at = live.partition_point(|&r| r < f.first_row);
-            live.get(at).is_some_and(|&r| r < f.first_row + f.rows)
-        };
+        let has_live = |f: &DataFile| holds_live_row(f, &live);
         let keep_base = self.keep_base;
         let mut files: Vec<DataFile> = self.base_files.drain(..).filter(|f| keep_base || has_live(f)).collect();
         files.append(&mut self.new_files);
@@ -325,6 +322,12 @@ fn remove_unreferenced(dir: &Path, manifest: Option<&Manifest>) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Whether `file` holds one of the `live` row ids (sorted).
+pub(super) fn holds_live_row(file: &DataFile, live: &[u64]) -> bool {
+    let at = live.partition_point(|&r| r < file.first_row);
+    live.get(at).is_some_and(|&r| r < file.first_row + file.rows)
 }
 
 fn new_lineage() -> String {
