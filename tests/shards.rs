@@ -215,3 +215,64 @@ fn a_shard_that_disagrees_with_its_run_is_refused_for_good() {
     assert_eq!(no_env.code, 2);
     assert!(no_env.stderr.contains("JOB_COMPLETION_INDEX"), "{}", no_env.stderr);
 }
+
+#[test]
+fn vacuum_removes_what_no_version_uses_and_only_once_it_is_old_enough() {
+    let mock = MockServer::start();
+    let input = files();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (dataset, mirrors) = (scratch.path().join("ds"), scratch.path().join("mirrors"));
+    for out in run_shards(&mock, input.path(), &dataset, &mirrors, "night-1", 2) {
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for (n, doc) in ["bravo", "delta"].iter().enumerate() {
+        std::fs::write(input.path().join(format!("{doc}.txt")), document(doc, 4 + n)).expect("change");
+        assert_eq!(run(&mut embed(&mock, input.path(), &dataset, &mirrors.join("one"))).code, 0);
+    }
+    assert_eq!(manifest(&dataset)["generation"].as_u64(), Some(3));
+    // What crashed and abandoned runs leave: a data file no version lists, and an attempt of a run never committed.
+    let planted =
+        ["data/part-0000000009-deadbeef-00000.parquet", "_runs/lost/plan.json", "_runs/lost/shard-0000/a1/x.parquet"];
+    for name in planted {
+        let path = dataset.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, b"left behind").expect("plant");
+    }
+    let before = search(&mock, &dataset, &mirrors.join("s"), "charlieword1 charlietopic");
+    let vacuum = |extra: &[&str]| -> serde_json::Value {
+        let out = run(cli(None).arg("vacuum").arg(&dataset).arg("--json").args(extra));
+        assert_eq!(out.code, 0, "{}", out.all_output());
+        json_lines(&out.stdout).pop().expect("report")
+    };
+    let names = |report: &serde_json::Value| -> Vec<String> {
+        report["removed"].as_array().expect("removed").iter().map(|n| n.as_str().expect("name").to_owned()).collect()
+    };
+
+    let young = vacuum(&[]);
+    assert!(names(&young).is_empty() && young["too_young"].as_u64() >= Some(3), "7 days by default: {young}");
+    let dry = vacuum(&["--older-than", "0s", "--dry-run"]);
+    let listed = names(&dry);
+    for name in planted.iter().copied().chain(["_versions/00000000000000000001.json"]) {
+        assert!(listed.iter().any(|n| n == name), "{name} in {listed:?}");
+        assert!(dataset.join(name).exists(), "a dry run removes nothing");
+    }
+    let used: Vec<String> = manifest(&dataset)["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path").to_owned())
+        .collect();
+    assert!(used.iter().any(|p| p.starts_with("_runs/night-1/")), "version 3 still uses the shards' files");
+    assert!(!listed.iter().any(|n| used.contains(n)), "nothing in use: {listed:?}");
+    assert!(!listed.iter().any(|n| n == "_runs/night-1/plan.json"), "the plan of a run in use stays");
+
+    let done = vacuum(&["--older-than", "0s"]);
+    assert_eq!(names(&done), listed);
+    for name in &listed {
+        assert!(!dataset.join(name).exists(), "{name} is removed");
+    }
+    assert_eq!(search(&mock, &dataset, &mirrors.join("s2"), "charlieword1 charlietopic"), before);
+    let status = run(cli(None).args(["runs", "status"]).arg(&dataset).args(["--run-id", "night-1", "--json"]));
+    assert_eq!(status.code, 0, "the run in use still answers: {}", status.all_output());
+    assert!(names(&vacuum(&["--older-than", "0s"])).is_empty(), "nothing left to remove");
+}

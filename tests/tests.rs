@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod cost;
+mod export;
 mod faults;
 mod formats;
 mod gateway;

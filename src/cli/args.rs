@@ -51,6 +51,102 @@ pub enum Command {
     /// Sharded runs of a dataset: where one stands.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Remove what no version of a dataset needs: attempts of sharded runs that lost or were abandoned, files of
+    /// runs that died before publishing, old versions' manifests.
+    Vacuum(VacuumArgs),
+    /// Copy a dataset's live rows (texts, metadata, vectors) into a vector database, incrementally: only the
+    /// documents changed since the last export are written, and deleted ones are removed.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    /// The dataset (a path or a URL such as s3://bucket/prefix).
+    #[arg(value_name = "DATASET")]
+    pub dataset: PathBuf,
+    /// Only objects (and versions) older than this: a run may be uploading younger ones, a reader may be pinned to
+    /// a younger version. 7d, 12h, 30m, 45s.
+    #[arg(long, value_name = "AGE", default_value = "7d", value_parser = crate::store::parse_age)]
+    pub older_than: std::time::Duration,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print what was removed as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Into a Postgres table with pgvector (COPY, an HNSW index for cosine distance, one transaction per export).
+    Pgvector(PgvectorArgs),
+    /// Into a Qdrant collection over its REST API (batched upserts; a full export builds a new collection and
+    /// switches an alias to it).
+    Qdrant(QdrantArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QdrantArgs {
+    /// The dataset (a path or a URL such as s3://bucket/prefix).
+    #[arg(value_name = "DATASET")]
+    pub dataset: PathBuf,
+    /// Qdrant's REST endpoint.
+    #[arg(long, value_name = "URL", env = "QDRANT_URL")]
+    pub to: String,
+    /// The name to query: an alias of the collection the export writes. Default: the dataset's name.
+    #[arg(long, value_name = "NAME")]
+    pub collection: Option<String>,
+    /// The environment variable holding the API key, if the server wants one (sent as `api-key`).
+    #[arg(long, value_name = "VAR", default_value = "QDRANT_API_KEY")]
+    pub api_key_env: String,
+    /// Write everything into a new collection and switch the alias to it, whatever the server holds.
+    #[arg(long)]
+    pub full: bool,
+    /// Points per upsert request (Qdrant advises 64 to 256).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub batch: u32,
+    /// Upsert requests in flight.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+    /// HNSW: links per node (Qdrant's m).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub m: u32,
+    /// HNSW: candidate list size while building (Qdrant's ef_construct).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(4..=1000))]
+    pub ef_construct: u32,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PgvectorArgs {
+    /// The dataset (a path or a URL such as s3://bucket/prefix).
+    #[arg(value_name = "DATASET")]
+    pub dataset: PathBuf,
+    /// The database: a postgres:// URL or a libpq key=value string. Prefer the environment variable: a password
+    /// on a command line can be seen by other users of the machine.
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub to: String,
+    /// The table ([SCHEMA.]NAME). Default: the dataset's name, lowercased, other characters as _.
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+    /// Write everything into a new table and swap it in, whatever the database holds.
+    #[arg(long)]
+    pub full: bool,
+    /// HNSW: links per node (pgvector's m).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub m: u32,
+    /// HNSW: candidate list size while building (pgvector's ef_construction; at least 2 * m).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(4..=1000))]
+    pub ef_construction: u32,
+    /// Build no HNSW index (queries then scan the table; build one yourself with your own settings).
+    #[arg(long)]
+    pub no_index: bool,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 mod args;
 mod eval;
+mod export;
 mod job;
 mod progress;
 mod report;
@@ -20,8 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    Cli, Command, CommitArgs, EmbedArgs, EvalArgs, IndexArgs, JobFlags, McpArgs, ModelsArgs, RepairArgs, RequestFlags,
-    RetryFailedArgs, RunArgs, RunsCommand, RunsStatusArgs, SearchArgs, ServeArgs, ServedFlags, ValidateArgs,
+    Cli, Command, CommitArgs, EmbedArgs, EvalArgs, ExportCommand, IndexArgs, JobFlags, McpArgs, ModelsArgs,
+    PgvectorArgs, QdrantArgs, RepairArgs, RequestFlags, RetryFailedArgs, RunArgs, RunsCommand, RunsStatusArgs,
+    SearchArgs, ServeArgs, ServedFlags, VacuumArgs, ValidateArgs,
 };
 pub use job::JobSpec;
 pub use progress::LogWriter;
@@ -90,7 +92,9 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         | Command::Repair(RepairArgs { dataset, .. })
         | Command::Index(IndexArgs { dataset, .. })
         | Command::Search(SearchArgs { dataset, .. })
-        | Command::Eval(EvalArgs { dataset, .. }) => *dataset = normal_path(dataset),
+        | Command::Eval(EvalArgs { dataset, .. })
+        | Command::Export(ExportCommand::Pgvector(PgvectorArgs { dataset, .. }))
+        | Command::Export(ExportCommand::Qdrant(QdrantArgs { dataset, .. })) => *dataset = normal_path(dataset),
         _ => {}
     }
     match cli.command {
@@ -119,6 +123,9 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Models(args) => models(args).await,
         Command::Commit(args) => commit(args).await,
         Command::Runs(RunsCommand::Status(args)) => runs_status(args).await,
+        Command::Vacuum(args) => vacuum(args).await,
+        Command::Export(ExportCommand::Pgvector(args)) => export::pgvector(args).await,
+        Command::Export(ExportCommand::Qdrant(args)) => export::qdrant(args).await,
     }
 }
 
@@ -536,6 +543,37 @@ async fn commit(args: CommitArgs) -> Result<u8, Failure> {
     remote.probe().await.map_err(Failure::run)?;
     let index = if args.no_index { None } else { Some(IndexParams::default()) };
     commit_and_index(&remote, &args.run_id, index).await
+}
+
+async fn vacuum(args: VacuumArgs) -> Result<u8, Failure> {
+    let remote = run_store(&args.dataset)?;
+    let done = remote.vacuum(args.older_than, args.dry_run).await.map_err(|e| match e {
+        e @ StoreError::NotADataset { .. } => Failure::usage(e),
+        e => Failure::run(e),
+    })?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(stdout, "{}", serde_json::to_string(&done).unwrap_or_default());
+        return Ok(exit::SUCCESS);
+    }
+    let verb = if done.dry_run { "would remove" } else { "removed" };
+    for name in &done.removed {
+        let _ = writeln!(stdout, "{verb} {name}");
+    }
+    let _ = writeln!(
+        stdout,
+        "{}: {verb} {} ({:.1} MB); kept version {} and {} other version object(s){}",
+        remote.url,
+        count(done.removed.len() as u64, "object"),
+        done.bytes as f64 / 1e6,
+        done.generation,
+        done.versions_kept.saturating_sub(1),
+        match done.too_young {
+            0 => String::new(),
+            n => format!("; {} unused but younger than --older-than", count(n as u64, "object")),
+        }
+    );
+    Ok(exit::SUCCESS)
 }
 
 async fn runs_status(args: RunsStatusArgs) -> Result<u8, Failure> {

@@ -39,6 +39,27 @@ impl RowSet {
         self.blocks.get(&(row >> BLOCK_BITS)).is_some_and(|block| block[word] & bit != 0)
     }
 
+    /// Whether any row id in `start..end` is in the set.
+    pub fn any_in(&self, start: u64, end: u64) -> bool {
+        let end = end.min(self.end);
+        if start >= end {
+            return false;
+        }
+        let size = 1u64 << BLOCK_BITS;
+        (start >> BLOCK_BITS..=(end - 1) >> BLOCK_BITS).any(|b| {
+            let Some(block) = self.blocks.get(&b) else { return false };
+            // The part of the range inside this block, as bit positions.
+            let lo = start.max(b * size) - b * size;
+            let hi = end.min((b + 1) * size) - b * size;
+            (lo / 64..hi.div_ceil(64)).any(|w| {
+                let from = lo.max(w * 64) - w * 64;
+                let to = hi.min((w + 1) * 64) - w * 64;
+                let mask = if to - from == 64 { u64::MAX } else { ((1u64 << (to - from)) - 1) << from };
+                block[w as usize] & mask != 0
+            })
+        })
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -78,5 +99,23 @@ mod tests {
         set.insert(b);
         assert_eq!((set.len(), set.blocks.len()), (2, 2));
         assert!(set.contains(a) && set.contains(b) && !set.contains(b - 1) && !set.contains(a + (1 << 16)));
+    }
+
+    #[test]
+    fn any_in_agrees_with_a_row_by_row_check() {
+        let end = 3 * (1 << 16) + 100;
+        let mut set = RowSet::new(end);
+        for row in [0, 1, 63, 64, 65_535, 65_536, 131_071, 2 * (1 << 16) + 5, end - 1] {
+            set.insert(row);
+        }
+        let naive = |a: u64, b: u64| (a..b.min(end)).any(|r| set.contains(r));
+        let edges =
+            [0, 1, 2, 62, 63, 64, 65, 127, 128, 65_535, 65_536, 65_537, 131_071, 131_072, 131_078, end - 1, end];
+        for &a in &edges {
+            for &b in &edges {
+                assert_eq!(set.any_in(a, b), naive(a, b), "{a}..{b}");
+            }
+        }
+        assert!(!set.any_in(end, u64::MAX) && set.any_in(end - 1, u64::MAX));
     }
 }

@@ -23,6 +23,7 @@ mod remote;
 mod repair;
 pub mod schema;
 mod shard;
+mod vacuum;
 mod writer;
 
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ pub use shard::{
     Attempt, Done, Finished, Plan, ROW_STRIDE, RUNS_DIR, RunState, Shard, ShardState, check_run_id, prepare_work,
     shard_of,
 };
+pub use vacuum::{Vacuumed, parse_age};
 pub use writer::{DATA_DIR, DatasetWriter};
 
 #[derive(Debug, thiserror::Error)]

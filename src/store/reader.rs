@@ -304,10 +304,20 @@ impl Dataset {
     /// Calls `f(row_ids, chunks, vectors)` for every record batch of whole rows, in row-id order.
     pub fn for_each_chunk_batch(
         &self,
+        f: impl FnMut(&[u64], Vec<Chunk>, &[f32]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_chunk_batch_of(|_, _| true, f)
+    }
+
+    /// [`Dataset::for_each_chunk_batch`] over the data files `wanted` keeps (given their first row id and row
+    /// count): the others are not opened.
+    pub fn for_each_chunk_batch_of(
+        &self,
+        wanted: impl Fn(u64, u64) -> bool,
         mut f: impl FnMut(&[u64], Vec<Chunk>, &[f32]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let dims = self.dimensions()?;
-        for entry in &self.manifest.files {
+        for entry in self.manifest.files.iter().filter(|e| wanted(e.first_row, e.rows)) {
             let path = self.dir.join(&entry.path);
             let reader =
                 self.open_file(&path, entry.rows)?.with_batch_size(4096).build().map_err(StoreError::parquet(&path))?;

@@ -190,10 +190,14 @@ impl Remote {
 
     /// Names (relative to the dataset) and sizes of the objects under `dir`.
     pub(super) async fn list(&self, dir: &str) -> Result<Listing, StoreError> {
-        let prefix = self.key(dir);
+        Ok(self.list_dated(dir).await?.into_iter().map(|(name, size, _)| (name, size)).collect())
+    }
+
+    /// Objects under `dir`: name relative to the dataset, size, last modified.
+    pub(super) async fn list_dated(&self, dir: &str) -> Result<Vec<(String, u64, std::time::SystemTime)>, StoreError> {
         let skip = self.root.parts().count();
         self.store
-            .list(Some(&prefix))
+            .list(Some(&self.key(dir)))
             .map_err(|e| StoreError::Remote {
                 url: self.url.clone(),
                 message: format!("cannot list {dir}/"),
@@ -201,7 +205,7 @@ impl Remote {
             })
             .map_ok(|meta| {
                 let relative: Vec<String> = meta.location.parts().skip(skip).map(|p| p.as_ref().to_owned()).collect();
-                (relative.join("/"), meta.size)
+                (relative.join("/"), meta.size, std::time::SystemTime::from(meta.last_modified))
             })
             .try_collect()
             .await
@@ -598,7 +602,7 @@ impl Remote {
 }
 
 /// The files a version consists of (its index aside).
-fn referenced(manifest: &Manifest) -> Vec<String> {
+pub(super) fn referenced(manifest: &Manifest) -> Vec<String> {
     let mut files: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
     files.extend(manifest.docs_file.clone());
     files.extend(manifest.failed_file.clone());

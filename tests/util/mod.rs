@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the mock server, running the CLI, reading datasets back.
 
 pub mod mock;
+pub mod pg;
+pub mod qdrant;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
