@@ -10,6 +10,9 @@
 //! EXPORT_N=100000 cargo bench --bench scale_out -- export
 //! ```
 
+#[path = "../tests/util/chat.rs"]
+#[allow(dead_code)]
+mod chat;
 mod common;
 #[path = "../tests/util/mock.rs"]
 #[allow(dead_code)]

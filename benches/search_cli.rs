@@ -12,6 +12,9 @@
 //! manifest naming the embedded model (`local/all-minilm-l6-v2`, also 384 dimensions) give the local-model case:
 //! its queries are embedded by the real model, the stored vectors stay the mock's.
 
+#[path = "../tests/util/chat.rs"]
+#[allow(dead_code)]
+mod chat;
 mod common;
 #[path = "../tests/util/mock.rs"]
 #[allow(dead_code)]

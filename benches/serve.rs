@@ -11,6 +11,9 @@
 //!
 //! Server and load generator share this machine's cores, so the rates are a floor for a server on its own cores.
 
+#[path = "../tests/util/chat.rs"]
+#[allow(dead_code)]
+mod chat;
 mod common;
 #[path = "../tests/util/mock.rs"]
 #[allow(dead_code)]

@@ -12,6 +12,9 @@
 //! Figures in BENCHMARKS.md. Settings via environment: `LATENCY_MS` (50), `SECS` (8 per latency case, 180 per TPM
 //! case), `TPM` (600000), `CASES` (TPM cases to run, by number: `4,5`).
 
+#[path = "../tests/util/chat.rs"]
+#[allow(dead_code)]
+mod chat;
 mod common;
 #[path = "../tests/util/mock.rs"]
 #[allow(dead_code)]

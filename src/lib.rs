@@ -15,6 +15,8 @@
 //! [`query`] answers searches (filtered or not) from the newest version of a dataset, whether or not its index has
 //! caught up: [`query::Engine`] holds a dataset open, [`query::Searcher`] adds its model, for every caller (the CLI
 //! and [`server`], which serves them over HTTP). [`embed::ModelEmbedder`] is the one place that knows which embedder a model name asks for.
+//! [`tars`] is what every request to the gateway shares (endpoint, key, errors, retries) and its chat client, on
+//! which [`query::ask`] answers questions from a dataset with checked citations.
 //! [`stats`] holds the counters every stage reports to; [`config`] reads pipeline files; [`cli`] is the only module
 //! that prints.
 
@@ -32,3 +34,4 @@ pub mod server;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod tars;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod ask;
 mod cli;
 mod cost;
 mod export;

@@ -35,6 +35,9 @@ pub enum Command {
     Repair(RepairArgs),
     /// Find the chunks that answer a query: by vector, keyword or both.
     Search(SearchArgs),
+    /// Answer a question from a dataset with a chat model through TARS: the answer streamed as it arrives, its
+    /// [n] citations checked against the sources it was given.
+    Ask(AskArgs),
     /// Measure retrieval against labelled queries: recall@k, MRR@10 and nDCG@10 per mode.
     Eval(EvalArgs),
     /// Serve datasets over HTTP: a JSON search API, a search page, health and Prometheus metrics; each dataset is
@@ -440,6 +443,43 @@ pub struct SearchArgs {
     /// One JSON object per result line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[arg(value_name = "DATASET_DIR")]
+    pub dataset: PathBuf,
+    pub question: String,
+    /// The chat model, through TARS.
+    #[arg(long, env = "TARS_CHAT_MODEL", default_value = crate::query::ask::DEFAULT_CHAT_MODEL)]
+    pub model: String,
+    /// Sources given to the model (with --agent: the default k of its searches).
+    #[arg(short, default_value_t = crate::query::ask::DEFAULT_SOURCES as u16, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub k: u16,
+    /// Only chunks matching EXPR (as in `search`); with --agent, every search the model makes is held to it.
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Vec<String>,
+    /// How sources are found: vector, keyword or hybrid (the default when the dataset has a keyword index).
+    #[arg(long, value_parser = ["vector", "keyword", "hybrid"])]
+    pub mode: Option<String>,
+    /// The answer's output budget [default: 1024; 4000 for reasoning models].
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature, where the model takes one [default: the model's].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Let the model search the dataset itself through a `search` tool, as often as it needs.
+    #[arg(long)]
+    pub agent: bool,
+    /// With --agent: model turns that may call the tool before it must answer.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub max_steps: u16,
+    /// One JSON object once the answer is complete: the answer, its sources, what was cited, the usage.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the prompt and its estimated cost; send nothing to the chat model.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// What `serve` and `mcp` share: the datasets, their names, and how they are kept fresh and queried.

@@ -6,6 +6,7 @@
 //! unknown model, rejected parameters); 75 another run holds the dataset; 130 interrupted.
 
 mod args;
+mod ask;
 mod eval;
 mod export;
 mod job;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{
-    Cli, Command, CommitArgs, EmbedArgs, EvalArgs, ExportCommand, IndexArgs, JobFlags, McpArgs, ModelsArgs,
+    AskArgs, Cli, Command, CommitArgs, EmbedArgs, EvalArgs, ExportCommand, IndexArgs, JobFlags, McpArgs, ModelsArgs,
     PgvectorArgs, QdrantArgs, RepairArgs, RequestFlags, RetryFailedArgs, RunArgs, RunsCommand, RunsStatusArgs,
     SearchArgs, ServeArgs, ServedFlags, VacuumArgs, ValidateArgs,
 };
@@ -92,6 +93,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         | Command::Repair(RepairArgs { dataset, .. })
         | Command::Index(IndexArgs { dataset, .. })
         | Command::Search(SearchArgs { dataset, .. })
+        | Command::Ask(AskArgs { dataset, .. })
         | Command::Eval(EvalArgs { dataset, .. })
         | Command::Export(ExportCommand::Pgvector(PgvectorArgs { dataset, .. }))
         | Command::Export(ExportCommand::Qdrant(QdrantArgs { dataset, .. })) => *dataset = normal_path(dataset),
@@ -117,6 +119,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Index(args) => build_index(args).await,
         Command::Repair(args) => repair(args).await,
         Command::Search(args) => search::search(args).await,
+        Command::Ask(args) => ask::ask(args).await,
         Command::Eval(args) => eval::eval(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Mcp(args) => serve::mcp(args).await,

@@ -16,7 +16,7 @@ use crate::stats::Stats;
 /// are then read once for all of them).
 const QUERY_BATCH: usize = 256;
 
-fn failure(dataset: &Path) -> impl Fn(QueryError) -> Failure + '_ {
+pub(super) fn failure(dataset: &Path) -> impl Fn(QueryError) -> Failure + '_ {
     move |e| match e {
         e if e.is_usage() => Failure::usage(e),
         QueryError::Embed(e) => Failure::api(e),
@@ -30,16 +30,23 @@ fn failure(dataset: &Path) -> impl Fn(QueryError) -> Failure + '_ {
     }
 }
 
+/// The dataset (local or remote) with its model, its columns, and `filters` parsed against them.
+pub(super) async fn open(dataset: &Path, filters: &[String]) -> Result<(Searcher, Columns, Option<Filter>), Failure> {
+    let failure = failure(dataset);
+    let stats = Arc::new(Stats::default());
+    let target = Target::for_read(dataset).await.map_err(Failure::usage)?;
+    let searcher = Searcher::open(&target.dir, RequestSettings::default(), &stats).await.map_err(&failure)?;
+    let columns = searcher.engine().columns().map_err(&failure)?;
+    let filter = Filter::parse_all(filters, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
+    Ok((searcher, columns, filter))
+}
+
 pub async fn search(args: SearchArgs) -> Result<u8, Failure> {
     let failure = failure(&args.dataset);
     if args.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
         return Err(Failure::usage(QueryError::EmptyQuery));
     }
-    let stats = Arc::new(Stats::default());
-    let target = Target::for_read(&args.dataset).await.map_err(Failure::usage)?;
-    let searcher = Searcher::open(&target.dir, RequestSettings::default(), &stats).await.map_err(&failure)?;
-    let columns = searcher.engine().columns().map_err(&failure)?;
-    let filter = Filter::parse_all(&args.filter, &columns).map_err(|e| Failure::usage(QueryError::Filter(e)))?;
+    let (searcher, columns, filter) = open(&args.dataset, &args.filter).await?;
     let base = TextQuery {
         k: usize::from(args.k),
         ef: usize::from(args.ef),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ApiConfig, ApiConfigError, DryRunEmbedder, EmbedError, Embedder, Embeddings, FallbackEmbedder, LOCAL_PREFIX,
-    LocalEmbedder, LocalModel, LocalModelError, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
+    ApiConfig, DryRunEmbedder, EmbedError, Embedder, Embeddings, FallbackEmbedder, LOCAL_PREFIX, LocalEmbedder,
+    LocalModel, LocalModelError, OpenAiEmbedder, RateLimits, resolve_local_model, wire_model,
 };
 use crate::chunk::{MAX_INPUT_TOKENS, TokenCounter};
 use crate::stats::Stats;
@@ -57,7 +57,7 @@ pub enum BuildError {
     #[error(transparent)]
     LoadModel(#[from] LocalModelError),
     #[error(transparent)]
-    Api(#[from] ApiConfigError),
+    Api(#[from] crate::tars::EndpointError),
     #[error("model load thread failed: {0}")]
     Thread(String),
 }
@@ -106,7 +106,7 @@ pub fn api_config(
     model: &str,
     dimensions: Option<u32>,
     requests: RequestSettings,
-) -> Result<ApiConfig, ApiConfigError> {
+) -> Result<ApiConfig, crate::tars::EndpointError> {
     let mut config = ApiConfig::from_env(model, dimensions)?;
     config.request_timeout = requests.timeout;
     config.retry.max_retries = requests.max_retries;
@@ -138,7 +138,7 @@ impl ModelEmbedder {
     /// The endpoint's base URL, for an endpoint's model that sends requests.
     pub fn api_base(&self) -> Option<&str> {
         match self {
-            Self::Api(api) => Some(&api.config().base),
+            Self::Api(api) => Some(&api.config().endpoint.base),
             Self::Fallback(_) | Self::Local(_) | Self::DryRun(_) => None,
         }
     }

@@ -10,19 +10,19 @@ mod limiter;
 mod local;
 mod openai;
 pub mod price;
-pub mod retry;
 
 use std::future::Future;
 
 use crate::error::{count, plural};
 
+pub use crate::tars::{DEFAULT_API_BASE, wire_model};
 pub use build::{BuildError, EmbedderSpec, ModelEmbedder, ModelShape, RequestSettings, api_config, check_dimensions};
 pub use fallback::{FallbackEmbedder, FallbackError, check_fallback};
 pub use limiter::{Limiter, RateLimits};
 pub use local::{
     DEFAULT_LOCAL_MODEL, LOCAL_PREFIX, LocalEmbedder, LocalModel, LocalModelError, model_cache_dir, resolve_local_model,
 };
-pub use openai::{ApiConfig, ApiConfigError, DEFAULT_API_BASE, ModelInfo, OpenAiEmbedder, wire_model};
+pub use openai::{ApiConfig, ModelInfo, OpenAiEmbedder};
 
 /// Vectors for one request, in input order, as one flat row-major buffer.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,42 +7,25 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::limiter::{Limiter, RateLimits};
-use super::retry::{Disposition, RetryPolicy, classify, server_hint};
 use super::{EmbedError, Embedder, Embeddings, Transient};
 use crate::chunk::count_tokens;
 use crate::error::count;
 use crate::stats::Stats;
-
-pub const DEFAULT_API_BASE: &str = "https://api.router.tetrate.ai/v1";
-
-/// Error bodies are quoted in messages up to this many bytes.
-const MAX_QUOTED_BODY: usize = 2048;
-
-/// The model name sent on the wire: one leading `tars/` removed (LiteLLM's naming).
-pub fn wire_model(model: &str) -> &str {
-    model.strip_prefix("tars/").unwrap_or(model)
-}
-
-/// The API key; never printed.
-#[derive(Clone)]
-struct ApiKey(String);
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey([redacted])")
-    }
-}
+use crate::tars::retry::{Disposition, RetryPolicy, classify, server_hint};
+use crate::tars::{
+    ApiError, Endpoint, EndpointError, advice_for, is_unknown_model, parse_error, request_id, transport_message,
+    wire_model,
+};
 
 /// Where and how to reach the embeddings API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    pub base: String,
-    key: ApiKey,
+    pub endpoint: Endpoint,
     /// The model as the user names it (`tars/text-embedding-3-small`).
     pub model: String,
     pub dimensions: Option<u32>,
@@ -55,35 +38,19 @@ pub struct ApiConfig {
     pub max_concurrency: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiConfigError {
-    #[error("TARS_API_KEY is not set: export your TARS API key as TARS_API_KEY")]
-    MissingKey,
-    #[error("TARS_API_KEY contains characters that cannot be sent in an HTTP header (a stray newline?)")]
-    InvalidKey,
-    #[error("TARS_API_BASE {0:?} is not an http(s) URL")]
-    BadBase(String),
-    #[error("could not build the HTTP client")]
-    Client(#[source] reqwest::Error),
-}
-
 impl ApiConfig {
-    /// Base URL from `TARS_API_BASE` (default [`DEFAULT_API_BASE`]), key from `TARS_API_KEY`.
-    pub fn from_env(model: &str, dimensions: Option<u32>) -> Result<Self, ApiConfigError> {
-        let base = std::env::var("TARS_API_BASE").ok().filter(|b| !b.trim().is_empty());
-        let key =
-            std::env::var("TARS_API_KEY").ok().filter(|k| !k.trim().is_empty()).ok_or(ApiConfigError::MissingKey)?;
-        Self::new(base.as_deref().unwrap_or(DEFAULT_API_BASE), &key, model, dimensions)
+    /// Base URL from `TARS_API_BASE` (default [`crate::tars::DEFAULT_API_BASE`]), key from `TARS_API_KEY`.
+    pub fn from_env(model: &str, dimensions: Option<u32>) -> Result<Self, EndpointError> {
+        Ok(Self::for_endpoint(Endpoint::from_env()?, model, dimensions))
     }
 
-    pub fn new(base: &str, key: &str, model: &str, dimensions: Option<u32>) -> Result<Self, ApiConfigError> {
-        let base = base.trim().trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ApiConfigError::BadBase(base));
-        }
-        Ok(Self {
-            base,
-            key: ApiKey(key.trim().to_owned()),
+    pub fn new(base: &str, key: &str, model: &str, dimensions: Option<u32>) -> Result<Self, EndpointError> {
+        Ok(Self::for_endpoint(Endpoint::new(base, key)?, model, dimensions))
+    }
+
+    fn for_endpoint(endpoint: Endpoint, model: &str, dimensions: Option<u32>) -> Self {
+        Self {
+            endpoint,
             model: model.to_owned(),
             dimensions,
             connect_timeout: Duration::from_secs(10),
@@ -91,35 +58,14 @@ impl ApiConfig {
             retry: RetryPolicy::default(),
             limits: RateLimits::default(),
             max_concurrency: 8,
-        })
+        }
     }
 
     /// The same settings for a fallback endpoint: its base URL and model name, and its key from
     /// `TARS_FALLBACK_API_KEY` when set, else this one's.
-    pub fn for_fallback(&self, base: &str, model: &str) -> Result<Self, ApiConfigError> {
+    pub fn for_fallback(&self, base: &str, model: &str) -> Result<Self, EndpointError> {
         let key = std::env::var("TARS_FALLBACK_API_KEY").ok().filter(|k| !k.trim().is_empty());
-        let mut config = Self::new(base, key.as_deref().unwrap_or(&self.key.0), model, self.dimensions)?;
-        config.connect_timeout = self.connect_timeout;
-        config.request_timeout = self.request_timeout;
-        config.retry = self.retry;
-        config.limits = self.limits;
-        config.max_concurrency = self.max_concurrency;
-        Ok(config)
-    }
-
-    fn embeddings_url(&self) -> String {
-        // A base that already names the endpoint is used as is (LiteLLM does the same for chat).
-        if self.base.ends_with("/embeddings") { self.base.clone() } else { format!("{}/embeddings", self.base) }
-    }
-
-    fn models_url(&self) -> String {
-        let base = self.base.strip_suffix("/embeddings").unwrap_or(&self.base);
-        format!("{base}/models")
-    }
-
-    /// Replaces the key wherever a server echoes it back.
-    fn redact(&self, text: &str) -> String {
-        if self.key.0.len() >= 4 { text.replace(&self.key.0, "[redacted]") } else { text.to_owned() }
+        Ok(Self { endpoint: self.endpoint.with_base(base, key.as_deref())?, model: model.to_owned(), ..self.clone() })
     }
 }
 
@@ -191,71 +137,6 @@ struct Usage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorField,
-}
-
-/// `{"error": {...}}` or, from some gateways, `{"error": "text"}`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ErrorField {
-    Object(ErrorBody),
-    Text(String),
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    /// A string in OpenAI's bodies, a number in some gateways'.
-    #[serde(default)]
-    code: Option<serde_json::Value>,
-}
-
-/// The parts of an error response that decide what happens next.
-struct ApiError {
-    message: String,
-    kind: Option<String>,
-    code: Option<String>,
-}
-
-fn parse_error(body: &[u8]) -> ApiError {
-    let quoted = || {
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        if text.is_empty() { "(empty body)".to_owned() } else { truncate(text, MAX_QUOTED_BODY) }
-    };
-    match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(ErrorEnvelope { error: ErrorField::Object(e) }) => ApiError {
-            message: e.message.map(|m| truncate(&m, MAX_QUOTED_BODY)).unwrap_or_else(quoted),
-            kind: e.kind,
-            code: e.code.and_then(|c| match c {
-                serde_json::Value::String(s) => Some(s),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            }),
-        },
-        Ok(ErrorEnvelope { error: ErrorField::Text(t) }) => {
-            ApiError { message: truncate(&t, MAX_QUOTED_BODY), kind: None, code: None }
-        }
-        Err(_) => ApiError { message: quoted(), kind: None, code: None },
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// Decodes `encoding_format: base64`: standard base64 of little-endian f32s.
@@ -376,21 +257,13 @@ fn blames_inputs(status: StatusCode, error: &ApiError) -> bool {
 }
 
 impl OpenAiEmbedder {
-    pub fn new(config: ApiConfig, stats: Arc<Stats>) -> Result<Self, ApiConfigError> {
-        let mut headers = HeaderMap::new();
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", config.key.0)).map_err(|_| ApiConfigError::InvalidKey)?;
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
-        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let client = Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!("tars-index/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
+    pub fn new(config: ApiConfig, stats: Arc<Stats>) -> Result<Self, EndpointError> {
+        let client = config
+            .endpoint
+            .client(config.connect_timeout)?
             .timeout(config.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(ApiConfigError::Client)?;
+            .map_err(EndpointError::Client)?;
         let dimensions = AtomicUsize::new(config.dimensions.map_or(0, |d| d as usize));
         let limiter = Limiter::new(config.limits, config.max_concurrency);
         Ok(Self { config, client, stats, dimensions, use_float: AtomicBool::new(false), limiter })
@@ -405,19 +278,19 @@ impl OpenAiEmbedder {
         let fail = |message: String| EmbedError::Request { message: format!("GET /models: {message}") };
         let response = self
             .client
-            .get(self.config.models_url())
+            .get(self.config.endpoint.url("/models"))
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| fail(self.config.redact(&transport_message(&e))))?;
+            .map_err(|e| fail(self.config.endpoint.redact(&transport_message(&e))))?;
         let status = response.status();
         let request_id = request_id(response.headers());
-        let body = response.bytes().await.map_err(|e| fail(self.config.redact(&transport_message(&e))))?;
+        let body = response.bytes().await.map_err(|e| fail(self.config.endpoint.redact(&transport_message(&e))))?;
         if !status.is_success() {
             let error = parse_error(&body);
             return Err(EmbedError::Rejected {
                 status: status.as_u16(),
-                message: self.config.redact(&error.message),
+                message: self.config.endpoint.redact(&error.message),
                 request_id,
                 advice: advice_for(status, &error, &self.config.model, None),
             });
@@ -449,7 +322,7 @@ impl OpenAiEmbedder {
             return self.decode(&body, inputs.len());
         }
         let error = parse_error(&body);
-        let message = self.config.redact(&error.message);
+        let message = self.config.endpoint.redact(&error.message);
         if status == StatusCode::BAD_REQUEST && !use_float && message.contains("encoding_format") {
             // The server does not do base64: ask for floats from now on.
             self.use_float.store(true, Ordering::Relaxed);
@@ -491,13 +364,13 @@ impl OpenAiEmbedder {
 
     async fn send(&self, body: Bytes) -> Result<(StatusCode, HeaderMap, Bytes), Attempt> {
         let transient = |e: reqwest::Error| Attempt::Retry {
-            reason: self.config.redact(&transport_message(&e)),
+            reason: self.config.endpoint.redact(&transport_message(&e)),
             hint: None,
             cause: RetryCause::Transient(Transient::Transport),
         };
         let response = self
             .client
-            .post(self.config.embeddings_url())
+            .post(self.config.endpoint.url("/embeddings"))
             .header(CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -631,10 +504,6 @@ impl Embedder for OpenAiEmbedder {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
 fn ignored_dimensions(requested: u32, got: usize) -> EmbedError {
     EmbedError::Misconfigured {
         message: format!(
@@ -644,63 +513,6 @@ fn ignored_dimensions(requested: u32, got: usize) -> EmbedError {
                  supports it (a LiteLLM proxy with drop_params: true drops it silently)"
             .to_owned(),
     }
-}
-
-/// Error codes and message fragments that say the model is unknown, whatever the status: OpenAI answers 404
-/// `model_not_found`, LiteLLM 400 "Invalid model name passed in model=…", others "model … does not exist".
-fn is_unknown_model(status: StatusCode, error: &ApiError) -> bool {
-    let coded = [error.kind.as_deref(), error.code.as_deref()].into_iter().flatten().any(|c| c == "model_not_found");
-    let message = error.message.to_ascii_lowercase();
-    let said = message.contains("invalid model")
-        || (message.contains("model") && (message.contains("does not exist") || message.contains("not found")));
-    status == StatusCode::NOT_FOUND || coded || (status.is_client_error() && said)
-}
-
-/// Error types that say the key was not accepted, under whatever status a gateway sends them (LiteLLM answers a
-/// missing key with 401 `auth_error`, a wrong one, without its database, with 400 `no_db_connection`).
-const AUTH_ERROR_CODES: &[&str] =
-    &["auth_error", "authentication_error", "invalid_api_key", "invalid_authentication", "no_db_connection"];
-
-fn is_auth_error(status: StatusCode, error: &ApiError) -> bool {
-    status == StatusCode::UNAUTHORIZED
-        || [error.kind.as_deref(), error.code.as_deref()].into_iter().flatten().any(|c| AUTH_ERROR_CODES.contains(&c))
-}
-
-fn advice_for(status: StatusCode, error: &ApiError, model: &str, suggestions: Option<String>) -> Option<String> {
-    if is_auth_error(status, error) {
-        return Some("check TARS_API_KEY: the key was not accepted".to_owned());
-    }
-    if is_unknown_model(status, error) {
-        return Some(match suggestions {
-            Some(list) => format!(
-                "model {model:?} was not found; models offered that look related: {list} (`tars-index models` lists all)"
-            ),
-            None => {
-                format!("model {model:?} was not found; run `tars-index models` to list the models the endpoint offers")
-            }
-        });
-    }
-    (status == StatusCode::FORBIDDEN)
-        .then(|| "the key is not allowed to use this model or endpoint; check the key's permissions".to_owned())
-}
-
-/// A transport error with its cause chain (reqwest's top-level message alone says little).
-fn transport_message(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut message = kind.to_owned();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
 }
 
 #[cfg(test)]
@@ -764,43 +576,16 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies_of_every_known_shape() {
-        let e = parse_error(br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#);
-        assert_eq!(e.kind.as_deref(), Some("insufficient_quota"));
-        assert_eq!(e.code.as_deref(), Some("insufficient_quota"));
-        let e = parse_error(
-            br#"{"type":"error","error":{"type":"OpenAIBackendError","message":"upstream connect error","code":503}}"#,
-        );
-        assert_eq!((e.message.as_str(), e.code.as_deref()), ("upstream connect error", Some("503")));
-        let e = parse_error(br#"{"error":"plain string"}"#);
-        assert_eq!(e.message, "plain string");
-        assert_eq!(parse_error(b"no healthy upstream").message, "no healthy upstream");
-        assert_eq!(parse_error(b"").message, "(empty body)");
-        let long = "x".repeat(10_000);
-        assert!(parse_error(long.as_bytes()).message.len() < 2100);
-    }
-
-    #[test]
-    fn urls_and_model_names() {
-        let c = ApiConfig::new("http://h/v1/", "k3y-secret", "tars/text-embedding-3-small", None).expect("config");
-        assert_eq!(c.embeddings_url(), "http://h/v1/embeddings");
-        assert_eq!(c.models_url(), "http://h/v1/models");
-        let c = ApiConfig::new("http://h/v1/embeddings", "k", "m", None).expect("config");
-        assert_eq!(c.embeddings_url(), "http://h/v1/embeddings");
-        assert_eq!(c.models_url(), "http://h/v1/models");
-        assert_eq!(wire_model("tars/text-embedding-3-large"), "text-embedding-3-large");
-        assert_eq!(wire_model("text-embedding-3-large"), "text-embedding-3-large");
-        assert_eq!(wire_model("tars/tars/x"), "tars/x");
-        assert!(ApiConfig::new("ftp://h", "k", "m", None).is_err());
-    }
-
-    #[test]
-    fn key_never_shows() {
-        let c = ApiConfig::new("http://h", "sk-very-secret-key", "m", None).expect("config");
+    fn a_fallback_keeps_the_settings_and_the_key_never_shows() {
+        let mut c = ApiConfig::new("http://h", "sk-very-secret-key", "m", Some(256)).expect("config");
+        c.max_concurrency = 3;
         assert!(!format!("{c:?}").contains("sk-very-secret-key"));
+        let f = c.for_fallback("http://other/v1/", "m2").expect("fallback");
         assert_eq!(
-            c.redact("Incorrect API key provided: sk-very-secret-key."),
-            "Incorrect API key provided: [redacted]."
+            (f.endpoint.base.as_str(), f.model.as_str(), f.dimensions, f.max_concurrency),
+            ("http://other/v1", "m2", Some(256), 3)
         );
+        assert_eq!(f.endpoint.redact("key sk-very-secret-key"), "key [redacted]");
+        assert!(ApiConfig::new("ftp://h", "k", "m", None).is_err());
     }
 }

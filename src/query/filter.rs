@@ -132,6 +132,11 @@ impl Columns {
         self.0.get(name)
     }
 
+    /// `name (type)` of every column, for telling a model what its filters may use.
+    pub fn listing(&self) -> String {
+        self.0.iter().map(|(name, (_, ty))| format!("{name} ({})", ty.name())).collect::<Vec<_>>().join(", ")
+    }
+
     fn names(&self) -> String {
         self.0.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
     }

@@ -19,6 +19,7 @@
 //! with the filter applied inside it, and scored exactly after all if the graph found fewer than `k`. Either way,
 //! when at least `k` rows match, `k` are returned.
 
+pub mod ask;
 pub mod eval;
 pub mod filter;
 pub mod json;

@@ -208,6 +208,8 @@ impl TpmWindow {
 pub struct MockServer {
     pub addr: SocketAddr,
     pub state: Arc<MockState>,
+    /// The chat endpoint's script and what it saw.
+    pub chat: Arc<super::chat::ChatState>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -216,16 +218,24 @@ impl MockServer {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("mock runtime");
         let state = Arc::new(MockState::default());
+        let chat = Arc::new(super::chat::ChatState::default());
+        let chat_state = Arc::clone(&chat);
         let app = Router::new()
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
-            .with_state(Arc::clone(&state));
+            .with_state(Arc::clone(&state))
+            .route(
+                "/v1/chat/completions",
+                post(move |headers: HeaderMap, body: Bytes| {
+                    super::chat::completions(Arc::clone(&chat_state), headers, body)
+                }),
+            );
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, state, _runtime: runtime }
+        Self { addr, state, chat, _runtime: runtime }
     }
 
     pub fn base(&self) -> String {

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: the mock server, running the CLI, reading datasets back.
 
+pub mod chat;
 pub mod mock;
 pub mod pg;
 pub mod qdrant;
