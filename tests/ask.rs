@@ -363,3 +363,111 @@ fn sse_is_read_to_the_spec_across_reads_comments_and_line_endings() {
     assert_eq!(out["answer"], "Monthly \u{2014} oil [1].");
     assert_eq!(out["citations"]["cited"], json!([1]));
 }
+
+/// Server-sent events as (name, data) pairs; keep-alive comments left out.
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|event| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(n) = line.strip_prefix("event:") {
+                    name = Some(n.trim().to_owned());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            let name = name?;
+            let data = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {event}"));
+            Some((name, data))
+        })
+        .collect()
+}
+
+#[test]
+fn the_server_streams_answers_as_server_sent_events() {
+    use crate::serve::{Client, Served};
+    let mock = MockServer::start();
+    let (_input, ds) = dataset(&mock);
+    let served = Served::start(&mock, &[&ds], &[], &[]);
+    let client = Client::new();
+    let ask = |body: Value| client.send(client.http.post(served.url("/v1/ask")).json(&body));
+
+    mock.chat.script([Reply::text(&["Monthly ", "[1]."]).slowly(Duration::from_millis(50))]);
+    let (status, content_type, body) = ask(json!({ "question": QUESTION, "k": 2 }));
+    assert_eq!(status, 200, "{body}");
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let events = sse_events(&body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["sources", "text", "text", "answer"], "{body}");
+    assert_eq!(events[0].1["first"], 1);
+    let sources = events[0].1["sources"].as_array().expect("sources");
+    assert_eq!(
+        (sources.len(), sources[0]["number"].clone(), sources[0]["doc"].clone()),
+        (2, json!(1), json!("chain.md"))
+    );
+    let text: String = events[1..3].iter().map(|(_, d)| d["text"].as_str().expect("text")).collect();
+    assert_eq!(text, "Monthly [1].");
+    let answer = &events[3].1;
+    assert_eq!((answer["answer"].clone(), answer["answered"].clone()), (json!("Monthly [1]."), json!(true)));
+    assert_eq!((answer["dataset"].clone(), answer["citations"]["cited"].clone()), (json!("ds"), json!([1])));
+    assert_eq!(answer["sources"][0]["cited"], true);
+    assert_eq!(answer["model"], "tars/gpt-4o-mini");
+    assert!(!body.contains(crate::util::mock::KEY));
+
+    // A failure after the text began is an `error` event after it.
+    mock.chat.script([Reply::text(&["Oil ", "it"]).error_after(2)]);
+    let (status, _, body) = ask(json!({ "question": QUESTION }));
+    assert_eq!(status, 200);
+    let events = sse_events(&body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["sources", "text", "error"], "{body}");
+    assert_eq!(events[2].1["error"]["code"], "chat_failed", "{body}");
+
+    // A client that hangs up stops the answer: the server lets go of the model's stream before it ends.
+    let pieces = ["word "; 12];
+    mock.chat.script([Reply::text(&pieces).slowly(Duration::from_millis(100))]);
+    let finished = mock.chat.finished.load(Ordering::SeqCst);
+    client.runtime.block_on(async {
+        let request = client.http.post(served.url("/v1/ask")).json(&json!({ "question": QUESTION }));
+        let mut response = request.send().await.expect("send");
+        let first = response.chunk().await.expect("a first event");
+        assert!(first.is_some_and(|b| String::from_utf8_lossy(&b).contains("event: sources")));
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(mock.chat.finished.load(Ordering::SeqCst), finished, "the model's stream was read to its end");
+
+    // What cannot be answered at all is a JSON error, as on every endpoint; nothing is sent to the model.
+    let before = mock.chat.requests().len();
+    for (request, code) in [
+        (json!({ "question": " " }), "empty_query"),
+        (json!({ "question": "x", "filter": "nosuch = 1" }), "bad_filter"),
+        (json!({ "question": "x", "k": 0 }), "out_of_range"),
+        (json!({ "question": "x", "temperature": 5 }), "bad_request"),
+        (json!({ "question": "x", "dataset": "other" }), "unknown_dataset"),
+        (json!({ "question": "x", "model": "tars/gpt-5" }), "bad_json"),
+    ] {
+        let (status, _, body) = ask(request.clone());
+        assert!((400..500).contains(&status), "{request}: {status} {body}");
+        let error: Value = serde_json::from_str(&body).expect("a JSON error");
+        assert_eq!(error["error"]["code"], code, "{request}: {body}");
+    }
+    assert_eq!(mock.chat.requests().len(), before);
+}
+
+#[test]
+fn agents_over_mcp_can_ask() {
+    use crate::mcp::{McpProcess, initialize};
+    let mock = MockServer::start();
+    let (_input, ds) = dataset(&mock);
+    mock.chat.script([Reply::text(&["Every month [1]."])]);
+    let mut mcp = McpProcess::start(&mock, &ds);
+    mcp.request("initialize", initialize());
+    mcp.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }));
+    let answer = mcp.call_ok("ask", json!({ "question": QUESTION, "k": 2 }));
+    assert_eq!(answer["answer"], "Every month [1].");
+    assert_eq!(answer["citations"]["cited"], json!([1]));
+    assert_eq!(answer["sources"].as_array().map(Vec::len), Some(2));
+    let (message, error) = mcp.call("ask", json!({ "question": "" }));
+    assert!(error && message.contains("empty"), "{message}");
+}

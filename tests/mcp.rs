@@ -13,7 +13,7 @@ use crate::util::mock::{self, MockServer};
 use crate::util::{cli, json_lines, run};
 
 /// A running `tars-index mcp`, with its stdout read on a thread (so a missing answer fails the test, not hangs it).
-struct McpProcess {
+pub struct McpProcess {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
@@ -21,7 +21,7 @@ struct McpProcess {
 }
 
 impl McpProcess {
-    fn start(mock: &MockServer, dataset: &std::path::Path) -> Self {
+    pub fn start(mock: &MockServer, dataset: &std::path::Path) -> Self {
         let mut cmd = cli(Some(&mock.base()));
         cmd.arg("mcp").arg(dataset).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start mcp");
@@ -38,13 +38,13 @@ impl McpProcess {
         Self { child, stdin, lines, next_id: 1 }
     }
 
-    fn send(&mut self, message: &Value) {
+    pub fn send(&mut self, message: &Value) {
         writeln!(self.stdin, "{message}").expect("write");
         self.stdin.flush().expect("flush");
     }
 
     /// Sends a request and returns the response with its id (skipping anything else the server sends).
-    fn request(&mut self, method: &str, params: Value) -> Value {
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
@@ -60,7 +60,7 @@ impl McpProcess {
     }
 
     /// Calls a tool: its text answer and whether it was an error.
-    fn call(&mut self, tool: &str, arguments: Value) -> (String, bool) {
+    pub fn call(&mut self, tool: &str, arguments: Value) -> (String, bool) {
         let response = self.request("tools/call", json!({ "name": tool, "arguments": arguments }));
         let result = &response["result"];
         assert!(result.is_object(), "{tool}: {response}");
@@ -68,7 +68,7 @@ impl McpProcess {
         (text, result["isError"] == true)
     }
 
-    fn call_ok(&mut self, tool: &str, arguments: Value) -> Value {
+    pub fn call_ok(&mut self, tool: &str, arguments: Value) -> Value {
         let (text, error) = self.call(tool, arguments);
         assert!(!error, "{tool}: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{tool} answered with no JSON ({e}): {text}"))
@@ -82,7 +82,7 @@ impl Drop for McpProcess {
     }
 }
 
-fn initialize() -> Value {
+pub fn initialize() -> Value {
     json!({ "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "test", "version": "1" } })
 }
 

@@ -500,6 +500,9 @@ pub struct ServedFlags {
     /// Longest a request may take, embedding included, before it is answered with an error (HTTP 504).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_f64)]
     pub request_timeout: f64,
+    /// The chat model that answers `POST /v1/ask` and the `ask` tool, through TARS (off without TARS_API_KEY).
+    #[arg(long, env = "TARS_CHAT_MODEL", default_value = crate::query::ask::DEFAULT_CHAT_MODEL)]
+    pub chat_model: String,
 }
 
 #[derive(Debug, Args)]

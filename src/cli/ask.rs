@@ -1,10 +1,7 @@
 //! `ask`: the answer printed as it streams in, then the sources it was given, each marked when cited; `--json`:
 //! one object once the answer is complete; `--dry-run`: the prompt and its estimated cost, nothing sent.
 //!
-//! JSON: `question`, `model`, `answer`, `answered` (false when nothing matched or the model said the sources do
-//! not answer), `finish_reason`, `usage`, `citations` (`cited`, `unknown`: numbers that name no source), and
-//! `sources`: the hits as `search --json` prints them, plus `number` and `cited`; with `--agent`, `searches`: each
-//! search the model made (`query`, `k`, `filter`, the `sources` numbers it returned, or its `error`).
+//! JSON: as [`crate::query::json::asked`] describes.
 
 use std::io::{IsTerminal as _, Write};
 
@@ -68,8 +65,10 @@ pub async fn ask(args: AskArgs) -> Result<u8, Failure> {
     let mut stdout = std::io::stdout();
     let mut printed = false;
     let streamed = !args.json;
-    let mut sink = |text: &str| {
-        if streamed {
+    let mut sink = |event: ask::AskEvent<'_>| {
+        if let ask::AskEvent::Text(text) = event
+            && streamed
+        {
             printed = true;
             // A closed pipe ends the printing, not the answer: the result is still checked and reported.
             let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
@@ -94,7 +93,7 @@ pub async fn ask(args: AskArgs) -> Result<u8, Failure> {
     }
     warn_about(&asked);
     if args.json {
-        let _ = writeln!(stdout, "{}", answer_json(&args, &asked));
+        let _ = writeln!(stdout, "{}", json::asked(&args.question, &args.model, &asked));
         return Ok(exit::SUCCESS);
     }
     if asked.completion.is_none() {
@@ -139,38 +138,6 @@ fn warn_about(asked: &Asked) {
     if asked.completion.as_ref().is_some_and(|c| c.refused) {
         tracing::warn!("the model refused to answer");
     }
-}
-
-fn answer_json(args: &AskArgs, asked: &Asked) -> serde_json::Value {
-    let sources: Vec<serde_json::Value> = asked
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(n, hit)| {
-            let mut source = json::hit(n + 1, hit);
-            if let Some(object) = source.as_object_mut() {
-                object.insert("number".into(), (n + 1).into());
-                object.insert("cited".into(), asked.citations.cited.contains(&(n + 1)).into());
-            }
-            source
-        })
-        .collect();
-    let completion = asked.completion.as_ref();
-    serde_json::json!({
-        "question": args.question,
-        "model": args.model,
-        "answer": completion.map(|c| c.text.as_str()),
-        "answered": asked.answered(),
-        "finish_reason": completion.and_then(|c| c.finish_reason.as_deref()),
-        "usage": asked.usage,
-        "citations": { "cited": asked.citations.cited, "unknown": asked.citations.unknown },
-        "generation": asked.generation,
-        "mode": asked.mode,
-        "sources": sources,
-        "searches": asked.searches.iter().map(|s| serde_json::json!({
-            "query": s.query, "k": s.k, "filter": s.filter, "sources": s.sources, "error": s.error,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 async fn dry_run(

@@ -16,6 +16,8 @@ use crate::query::{Engine, Searcher};
 use crate::server::{self, Limits, Served, Server};
 use crate::stats::Stats;
 use crate::store::Dataset;
+use crate::tars::Endpoint;
+use crate::tars::chat::{ChatClient, ChatConfig, ChatError};
 
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let (datasets, names) = check(&args.served)?;
@@ -45,7 +47,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
         let _ = stdout.flush();
     }
 
-    let server = Server::new(names.clone(), token, limits, !addr.ip().is_loopback());
+    let server = Server::new(names.clone(), token, limits, !addr.ip().is_loopback(), chat_client(&args.served));
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<Failure>();
     let loading = {
         let server = Arc::clone(&server);
@@ -93,7 +95,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
 pub async fn mcp(McpArgs { served: args }: McpArgs) -> Result<u8, Failure> {
     let (datasets, names) = check(&args)?;
     let deadline = Duration::from_secs_f64(args.request_timeout.max(0.1));
-    let server = Server::new(names.clone(), None, Limits { deadline, ..Limits::default() }, false);
+    let server = Server::new(names.clone(), None, Limits { deadline, ..Limits::default() }, false, chat_client(&args));
     server.loaded(load(&datasets, &names, query_requests(deadline), args.cache, poll_interval(&args)).await?);
     let refreshing = tokio::spawn(server::refresh_all(Arc::clone(&server), poll_interval(&args)));
     // Standard output is the protocol's: everything else goes to the log on stderr.
@@ -101,6 +103,20 @@ pub async fn mcp(McpArgs { served: args }: McpArgs) -> Result<u8, Failure> {
     refreshing.abort();
     served.map_err(|e| Failure::run(anyhow::anyhow!("MCP: {e}")))?;
     Ok(exit::SUCCESS)
+}
+
+/// The chat model asks are answered with, when the environment has a TARS key.
+fn chat_client(flags: &ServedFlags) -> Option<Arc<ChatClient>> {
+    let built = Endpoint::from_env()
+        .map_err(ChatError::from)
+        .and_then(|e| ChatClient::new(ChatConfig::new(e, &flags.chat_model)));
+    match built {
+        Ok(chat) => Some(Arc::new(chat)),
+        Err(e) => {
+            tracing::info!("questions are off (POST /v1/ask, the ask tool): {e}");
+            None
+        }
+    }
 }
 
 /// The datasets' paths and names, each local dataset checked to open (one on object storage is only named here: it

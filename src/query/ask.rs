@@ -1,7 +1,7 @@
 //! `ask`: retrieve with the query engine, give a chat model the hits as numbered sources, stream its answer, then
 //! check every `[n]` it cites against the sources it was given.
 //!
-//! Nothing here prints: the answer's text goes to the caller's sink as it arrives, and the result says what was
+//! Nothing here prints: the sources and the answer's text go to the caller's sink as they come, and the result says what was
 //! cited, what was cited that was never given, and whether the model said the sources do not answer.
 
 use std::collections::BTreeSet;
@@ -41,6 +41,19 @@ pub struct Citations {
     /// Numbers cited that name no source given.
     pub unknown: Vec<usize>,
 }
+
+/// What an ask reports while it runs, in order: sources as they are found, then the answer's text piece by piece
+/// (with `--agent`, sources again after each search, and any text the model writes between its searches).
+#[derive(Debug, Clone, Copy)]
+pub enum AskEvent<'a> {
+    /// Sources given to the model, the first of them numbered `first`.
+    Sources { first: usize, hits: &'a [SearchHit] },
+    /// A piece of the answer, as it streamed in.
+    Text(&'a str),
+}
+
+/// Where an ask's events go.
+pub type AskSink<'s> = dyn FnMut(AskEvent<'_>) + Send + 's;
 
 /// An answer and what it rests on.
 #[derive(Debug, Clone)]
@@ -216,7 +229,7 @@ pub async fn ask(
     chat: &ChatClient,
     query: &TextQuery,
     settings: AskSettings,
-    sink: &mut (dyn FnMut(&str) + Send),
+    sink: &mut AskSink<'_>,
 ) -> Result<Asked, AskError> {
     let request = settings.request(vec![Message::user(&query.text)]);
     // Checked before retrieval: a wrong --temperature should not cost a search first.
@@ -234,8 +247,9 @@ pub async fn ask(
     if asked.sources.is_empty() {
         return Ok(asked);
     }
+    sink(AskEvent::Sources { first: 1, hits: &asked.sources });
     let request = ChatRequest { messages: prompt(&query.text, &asked.sources), ..request };
-    let completion = chat.complete(&request, sink).await?;
+    let completion = chat.complete(&request, &mut |text| sink(AskEvent::Text(text))).await?;
     asked.citations = citations(&completion.text, asked.sources.len());
     add_usage(&mut asked.usage, completion.usage);
     asked.completion = Some(completion);
@@ -289,7 +303,7 @@ pub async fn ask_agent(
     query: &TextQuery,
     settings: AskSettings,
     max_steps: usize,
-    sink: &mut (dyn FnMut(&str) + Send),
+    sink: &mut AskSink<'_>,
 ) -> Result<Asked, AskError> {
     let mut messages = vec![Message::system(AGENT_PROMPT), Message::user(query.text.trim())];
     chat.check(&settings.request(messages.clone()))?;
@@ -313,7 +327,7 @@ pub async fn ask_agent(
             tool_choice: if last { ToolChoice::None } else { ToolChoice::Auto },
             ..settings.request(messages.clone())
         };
-        let completion = chat.complete(&request, sink).await?;
+        let completion = chat.complete(&request, &mut |text| sink(AskEvent::Text(text))).await?;
         add_usage(&mut asked.usage, completion.usage);
         // Whether to run tools is decided by the calls, not the finish reason (§4: some send "stop" with calls).
         if completion.tool_calls.is_empty() || last {
@@ -326,10 +340,14 @@ pub async fn ask_agent(
         }
         messages.push(Message::assistant(&completion));
         // One result per call, in the calls' order, right after the assistant turn (§6).
+        let known = asked.sources.len();
         for call in &completion.tool_calls {
             let (result, search) = run_tool(searcher, &columns, query, call, &mut asked).await?;
             asked.searches.push(search);
             messages.push(Message::tool(&call.id, result));
+        }
+        if asked.sources.len() > known {
+            sink(AskEvent::Sources { first: known + 1, hits: &asked.sources[known..] });
         }
     }
     unreachable!("the last step returns")

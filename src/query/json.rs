@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::ask::Asked;
 use super::{Answer, SearchHit};
 use crate::store::{DocRecord, StoredChunk};
 
@@ -59,6 +60,48 @@ pub fn document(record: &DocRecord) -> Map<String, Value> {
     out.insert("modified".into(), modified.into());
     out.insert("metadata".into(), metadata.into());
     out
+}
+
+/// A source of an ask: the hit as [`hit`] shapes it, plus its `number` and whether the answer `cited` it.
+pub fn source(number: usize, hit: &SearchHit, cited: bool) -> Value {
+    let mut source = self::hit(number, hit);
+    if let Some(object) = source.as_object_mut() {
+        object.insert("number".into(), number.into());
+        object.insert("cited".into(), cited.into());
+    }
+    source
+}
+
+/// An ask's answer: `question`, `model`, `answer`, `answered` (false when nothing matched or the model said the
+/// sources do not answer), `finish_reason`, `usage` (summed over the turns), `citations` (`cited`, `unknown`: numbers
+/// that name no source), `version`, `mode`, `sources` (each a [`source`]) and `searches`, the searches the model
+/// made with `--agent` (`query`, `k`, `filter`, the `sources` numbers it returned, or its `error`).
+pub fn asked(question: &str, model: &str, asked: &Asked) -> Value {
+    let sources: Vec<Value> = asked
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(n, hit)| source(n + 1, hit, asked.citations.cited.contains(&(n + 1))))
+        .collect();
+    let searches: Vec<Value> = asked
+        .searches
+        .iter()
+        .map(|s| json!({ "query": s.query, "k": s.k, "filter": s.filter, "sources": s.sources, "error": s.error }))
+        .collect();
+    let completion = asked.completion.as_ref();
+    json!({
+        "question": question,
+        "model": model,
+        "answer": completion.map(|c| c.text.as_str()),
+        "answered": asked.answered(),
+        "finish_reason": completion.and_then(|c| c.finish_reason.as_deref()),
+        "usage": asked.usage,
+        "citations": { "cited": asked.citations.cited, "unknown": asked.citations.unknown },
+        "version": asked.generation,
+        "mode": asked.mode,
+        "sources": sources,
+        "searches": searches,
+    })
 }
 
 /// How an answer was found: the version, the mode, the vector method, the keyword index's version, the filter plan.

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use super::{Served, Server};
 use crate::embed::EmbedError;
+use crate::query::ask::{self, AskError, AskSettings, AskSink, Asked};
 use crate::query::{Filter, Mode, QueryError, TextQuery, json as hits_json};
+use crate::tars::chat::{ChatClient, ChatError, ChatRequest, Message};
 
 /// An error answer.
 #[derive(Debug)]
@@ -135,6 +137,31 @@ fn ranged(name: &str, value: Option<u64>, default: usize, max: usize) -> Result<
     }
 }
 
+fn parse_mode(mode: Option<&str>) -> Result<Option<Mode>, ApiError> {
+    match mode {
+        None => Ok(None),
+        Some(name) => Mode::parse(name).map(Some).ok_or_else(|| {
+            ApiError::bad("bad_mode", format!("\"mode\" must be vector, keyword or hybrid (got {name:?})"))
+        }),
+    }
+}
+
+/// A request's filter, within the size limit and parsed against the dataset's columns.
+async fn parse_filter(server: &Server, served: &Arc<Served>, filter: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    match filter.filter(|f| !f.trim().is_empty()) {
+        Some(f) if f.len() > server.limits.max_filter => Err(ApiError::bad(
+            "filter_too_long",
+            format!("\"filter\" is {} bytes, more than the limit of {}", f.len(), server.limits.max_filter),
+        )),
+        Some(f) => {
+            let engine = Arc::clone(served.searcher.engine());
+            let f = f.to_owned();
+            Ok(Some(blocking(server, move || Ok(Filter::parse(&f, &engine.columns()?)?)).await?))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Answers a search request: one query, or a batch against one version.
 pub async fn search(server: &Server, request: SearchRequest) -> Result<Value, ApiError> {
     let served = Arc::clone(pick(server, request.dataset.as_deref())?);
@@ -163,26 +190,8 @@ pub async fn search(server: &Server, request: SearchRequest) -> Result<Value, Ap
             format!("\"{at}\" is {} bytes, more than the limit of {}", text.len(), limits.max_query),
         ));
     }
-    let mode = match request.mode.as_deref() {
-        None => None,
-        Some(name) => Some(Mode::parse(name).ok_or_else(|| {
-            ApiError::bad("bad_mode", format!("\"mode\" must be vector, keyword or hybrid (got {name:?})"))
-        })?),
-    };
-    let filter = match request.filter.as_deref().filter(|f| !f.trim().is_empty()) {
-        Some(f) if f.len() > limits.max_filter => {
-            return Err(ApiError::bad(
-                "filter_too_long",
-                format!("\"filter\" is {} bytes, more than the limit of {}", f.len(), limits.max_filter),
-            ));
-        }
-        Some(f) => {
-            let engine = Arc::clone(served.searcher.engine());
-            let f = f.to_owned();
-            Some(blocking(server, move || Ok(Filter::parse(&f, &engine.columns()?)?)).await?)
-        }
-        None => None,
-    };
+    let mode = parse_mode(request.mode.as_deref())?;
+    let filter = parse_filter(server, &served, request.filter.as_deref()).await?;
     let rrf_k = match request.rrf_k {
         None => crate::query::DEFAULT_RRF_K,
         Some(k) if k.is_finite() && k > 0.0 => k,
@@ -321,4 +330,127 @@ pub async fn count(server: &Server, name: Option<&str>, filter: Option<&str>) ->
     })
     .await?;
     Ok(json!({ "dataset": served.name, "count": count }))
+}
+
+/// What `POST /v1/ask` and MCP's `ask` tool take.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskRequest {
+    pub dataset: Option<String>,
+    pub question: String,
+    pub k: Option<u64>,
+    pub mode: Option<String>,
+    pub filter: Option<String>,
+    #[serde(default)]
+    pub agent: bool,
+    pub max_steps: Option<u64>,
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f32>,
+}
+
+/// An ask request, checked and ready to run.
+pub struct Ask {
+    pub served: Arc<Served>,
+    pub chat: Arc<ChatClient>,
+    pub question: String,
+    query: TextQuery,
+    settings: AskSettings,
+    /// `--agent`'s step limit, when the model searches itself.
+    agent: Option<usize>,
+}
+
+impl From<AskError> for ApiError {
+    fn from(e: AskError) -> Self {
+        match e {
+            AskError::Query(e) => e.into(),
+            AskError::Chat(e) => {
+                let message = e.to_string();
+                match e {
+                    ChatError::Invalid(_) => Self::bad("bad_request", message),
+                    ChatError::Quota { .. } | ChatError::Exhausted { .. } => {
+                        Self::new(StatusCode::SERVICE_UNAVAILABLE, "chat_unavailable", message)
+                    }
+                    ChatError::Rejected { .. } | ChatError::Client(_) => {
+                        Self::new(StatusCode::BAD_GATEWAY, "chat_refused", message)
+                    }
+                    _ => Self::new(StatusCode::BAD_GATEWAY, "chat_failed", message),
+                }
+            }
+        }
+    }
+}
+
+/// Checks an ask request against the limits, the dataset and the chat model, before anything is sent.
+pub async fn prepare_ask(server: &Server, request: AskRequest) -> Result<Ask, ApiError> {
+    let Some(chat) = server.chat.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chat_off",
+            "this server answers no questions: it was started without TARS_API_KEY",
+        ));
+    };
+    let served = Arc::clone(pick(server, request.dataset.as_deref())?);
+    if request.question.trim().is_empty() {
+        return Err(QueryError::EmptyQuery.into());
+    }
+    if request.question.len() > server.limits.max_query {
+        return Err(ApiError::bad(
+            "query_too_long",
+            format!(
+                "\"question\" is {} bytes, more than the limit of {}",
+                request.question.len(),
+                server.limits.max_query
+            ),
+        ));
+    }
+    let query = TextQuery {
+        k: ranged("k", request.k, crate::query::ask::DEFAULT_SOURCES, 50)?,
+        documents: true,
+        filter: parse_filter(server, &served, request.filter.as_deref()).await?,
+        mode: parse_mode(request.mode.as_deref())?,
+        ..TextQuery::new(&request.question)
+    };
+    let max_tokens = match request.max_tokens {
+        None => None,
+        Some(t) => Some(ranged("max_tokens", Some(t), 0, 100_000)? as u32),
+    };
+    let settings = AskSettings { max_tokens, temperature: request.temperature };
+    chat.check(&ChatRequest {
+        max_tokens,
+        temperature: settings.temperature,
+        ..ChatRequest::new(vec![Message::user(&request.question)])
+    })
+    .map_err(AskError::from)?;
+    let agent = match request.agent {
+        true => Some(ranged("max_steps", request.max_steps, 4, 32)?),
+        false => None,
+    };
+    Ok(Ask { served, chat, question: request.question, query, settings, agent })
+}
+
+impl Ask {
+    /// Retrieves and streams the answer into `sink`.
+    pub async fn run(&self, sink: &mut AskSink<'_>) -> Result<Asked, AskError> {
+        let (searcher, chat) = (&self.served.searcher, &*self.chat);
+        match self.agent {
+            Some(steps) => ask::ask_agent(searcher, chat, &self.query, self.settings, steps, sink).await,
+            None => ask::ask(searcher, chat, &self.query, self.settings, sink).await,
+        }
+    }
+
+    /// The answer's JSON, as `ask --json` prints it, plus the dataset.
+    pub fn json(&self, asked: &Asked) -> Value {
+        let mut out = hits_json::asked(&self.question, self.chat.model(), asked);
+        if let Some(object) = out.as_object_mut() {
+            object.insert("dataset".into(), self.served.name.clone().into());
+        }
+        out
+    }
+}
+
+/// Answers an ask request whole (for MCP, which has no stream to the user).
+pub async fn ask(server: &Server, request: AskRequest) -> Result<Value, ApiError> {
+    let ask = prepare_ask(server, request).await?;
+    let asked = ask.run(&mut |_| {}).await?;
+    Ok(ask.json(&asked))
 }

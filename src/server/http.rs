@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::api::{self, ApiError, SearchRequest};
+use super::api::{self, ApiError, AskRequest, SearchRequest};
 use super::{Server, metrics};
 
 const PAGE: &str = include_str!("page.html");
@@ -32,6 +32,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/search", post(search))
+        .route("/v1/ask", post(ask))
         .route("/v1/datasets", get(datasets))
         .route("/v1/datasets/{name}", get(dataset))
         .route("/v1/datasets/{name}/documents/{*doc}", get(document))
@@ -167,6 +168,54 @@ async fn search(
 ) -> Result<axum::Json<Value>, ApiError> {
     let request: SearchRequest = json_body(&server, &headers, body)?;
     api::search(&server, request).await.map(axum::Json)
+}
+
+/// `POST /v1/ask`: a request that cannot be answered gets a JSON error as any other; one that can, a stream of
+/// server-sent events: `sources` (`{"first", "sources": [...]}`, as they are found), `text` (`{"text"}`, the answer
+/// as it arrives), then `answer` (the whole answer, as `ask --json` prints it) or `error` (`{"error": {...}}`).
+/// A client that hangs up stops the answer being generated (and paid for).
+async fn ask(State(server): State<Arc<Server>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let prepared = match json_body::<AskRequest>(&server, &headers, body) {
+        Ok(request) => api::prepare_ask(&server, request).await,
+        Err(e) => Err(e),
+    };
+    let ask = match prepared {
+        Ok(ask) => ask,
+        Err(e) => return e.into_response(),
+    };
+    let (events, received) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let task = tokio::spawn(async move {
+        let send = |name: &str, data: Value| {
+            let _ = events.send(Event::default().event(name).data(data.to_string()));
+        };
+        let mut sink = |event: crate::query::ask::AskEvent<'_>| match event {
+            crate::query::ask::AskEvent::Sources { first, hits } => {
+                let sources: Vec<Value> =
+                    hits.iter().enumerate().map(|(i, hit)| crate::query::json::source(first + i, hit, false)).collect();
+                send("sources", json!({ "first": first, "sources": sources }));
+            }
+            crate::query::ask::AskEvent::Text(text) => send("text", json!({ "text": text })),
+        };
+        match ask.run(&mut sink).await {
+            Ok(asked) => send("answer", ask.json(&asked)),
+            Err(e) => send("error", ApiError::from(e).body()),
+        }
+    });
+    // The task lives as long as the response's body: dropped with it when the client goes.
+    let stream = futures::stream::unfold((received, AbortOnDrop(task)), |(mut received, task)| async move {
+        received.recv().await.map(|event| (Ok::<_, std::convert::Infallible>(event), (received, task)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn datasets(State(server): State<Arc<Server>>) -> Result<axum::Json<Value>, ApiError> {

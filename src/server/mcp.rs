@@ -46,6 +46,22 @@ pub struct SearchArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct AskArgs {
+    /// The question, in plain words.
+    pub question: String,
+    /// The dataset to answer from; may be left out when only one is served.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// How many chunks the answer may draw on (1 to 50; default 5).
+    #[serde(default)]
+    pub k: Option<u64>,
+    /// Only chunks matching this expression (as in search).
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DocumentArgs {
     /// The document's name, as search hits give it in "doc".
     pub doc: String,
@@ -95,6 +111,23 @@ impl Mcp {
             ..SearchRequest::default()
         };
         answer(api::search(&self.server, request).await)
+    }
+
+    #[tool(
+        name = "ask",
+        description = "Answer a question from the indexed documents with the server's chat model: the answer, citing \
+                       its sources as [n], with the sources (doc, chunk_index, text) and which of them it cited. The \
+                       answer says so when the sources do not answer the question. Off when the server has no TARS key."
+    )]
+    async fn ask(&self, Parameters(args): Parameters<AskArgs>) -> Result<String, String> {
+        let request = api::AskRequest {
+            dataset: args.dataset,
+            question: args.question,
+            k: args.k,
+            filter: args.filter,
+            ..api::AskRequest::default()
+        };
+        answer(api::ask(&self.server, request).await)
     }
 
     #[tool(

@@ -19,6 +19,7 @@ pub use metrics::Metrics;
 
 use crate::query::Searcher;
 use crate::stats::Stats;
+use crate::tars::chat::ChatClient;
 
 /// What one request may ask for: bounds that keep any client from making the server work or allocate without end.
 #[derive(Debug, Clone, Copy)]
@@ -73,10 +74,18 @@ pub struct Server {
     pub metrics: Metrics,
     /// Bound where other machines can connect (not loopback).
     pub exposed: bool,
+    /// The chat model `POST /v1/ask` and the `ask` tool answer with; `None` when the server has no TARS key.
+    pub chat: Option<Arc<ChatClient>>,
 }
 
 impl Server {
-    pub fn new(names: Vec<String>, token: Option<String>, limits: Limits, exposed: bool) -> Arc<Self> {
+    pub fn new(
+        names: Vec<String>,
+        token: Option<String>,
+        limits: Limits,
+        exposed: bool,
+        chat: Option<Arc<ChatClient>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             names,
             datasets: OnceLock::new(),
@@ -85,6 +94,7 @@ impl Server {
             limits,
             metrics: Metrics::new(),
             exposed,
+            chat,
         })
     }
 
