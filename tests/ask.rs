@@ -168,8 +168,15 @@ fn failures_before_any_output_are_retried() {
     let (_input, ds) = dataset(&mock);
     let overloaded =
         Reply::status(529, json!({"error":{"message":"Overloaded","type":"None","param":"None","code":"529"}}));
+    let rate_limited = Reply::Status {
+        status: 429,
+        body: json!({"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}})
+            .to_string(),
+        retry_after: Some(1),
+    };
     mock.chat.script([
         overloaded,
+        rate_limited,
         // Only the role chunk, then a reset: nothing shown yet.
         Reply::text(&["lost"]).cut(1, End::Reset),
         Reply::text(&["Monthly [1]."]),
@@ -177,7 +184,7 @@ fn failures_before_any_output_are_retried() {
     let asked = ask(&mock, &ds, &[]);
     assert_eq!(asked.code, 0, "{}", asked.all_output());
     assert!(asked.stdout.starts_with("Monthly [1].\n"), "{}", asked.stdout);
-    assert_eq!(mock.chat.requests().len(), 3);
+    assert_eq!(mock.chat.requests().len(), 4);
 
     // A refused key is the user's to fix: exit 2, with advice, and not retried.
     mock.chat.script([Reply::status(
@@ -187,7 +194,7 @@ fn failures_before_any_output_are_retried() {
     let asked = ask(&mock, &ds, &[]);
     assert_eq!(asked.code, 2, "{}", asked.all_output());
     assert!(asked.stderr.contains("check TARS_API_KEY"), "{}", asked.stderr);
-    assert_eq!(mock.chat.requests().len(), 4);
+    assert_eq!(mock.chat.requests().len(), 5);
 }
 
 #[test]

@@ -6,7 +6,6 @@
 mod bert;
 mod build;
 mod fallback;
-mod limiter;
 mod local;
 mod openai;
 pub mod price;
@@ -15,10 +14,10 @@ use std::future::Future;
 
 use crate::error::{count, plural};
 
+pub use crate::tars::limiter::{Limiter, RateLimits};
 pub use crate::tars::{DEFAULT_API_BASE, wire_model};
 pub use build::{BuildError, EmbedderSpec, ModelEmbedder, ModelShape, RequestSettings, api_config, check_dimensions};
 pub use fallback::{FallbackEmbedder, FallbackError, check_fallback};
-pub use limiter::{Limiter, RateLimits};
 pub use local::{
     DEFAULT_LOCAL_MODEL, LOCAL_PREFIX, LocalEmbedder, LocalModel, LocalModelError, model_cache_dir, resolve_local_model,
 };

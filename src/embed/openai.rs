@@ -11,11 +11,11 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::limiter::{Limiter, RateLimits};
 use super::{EmbedError, Embedder, Embeddings, Transient};
 use crate::chunk::count_tokens;
 use crate::error::count;
 use crate::stats::Stats;
+use crate::tars::limiter::{Limiter, RateLimits};
 use crate::tars::retry::{Disposition, RetryPolicy, classify, server_hint};
 use crate::tars::{
     ApiError, Endpoint, EndpointError, advice_for, is_unknown_model, parse_error, request_id, transport_message,

@@ -14,6 +14,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::limiter::{Limiter, RateLimits};
 use super::retry::{Disposition, RetryPolicy, classify, server_hint};
 use super::{
     ApiError, Endpoint, EndpointError, advice_for, parse_error, request_id, transport_message, truncate, wire_model,
@@ -327,6 +328,9 @@ pub struct ChatConfig {
     /// Longest wait for the next bytes of a stream (the headers included).
     pub idle_timeout: Duration,
     pub retry: RetryPolicy,
+    /// `--rpm` / `--tpm` where known, and the most answers streaming at once (a server's asks share one client).
+    pub limits: RateLimits,
+    pub max_concurrency: usize,
 }
 
 impl ChatConfig {
@@ -337,6 +341,8 @@ impl ChatConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             retry: RetryPolicy::interactive(),
+            limits: RateLimits::default(),
+            max_concurrency: 8,
         }
     }
 }
@@ -350,6 +356,8 @@ pub struct ChatClient {
     /// temperature, whatever its name suggests.
     completion_tokens: AtomicBool,
     no_temperature: AtomicBool,
+    /// Paces requests as the embeddings client does: limits learned from headers, 429s pausing everyone.
+    limiter: Limiter,
 }
 
 /// One attempt's failure, before the retry decision.
@@ -377,12 +385,14 @@ impl ChatClient {
             config.endpoint.client(config.connect_timeout)?.no_gzip().build().map_err(EndpointError::Client)?;
         let family = Family::of(&config.model);
         let reasoning = family == Family::Reasoning;
+        let limiter = Limiter::new(config.limits, config.max_concurrency);
         Ok(Self {
             config,
             client,
             family,
             completion_tokens: AtomicBool::new(reasoning),
             no_temperature: AtomicBool::new(false),
+            limiter,
         })
     }
 
@@ -466,8 +476,15 @@ impl ChatClient {
                 shown = true;
                 sink(text);
             };
-            let failed = match self.attempt(request, &mut guarded).await {
-                Ok(completion) => return Ok(completion),
+            // The slot is held while the answer streams.
+            let permit = self.limiter.acquire(0).await;
+            let result = self.attempt(request, &mut guarded).await;
+            drop(permit);
+            let failed = match result {
+                Ok(completion) => {
+                    self.limiter.success();
+                    return Ok(completion);
+                }
                 Err(failed) => failed,
             };
             let attempts = retries + rate_limited + 1;
@@ -484,6 +501,7 @@ impl ChatClient {
             let Some(hint) = failed.retry else { return Err(failed.error) };
             let is_rate_limit = matches!(&failed.error, ChatError::Rejected { status: 429, .. });
             let step = if is_rate_limit {
+                self.limiter.rate_limited(hint);
                 rate_limited += 1;
                 if rate_limited > policy.max_rate_limit_retries {
                     return Err(ChatError::Exhausted { attempts, last: failed.error.to_string() });
@@ -546,6 +564,7 @@ impl ChatClient {
             .map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
+        self.limiter.learn(&headers);
         if !status.is_success() {
             let body = tokio::time::timeout(idle, response.bytes())
                 .await

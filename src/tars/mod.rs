@@ -3,6 +3,7 @@
 //! other's handling of keys, redaction or errors (wire contracts: ../shared/docs/tars-api.md, tars-chat.md).
 
 pub mod chat;
+pub mod limiter;
 pub mod price;
 pub mod retry;
 

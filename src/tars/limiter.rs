@@ -13,7 +13,7 @@ use reqwest::header::HeaderMap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::tars::retry::parse_go_duration;
+use super::retry::parse_go_duration;
 
 /// Buckets hold this many seconds of their per-minute rate. Providers enforce per-minute limits over shorter
 /// periods too (OpenAI documents limits quantised to a second or two), so a burst of more than a second's worth is
