@@ -6,6 +6,7 @@ pub mod chat;
 pub mod limiter;
 pub mod price;
 pub mod retry;
+pub mod vision;
 
 use std::fmt;
 use std::time::Duration;
