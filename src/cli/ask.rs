@@ -9,7 +9,7 @@ use super::search::failure as query_failure;
 use super::{AskArgs, Failure, exit};
 use crate::query::ask::{self, AskError, AskSettings, Asked};
 use crate::query::{Mode, QueryError, Searcher, TextQuery, json};
-use crate::tars::chat::{ChatClient, ChatConfig, ChatError, ChatRequest};
+use crate::tars::chat::{ChatClient, ChatConfig, ChatError};
 use crate::tars::{DEFAULT_API_BASE, Endpoint};
 
 fn chat_failure(error: ChatError) -> Failure {
@@ -38,12 +38,8 @@ pub async fn ask(args: AskArgs) -> Result<u8, Failure> {
     };
     let chat = ChatClient::new(ChatConfig::new(endpoint, &args.model)).map_err(chat_failure)?;
     let settings = AskSettings { max_tokens: args.max_tokens, temperature: args.temperature };
-    chat.check(&ChatRequest {
-        max_tokens: settings.max_tokens,
-        temperature: settings.temperature,
-        ..ChatRequest::new(vec![crate::tars::chat::Message::user(&args.question)])
-    })
-    .map_err(chat_failure)?;
+    // Before the dataset and its model are loaded.
+    settings.check(&chat, &args.question).map_err(chat_failure)?;
 
     let (searcher, _, filter) = super::search::open(&args.dataset, &args.filter).await?;
     let query = TextQuery {
@@ -148,11 +144,7 @@ async fn dry_run(
     settings: AskSettings,
 ) -> Result<u8, Failure> {
     let search = searcher.search(query).await.map_err(query_failure(&args.dataset))?;
-    let request = ChatRequest {
-        max_tokens: settings.max_tokens,
-        temperature: settings.temperature,
-        ..ChatRequest::new(ask::prompt(&query.text, &search.hits))
-    };
+    let request = settings.request(ask::prompt(&query.text, &search.hits));
     let max_output = settings.max_tokens.unwrap_or_else(|| chat.family().default_max_tokens());
     let estimate = ask::estimate(&args.model, &request.messages, max_output);
     let mut stdout = std::io::stdout().lock();

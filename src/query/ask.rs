@@ -231,9 +231,8 @@ pub async fn ask(
     settings: AskSettings,
     sink: &mut AskSink<'_>,
 ) -> Result<Asked, AskError> {
-    let request = settings.request(vec![Message::user(&query.text)]);
     // Checked before retrieval: a wrong --temperature should not cost a search first.
-    chat.check(&request)?;
+    settings.check(chat, &query.text)?;
     let search = searcher.search(&TextQuery { documents: true, ..query.clone() }).await?;
     let mut asked = Asked {
         generation: search.generation,
@@ -248,7 +247,7 @@ pub async fn ask(
         return Ok(asked);
     }
     sink(AskEvent::Sources { first: 1, hits: &asked.sources });
-    let request = ChatRequest { messages: prompt(&query.text, &asked.sources), ..request };
+    let request = settings.request(prompt(&query.text, &asked.sources));
     let completion = chat.complete(&request, &mut |text| sink(AskEvent::Text(text))).await?;
     asked.citations = citations(&completion.text, asked.sources.len());
     add_usage(&mut asked.usage, completion.usage);
@@ -257,8 +256,14 @@ pub async fn ask(
 }
 
 impl AskSettings {
-    fn request(&self, messages: Vec<Message>) -> ChatRequest {
+    /// A request of `messages` with these settings.
+    pub fn request(&self, messages: Vec<Message>) -> ChatRequest {
         ChatRequest { max_tokens: self.max_tokens, temperature: self.temperature, ..ChatRequest::new(messages) }
+    }
+
+    /// Refuses what `chat`'s model cannot take (a temperature out of its range), before anything is searched or sent.
+    pub fn check(&self, chat: &ChatClient, question: &str) -> Result<(), ChatError> {
+        chat.check(&self.request(vec![Message::user(question)]))
     }
 }
 
@@ -306,7 +311,7 @@ pub async fn ask_agent(
     sink: &mut AskSink<'_>,
 ) -> Result<Asked, AskError> {
     let mut messages = vec![Message::system(AGENT_PROMPT), Message::user(query.text.trim())];
-    chat.check(&settings.request(messages.clone()))?;
+    settings.check(chat, &query.text)?;
     let columns = searcher.engine().columns()?;
     let tool = search_tool(&columns);
     let summary = searcher.engine().summary()?;

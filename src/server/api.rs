@@ -13,7 +13,7 @@ use super::{Served, Server};
 use crate::embed::EmbedError;
 use crate::query::ask::{self, AskError, AskSettings, AskSink, Asked};
 use crate::query::{Filter, Mode, QueryError, TextQuery, json as hits_json};
-use crate::tars::chat::{ChatClient, ChatError, ChatRequest, Message};
+use crate::tars::chat::{ChatClient, ChatError};
 
 /// An error answer.
 #[derive(Debug)]
@@ -410,17 +410,10 @@ pub async fn prepare_ask(server: &Server, request: AskRequest) -> Result<Ask, Ap
         mode: parse_mode(request.mode.as_deref())?,
         ..TextQuery::new(&request.question)
     };
-    let max_tokens = match request.max_tokens {
-        None => None,
-        Some(t) => Some(ranged("max_tokens", Some(t), 0, 100_000)? as u32),
-    };
+    let max_tokens =
+        request.max_tokens.map(|t| ranged("max_tokens", Some(t), 0, 100_000).map(|t| t as u32)).transpose()?;
     let settings = AskSettings { max_tokens, temperature: request.temperature };
-    chat.check(&ChatRequest {
-        max_tokens,
-        temperature: settings.temperature,
-        ..ChatRequest::new(vec![Message::user(&request.question)])
-    })
-    .map_err(AskError::from)?;
+    settings.check(&chat, &request.question).map_err(AskError::from)?;
     let agent = match request.agent {
         true => Some(ranged("max_steps", request.max_steps, 4, 32)?),
         false => None,

@@ -34,7 +34,7 @@ pub enum Family {
 impl Family {
     /// Judged by the model id (its last path segment, so `openai/gpt-5-mini` counts).
     pub fn of(model: &str) -> Family {
-        let id = wire_model(model).rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+        let id = super::model_id(model);
         let reasoning =
             ["o1", "o3", "o4"].iter().any(|p| id == *p || id.starts_with(&format!("{p}-"))) || id.starts_with("gpt-5");
         if reasoning {

@@ -28,6 +28,12 @@ pub fn wire_model(model: &str) -> &str {
     model.strip_prefix("tars/").unwrap_or(model)
 }
 
+/// A model's id without its `tars/` prefix or any provider path (`openai/gpt-5-mini` is `gpt-5-mini`), lowercased:
+/// what model families, prices and image costs are judged by.
+pub fn model_id(model: &str) -> String {
+    wire_model(model).rsplit('/').next().unwrap_or_default().to_ascii_lowercase()
+}
+
 /// The API key; never printed.
 #[derive(Clone)]
 struct ApiKey(String);

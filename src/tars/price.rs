@@ -4,7 +4,7 @@
 
 /// (input, output) USD per million tokens.
 fn per_million(model: &str) -> Option<(f64, f64)> {
-    let id = super::wire_model(model).rsplit('/').next().unwrap_or_default();
+    let id = super::model_id(model);
     // Longest prefix first: `gpt-4o-mini` before `gpt-4o`.
     const PRICES: &[(&str, f64, f64)] = &[
         ("gpt-4o-mini", 0.15, 0.60),

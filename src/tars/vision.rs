@@ -153,7 +153,7 @@ pub fn caption_message(image: &PreparedImage) -> Message {
 /// tars-chat.md §7.3: tiles for gpt-4o, gpt-4.1 and o1/o3 (gpt-4o-mini at its own rate), 32-px patches for
 /// gpt-4.1-mini/nano, o4-mini and gpt-5, w·h/750 for Claude. Other models are counted as gpt-4o.
 pub fn estimate_tokens(model: &str, width: u32, height: u32) -> u64 {
-    let id = super::wire_model(model).rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+    let id = super::model_id(model);
     let (w, h) = (u64::from(width.max(1)), u64::from(height.max(1)));
     if id.contains("claude") {
         return (w * h).div_ceil(750).min(1600);
