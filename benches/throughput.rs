@@ -81,6 +81,7 @@ fn embed_with(
         let job = EmbedJob {
             cache_uploads: None,
             shard: None,
+            captioner: None,
             source: SourceOptions {
                 inputs: vec![input.to_path_buf()],
                 records: RecordMapping::new("text".into(), Some("id".into()), Default::default(), Default::default()),

@@ -114,6 +114,8 @@ pub struct InputSection {
     /// Follow symbolic links to directories.
     #[serde(default)]
     pub follow: bool,
+    /// The vision model that describes the images of the input, as `--caption-model`.
+    pub caption_model: Option<Spanned<String>>,
 }
 
 /// A key that takes one string or a list of them.

@@ -6,6 +6,7 @@
 //! | stage | module | boundary |
 //! |---|---|---|
 //! | read documents | [`source`] | [`source::Source`] |
+//! | describe images (a vision model) | [`caption`] | [`caption::Captioner`] |
 //! | split into token-bounded chunks | [`chunk`] | [`chunk::Chunker`] |
 //! | pack chunks into requests | [`batch`] | [`batch::Batcher`] |
 //! | embed, with retries | [`embed`] | [`embed::Embedder`] |
@@ -21,6 +22,7 @@
 //! that prints.
 
 pub mod batch;
+pub mod caption;
 pub mod chunk;
 pub mod cli;
 pub mod config;

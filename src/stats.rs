@@ -36,6 +36,21 @@ pub struct Stats {
     pub entries_excluded: AtomicU64,
     /// Hidden entries inside directory inputs (a hidden directory counts once).
     pub entries_hidden: AtomicU64,
+    /// Images not read because no caption model was set (what was read from them before is kept).
+    pub images_skipped: AtomicU64,
+    /// Images described by the caption model in this run, and those whose caption came from the caption cache.
+    pub images_captioned: AtomicU64,
+    pub captions_cached: AtomicU64,
+    /// Images that could not be captioned (listed in `named.caption_failures`), and the documents that kept their
+    /// previous caption because of it.
+    pub captions_failed: AtomicU64,
+    pub docs_caption_kept: AtomicU64,
+    /// Tokens the caption model reported (prompt, images included, and completion).
+    pub caption_prompt_tokens: AtomicU64,
+    pub caption_completion_tokens: AtomicU64,
+    /// In a dry run: images without a cached caption, and the prompt tokens their images would cost.
+    pub images_to_caption: AtomicU64,
+    pub caption_tokens_estimated: AtomicU64,
     /// The entries behind `files_skipped` and `read_errors`, by path.
     pub named: Mutex<NamedEntries>,
     pub chunks: AtomicU64,
@@ -87,6 +102,8 @@ pub struct NamedEntries {
     pub records_skipped: Vec<Entry>,
     /// Metadata values stored as null, by record.
     pub metadata_nulls: Vec<Entry>,
+    /// Images the caption model did not describe, and why.
+    pub caption_failures: Vec<Entry>,
 }
 
 impl Stats {
@@ -106,6 +123,12 @@ impl Stats {
     pub fn record_skipped(&self, origin: String, reason: String) {
         Self::add(&self.records_skipped, 1);
         self.name(|n| &mut n.records_skipped, origin, reason);
+    }
+
+    /// Records an image that could not be captioned.
+    pub fn caption_failed(&self, path: String, reason: String) {
+        Self::add(&self.captions_failed, 1);
+        self.name(|n| &mut n.caption_failures, path, reason);
     }
 
     /// Records a metadata value stored as null.
@@ -151,6 +174,17 @@ impl Stats {
             docs_unreadable: g(&self.docs_unreadable),
             entries_excluded: g(&self.entries_excluded),
             entries_hidden: g(&self.entries_hidden),
+            images: Images {
+                skipped: g(&self.images_skipped),
+                captioned: g(&self.images_captioned),
+                cached: g(&self.captions_cached),
+                failed: g(&self.captions_failed),
+                kept: g(&self.docs_caption_kept),
+                prompt_tokens: g(&self.caption_prompt_tokens),
+                completion_tokens: g(&self.caption_completion_tokens),
+                to_caption: g(&self.images_to_caption),
+                estimated_image_tokens: g(&self.caption_tokens_estimated),
+            },
             named: self.named.lock().map(|n| n.clone()).unwrap_or_default(),
             chunks: g(&self.chunks),
             chunks_embedded: g(&self.chunks_embedded),
@@ -191,6 +225,7 @@ pub struct Summary {
     pub docs_unreadable: u64,
     pub entries_excluded: u64,
     pub entries_hidden: u64,
+    pub images: Images,
     pub named: NamedEntries,
     pub chunks: u64,
     pub chunks_embedded: u64,
@@ -208,4 +243,32 @@ pub struct Summary {
     pub rate_limited: u64,
     pub rows_written: u64,
     pub elapsed_secs: f64,
+}
+
+/// What a run did with the images of its input.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Images {
+    /// Not read: no caption model was set.
+    pub skipped: u64,
+    /// Described by the caption model in this run.
+    pub captioned: u64,
+    /// Their caption came from the caption cache.
+    pub cached: u64,
+    /// Could not be captioned (listed in `caption_failures`).
+    pub failed: u64,
+    /// Documents that kept their previous caption because the new one failed.
+    pub kept: u64,
+    /// Tokens the caption model reported.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// In a dry run: images that would be sent to the caption model, and the prompt tokens of the images
+    /// themselves by the formulas of tars-chat.md §7.3 (the caption prompt's ~60 text tokens each come on top).
+    pub to_caption: u64,
+    pub estimated_image_tokens: u64,
+}
+
+impl Images {
+    pub fn any(&self) -> bool {
+        self.skipped + self.captioned + self.cached + self.failed + self.to_caption > 0
+    }
 }

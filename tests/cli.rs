@@ -41,7 +41,8 @@ fn summary(run: &crate::util::Run) -> serde_json::Value {
 fn embed_index_and_search_end_to_end() {
     let mock = MockServer::start();
     let input = standard_corpus();
-    std::fs::write(input.path().join("logo.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").expect("write");
+    std::fs::write(input.path().join("logo.ico"), b"\0\0\x01\0\x01\0\x10\x10").expect("write");
+    std::fs::write(input.path().join("photo.png"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").expect("write");
     std::fs::write(input.path().join("latin1.txt"), b"caf\xe9 cr\xe8me").expect("write");
     let out = tempfile::tempdir().expect("tempdir");
     let dataset = out.path().join("ds");
@@ -51,10 +52,11 @@ fn embed_index_and_search_end_to_end() {
     let s = summary(&embedded);
     assert_eq!(s["status"], "complete");
     assert_eq!(s["documents"]["read"], 6, "{s}");
-    assert_eq!(s["documents"]["files_skipped"], 1, "the PNG: {s}");
+    assert_eq!(s["documents"]["files_skipped"], 1, "the icon: {s}");
+    assert_eq!(s["images"]["skipped"], 1, "the PNG, without --caption-model: {s}");
     assert_eq!(s["documents"]["records_skipped"], 1, "bike-2 has no text: {s}");
     assert_eq!(s["documents"]["lossy_utf8"], 1, "{s}");
-    assert!(embedded.stderr.contains("logo.png") && embedded.stderr.contains("binary"), "{}", embedded.stderr);
+    assert!(embedded.stderr.contains("logo.ico") && embedded.stderr.contains("binary"), "{}", embedded.stderr);
     assert!(embedded.stderr.contains("records.jsonl:2"), "skip names file and line: {}", embedded.stderr);
     assert!(embedded.stderr.contains("latin1.txt"), "{}", embedded.stderr);
     assert!(mock.observed().violations.is_empty(), "{:?}", mock.observed().violations);

@@ -4,6 +4,7 @@
 mod util;
 
 mod ask;
+mod captions;
 mod cli;
 mod cost;
 mod export;

@@ -243,10 +243,16 @@ pub struct JobFlags {
     /// timestamp; without one, the field's own type); `*` carries every scalar field. Repeatable.
     #[arg(long, value_name = "FIELD[:TYPE]")]
     pub metadata: Vec<String>,
-    /// Read files as FORMAT (text, markdown, jsonl, csv, tsv, parquet, html, pdf) instead of by extension; with
+    /// Read files as FORMAT (text, markdown, jsonl, csv, tsv, parquet, html, pdf, image) instead of by extension; with
     /// GLOB=FORMAT only files whose path below the input matches. Repeatable, the first match wins.
     #[arg(long, value_name = "[GLOB=]FORMAT")]
     pub format: Vec<String>,
+    /// Describe the images of the input (.png, .jpg, .jpeg, .webp, .gif) with this vision model through TARS
+    /// (`tars/gpt-4o-mini`, say): the description, with any visible text, becomes the image's text. Captions are
+    /// cached in the dataset by image content and model. Without it, images are not read (and the run says how
+    /// many it skipped).
+    #[arg(long, value_name = "MODEL")]
+    pub caption_model: Option<String>,
     /// Follow symbolic links to directories, detecting loops (links to files are always read).
     #[arg(short = 'L', long)]
     pub follow: bool,

@@ -26,6 +26,8 @@ pub struct JobSpec {
     pub formats: Option<Setting<Vec<String>>>,
     /// `--metadata` / `input.metadata`, as given.
     pub metadata: Option<Setting<Vec<String>>>,
+    /// `--caption-model` / `input.caption_model`: images are read and captioned only with one.
+    pub caption_model: Option<Setting<String>>,
     pub out: PathBuf,
     /// Where `out` came from, for messages about it.
     pub out_origin: Origin,
@@ -153,6 +155,13 @@ impl JobSpec {
             } else {
                 p.zip(file_input.and_then(|i| i.metadata.as_ref())).map(|(p, m)| p.setting(m, "input.metadata"))
             },
+            caption_model: pick(
+                flags.caption_model,
+                "--caption-model",
+                p,
+                file_input.and_then(|i| i.caption_model.as_ref()),
+                "input.caption_model",
+            ),
             out,
             out_origin,
             model: or_default(
@@ -379,6 +388,12 @@ impl JobSpec {
     /// The inputs with their formats and metadata fields, checked.
     pub fn source_options(&self) -> anyhow::Result<SourceOptions> {
         let mut options = self.source.clone();
+        if let Some(model) = &self.caption_model {
+            if model.value.trim().is_empty() {
+                return Err(model.error("the caption model is empty"));
+            }
+            options.images = true;
+        }
         if let Some(formats) = &self.formats {
             options.formats = formats
                 .value
@@ -570,5 +585,34 @@ mod shard_tests {
         assert!(shard_from_env(Some(4), env(&[("JOB_COMPLETION_INDEX", "4")])).is_err(), "out of range");
         assert!(shard_from_env(Some(4), env(&[("JOB_COMPLETION_INDEX", "x")])).is_err());
         assert!(shard_from_env(Some(4), env(&[])).expect_err("no index").to_string().contains("--shard I/N"));
+    }
+}
+
+#[cfg(test)]
+mod caption_tests {
+    use super::JobSpec;
+    use crate::config::Pipeline;
+
+    fn spec(toml: &str, flag: Option<&str>) -> JobSpec {
+        let pipeline = Pipeline::parse(std::path::Path::new("p/job.toml"), toml.to_owned()).expect("valid");
+        let flags = crate::cli::JobFlags { caption_model: flag.map(str::to_owned), ..Default::default() };
+        JobSpec::from_pipeline(&pipeline, None, None, None, flags)
+    }
+
+    #[test]
+    fn images_are_read_only_with_a_caption_model_from_the_flag_or_the_file() {
+        let file = "[input]\npaths = [\"d\"]\ncaption_model = \"tars/gpt-4o-mini\"\n[output]\ndataset = \"o\"\n";
+        let from_file = spec(file, None);
+        assert_eq!(from_file.caption_model.as_ref().map(|m| m.value.as_str()), Some("tars/gpt-4o-mini"));
+        assert!(from_file.source_options().expect("options").images);
+        let flag = spec(file, Some("tars/claude-sonnet-4"));
+        assert_eq!(flag.caption_model.as_ref().map(|m| m.value.as_str()), Some("tars/claude-sonnet-4"));
+
+        let none = spec("[input]\npaths = [\"d\"]\n[output]\ndataset = \"o\"\n", None);
+        assert!(!none.source_options().expect("options").images);
+
+        let empty = spec("[input]\npaths = [\"d\"]\ncaption_model = \" \"\n[output]\ndataset = \"o\"\n", None);
+        let error = empty.source_options().expect_err("an empty model").to_string();
+        assert_eq!(error, "p/job.toml:3: input.caption_model: the caption model is empty");
     }
 }

@@ -265,8 +265,14 @@ async fn execute(
             tracing::warn!("--repair: {line}");
         }
     }
+    let captioner = match (&spec.caption_model, spec.retry_failed) {
+        (Some(model), false) => Some(Arc::new(captioner(model, &target, spec.dry_run, spec.max_retries.value)?)),
+        _ => None,
+    };
+    let mut source = spec.source_options().map_err(Failure::usage)?;
+    source.skip_dirs.push(dir.clone());
     let job = EmbedJob {
-        source: spec.source_options().map_err(Failure::usage)?,
+        source,
         chunking,
         counter,
         batching,
@@ -281,6 +287,7 @@ async fn execute(
         max_delete: spec.delete_limit().map_err(Failure::usage)?,
         cache_uploads,
         shard: sharded.as_ref().map(|s| s.shard),
+        captioner,
     };
 
     // The bar's total: a walk of the inputs that reads no file, alongside the run (stopped with it).
@@ -301,7 +308,11 @@ async fn execute(
     let shutdown = stop_signal();
     let started = std::time::Instant::now();
     let run_stats = Arc::clone(&stats);
+    let captions = job.captioner.is_some() && !spec.dry_run;
     let outcome = run_embed(job, Arc::new(embedder), run_stats, shutdown).await;
+    if captions {
+        target.push_captions().await;
+    }
     drop(progress);
     prescan_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     // The run's cache is closed: its last segment names have been sent.
@@ -431,6 +442,15 @@ async fn execute(
         );
         return Ok(exit::FAILURES);
     }
+    let uncaptioned = outcome.summary.images.failed;
+    if uncaptioned > 0 {
+        eprintln!(
+            "error: {} could not be captioned (listed above); the run went on without {}; {kept}; the next run tries \
+             again",
+            count(uncaptioned, "image"),
+            if uncaptioned == 1 { "it" } else { "them" }
+        );
+    }
     Ok(match outcome.status {
         RunStatus::Complete => exit::SUCCESS,
         _ => {
@@ -444,6 +464,31 @@ async fn execute(
             exit::FAILURES
         }
     })
+}
+
+/// The captioner of a run with `--caption-model`: its chat client (pacing and retries as patient as the
+/// embeddings'), and the dataset's caption cache. A dry run needs no key and sends nothing.
+fn captioner(
+    model: &Setting<String>,
+    target: &Target,
+    dry_run: bool,
+    max_retries: u32,
+) -> Result<crate::caption::Captioner, Failure> {
+    let dir = target.captions_dir();
+    let open = if dry_run { crate::store::CaptionCache::open_read_only } else { crate::store::CaptionCache::open };
+    let cache = open(&dir).map_err(Failure::run)?;
+    if dry_run {
+        return Ok(crate::caption::Captioner::dry_run(&model.value, cache));
+    }
+    let endpoint = crate::tars::Endpoint::from_env()
+        .map_err(|e| Failure::usage(anyhow::anyhow!("{e} (--caption-model sends the images to TARS)")))?;
+    let config = crate::tars::chat::ChatConfig {
+        retry: crate::tars::retry::RetryPolicy { max_retries, ..Default::default() },
+        max_concurrency: crate::caption::CAPTIONS_IN_FLIGHT,
+        ..crate::tars::chat::ChatConfig::new(endpoint, &model.value)
+    };
+    let chat = crate::tars::chat::ChatClient::new(config).map_err(|e| Failure::usage(model.error(e)))?;
+    Ok(crate::caption::Captioner::new(Arc::new(chat), cache))
 }
 
 /// After a shard's pipeline: a shard that finished records itself done (unless another attempt of it did first),

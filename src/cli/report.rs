@@ -7,12 +7,14 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::job::JobSpec;
+use crate::caption::CAPTION_MAX_TOKENS;
 use crate::embed::price::estimate_usd;
 use crate::error::count;
 use crate::index::IndexMeta;
 use crate::pipeline::RunOutcome;
 use crate::stats::Entry;
 use crate::store::{RunStatus, write_json_atomic};
+use crate::tars::price::chat_usd;
 
 const RUNS_DIR: &str = "runs";
 /// The models the dry-run cost table lists.
@@ -58,6 +60,12 @@ pub struct RunReport {
     pub records_skipped: Vec<Entry>,
     /// Metadata values stored as null, by record (the first 1000; `documents.metadata_nulls` counts all).
     pub metadata_nulls: Vec<Entry>,
+    /// The vision model that captions images (`--caption-model`), and what the run did with them.
+    pub caption_model: Option<String>,
+    pub images: ImagesReport,
+    /// Images that could not be captioned, and why (the first 1000; `images.failed` counts all). Each is also a
+    /// dead-letter line in the dataset's `captions/` log; the next run tries them again.
+    pub caption_failures: Vec<Entry>,
     /// Why the run refused to publish, when it would have deleted too many documents.
     pub mass_delete: Option<String>,
     /// Nothing was sent or written: the counts are what a run would do.
@@ -107,6 +115,15 @@ pub struct Chunks {
     pub failed: u64,
     /// Chunks the published version lacks (failed in this run or an earlier one), all in the dead-letter file.
     pub missing: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImagesReport {
+    #[serde(flatten)]
+    pub counts: crate::stats::Images,
+    /// At the caption model's list price, from the tokens it reported (or, in a dry run, the estimated prompt
+    /// tokens); `null` for a model without a known price.
+    pub estimated_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,6 +204,15 @@ impl RunReport {
             read_errors: s.named.read_errors.clone(),
             records_skipped: s.named.records_skipped.clone(),
             metadata_nulls: s.named.metadata_nulls.clone(),
+            caption_model: spec.caption_model.as_ref().map(|m| m.value.clone()),
+            images: ImagesReport {
+                counts: s.images.clone(),
+                estimated_cost_usd: spec.caption_model.as_ref().and_then(|m| {
+                    let i = &s.images;
+                    chat_usd(&m.value, i.prompt_tokens + i.estimated_image_tokens, i.completion_tokens)
+                }),
+            },
+            caption_failures: s.named.caption_failures.clone(),
             mass_delete: outcome.mass_delete.as_ref().map(ToString::to_string),
             dry_run: spec.dry_run,
             budget_reached: outcome.budget_reached,
@@ -226,6 +252,26 @@ impl RunReport {
         );
         let cost = self.estimated_cost_usd.map_or_else(|| "unknown price".to_owned(), |usd| format!("${usd:.4}"));
         let _ = writeln!(out, "estimated cost with {}: {cost}", self.model);
+        if let Some(model) = &self.caption_model {
+            let i = &self.images.counts;
+            let cost =
+                self.images.estimated_cost_usd.map_or_else(|| "unknown price".to_owned(), |usd| format!("${usd:.4}"));
+            let most = chat_usd(model, 0, i.to_caption * u64::from(CAPTION_MAX_TOKENS))
+                .map_or_else(String::new, |usd| format!(" (at most ${usd:.4})"));
+            let _ = writeln!(
+                out,
+                "would caption {} with {model}: ≈ {} prompt tokens for the images ({cost}), plus ~60 for the prompt and up to \
+                 {CAPTION_MAX_TOKENS} output tokens each{most}; {} cached{}",
+                count(i.to_caption, "image"),
+                i.estimated_image_tokens,
+                i.cached,
+                if i.failed > 0 { format!(", {} unreadable", i.failed) } else { String::new() }
+            );
+            let _ = writeln!(out, "(the embedding figures above leave out the captions still to be written)");
+        } else if self.images.counts.skipped > 0 {
+            let _ =
+                writeln!(out, "{} would be skipped (no --caption-model)", count(self.images.counts.skipped, "image"));
+        }
         if let Some(refusal) = &self.mass_delete {
             let _ = writeln!(out, "a real run would stop before publishing: {refusal}");
         }
@@ -276,6 +322,7 @@ impl RunReport {
             d.hidden
         );
         self.print_entries(&mut out);
+        self.print_images(&mut out);
         let _ = writeln!(
             out,
             "chunks: {} embedded, {} reused, {} removed, {} failed; {} tokens ({} billed, {cost})",
@@ -318,6 +365,47 @@ impl RunReport {
 }
 
 impl RunReport {
+    /// What became of the images, and the first failures by name.
+    fn print_images(&self, out: &mut impl Write) {
+        let i = &self.images.counts;
+        if !i.any() {
+            return;
+        }
+        let Some(model) = &self.caption_model else {
+            let _ = writeln!(
+                out,
+                "images: {} skipped (no --caption-model; those captioned before keep their captions)",
+                i.skipped
+            );
+            return;
+        };
+        let cost =
+            self.images.estimated_cost_usd.map_or_else(|| "cost unknown".to_owned(), |usd| format!("≈ ${usd:.4}"));
+        let _ = writeln!(
+            out,
+            "images: {} captioned by {model}, {} from the caption cache, {} failed; {} prompt + {} output tokens ({cost})",
+            i.captioned, i.cached, i.failed, i.prompt_tokens, i.completion_tokens
+        );
+        if i.failed > 0 {
+            let _ = writeln!(
+                out,
+                "{} not captioned (each in the dataset's captions/ log; the next run tries again{}):",
+                count(i.failed, "image"),
+                if i.kept > 0 {
+                    format!("; {} kept the caption they had", count(i.kept, "image"))
+                } else {
+                    String::new()
+                }
+            );
+            for entry in self.caption_failures.iter().take(10) {
+                let _ = writeln!(out, "  {}: {}", entry.path, entry.reason);
+            }
+            if i.failed > 10 {
+                let _ = writeln!(out, "  … and {} more (--json lists up to 1000)", i.failed - 10);
+            }
+        }
+    }
+
     /// The entries not read and the read errors, a few of each by name.
     fn print_entries(&self, out: &mut impl Write) {
         const SHOWN: usize = 10;

@@ -61,6 +61,7 @@ impl Target {
             None => forget_local_version(&remote.mirror)?,
         }
         let cached = remote.pull_cache().await?;
+        remote.pull_captions().await?;
         let dir = remote.mirror.clone();
         Ok(Self { dir, name: remote.url.clone(), remote: Some(remote), base, cached })
     }
@@ -119,6 +120,7 @@ impl Target {
             remote.pull(base, false).await?;
         }
         let cached = remote.pull_cache().await?;
+        remote.pull_captions().await?;
         let attempt = format!("{:016x}", rand::random::<u64>());
         let work = remote.mirror.join(crate::store::RUNS_DIR).join(&plan.run).join(format!("shard-{:04}", shard.index));
         let base_files = prepare_work(&remote.mirror, &work, base.as_ref(), shard)?;
@@ -154,6 +156,21 @@ impl Target {
         match &self.remote {
             Some(remote) => remote.push_indexes().await,
             None => Ok(()),
+        }
+    }
+
+    /// Where the caption cache is: the dataset's folder, or for one on object storage its mirror (a shard's work
+    /// folder is its own, the captions are the dataset's).
+    pub fn captions_dir(&self) -> PathBuf {
+        self.remote.as_ref().map_or_else(|| self.dir.clone(), |r| r.mirror.clone())
+    }
+
+    /// After a run on a remote dataset, however it ended: the captions it paid for go up for the next run.
+    pub async fn push_captions(&self) {
+        if let Some(remote) = &self.remote
+            && let Err(e) = remote.push_captions().await
+        {
+            tracing::warn!("could not upload the caption cache to {}: {}", self.name, crate::error::Chain(&e));
         }
     }
 

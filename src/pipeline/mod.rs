@@ -1,13 +1,14 @@
 //! Wiring of the `embed` run: source → chunker → batcher → embedder → writer.
 //!
 //! ```text
-//!  [blocking] source ──docs(32)──▶ [blocking ×w] hash + chunk ──(32)──▶ [blocking] plan + batch
+//!  [blocking] source ──docs(32)──▶ ([async ×4] caption images) ──(32)──▶ [blocking ×w] hash + chunk ──(32)──▶ [blocking] plan + batch
 //!                                                                                │ batches(2c)
 //!                                                                                ▼
 //!                                    [blocking] Parquet writer ◀──results(4)── [async] embed, c in flight
 //! ```
 //!
-//! Chunking runs on w = 2 × cores blocking tasks at once, one document each, and its results are taken in input
+//! Images are captioned (with `--caption-model`) four at a time, in input order, before they are chunked like any
+//! other document. Chunking runs on w = 2 × cores blocking tasks at once, one document each, and its results are taken in input
 //! order, so the dataset does not depend on which task finished first.
 //!
 //! Every arrow is a bounded channel (capacities in brackets, c = concurrency), so a fast stage waits for a slow one
@@ -37,10 +38,11 @@ pub use isolate::{BatchOutcome, ChunkFailure, embed_isolating};
 pub use previous::{Previous, VectorLoc, text_key};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
+use crate::caption::{CAPTIONS_IN_FLIGHT, Caption, Captioner};
 use crate::chunk::{Chunk, ChunkSettings, Chunker, TokenChunker, TokenCounter};
 use crate::embed::{EmbedError, Embedder, Embeddings};
 use crate::error::count;
-use crate::source::{Document, Excluded, FileSource, Source, SourceItem, SourceOptions, file_key};
+use crate::source::{Document, Excluded, FileSource, Format, Source, SourceItem, SourceOptions, file_key};
 use crate::stats::{Stats, Summary};
 use crate::store::{ChunkingInfo, DatasetWriter, DocRecord, EmbeddingCache, Manifest, RunStatus, StoreError};
 
@@ -77,6 +79,8 @@ pub struct EmbedJob {
     pub cache_uploads: Option<crate::store::SegmentSink>,
     /// In a sharded run: only the documents of this shard, new rows from the shard's own range, no compaction.
     pub shard: Option<crate::store::Shard>,
+    /// Writes the text of image documents (`--caption-model`); without one, images are not read.
+    pub captioner: Option<Arc<Captioner>>,
 }
 
 /// How a run ended.
@@ -149,6 +153,8 @@ pub async fn run_embed<E: Embedder>(
     };
     let mut settings = Manifest::new(embedder.model().to_owned(), job.requested_dimensions, chunking);
     settings.metadata_spec = job.source.records.metadata.to_strings();
+    let caption_model = job.captioner.as_ref().map(|c| c.model().to_owned());
+    settings.caption_model = caption_model.clone();
     // Fail on bad inputs and a damaged dataset before any work.
     let source = if job.retry_failed { None } else { Some(FileSource::new(job.source.clone())?) };
     let load = {
@@ -170,6 +176,10 @@ pub async fn run_embed<E: Embedder>(
                 // No input is read: the documents keep the metadata they have.
                 settings.metadata_spec = m.metadata_spec.clone();
             }
+            if settings.caption_model.is_none() && previous.appends() {
+                // Images not read keep their captions, and the model that wrote them.
+                settings.caption_model = previous.manifest.as_ref().and_then(|m| m.caption_model.clone());
+            }
             let writer = if dry_run {
                 None
             } else {
@@ -189,6 +199,9 @@ pub async fn run_embed<E: Embedder>(
     let (cache, mut previous, writer) = load.await.map_err(|e| PipelineError::Thread(e.to_string()))??;
     let published_before = previous.manifest.clone();
     let appends = previous.appends();
+    // Captions by another model than the published ones: every image is read again, to be captioned anew.
+    let recaption = caption_model.is_some()
+        && published_before.as_ref().is_some_and(|m| m.caption_model.is_some() && m.caption_model != caption_model);
     let base = previous.dataset.take();
     let base_docs: HashMap<String, DocRecord> =
         if appends { previous.docs.clone().into_iter().collect() } else { Default::default() };
@@ -208,6 +221,7 @@ pub async fn run_embed<E: Embedder>(
     let stop = Arc::new(AtomicBool::new(false));
     let (doc_tx, doc_rx) = mpsc::channel(32);
     let (prepared_tx, prepared_rx) = mpsc::channel(32);
+    let (captioned_tx, captioned_rx) = mpsc::channel::<Input>(32);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(concurrency * 2);
     let (writer_tx, writer_rx) = mpsc::channel::<WriterMsg>(64);
 
@@ -219,7 +233,8 @@ pub async fn run_embed<E: Embedder>(
             Some(source) if appends => {
                 let filter = Arc::clone(&previous);
                 let source = source.with_unchanged_filter(Box::new(move |file, stat, format| {
-                    filter.file_unchanged(file, stat.size, stat.mtime_ns, format)
+                    !(recaption && format == Format::Image)
+                        && filter.file_unchanged(file, stat.size, stat.mtime_ns, format)
                 }));
                 read_source(source, shard, &doc_tx, &stats, &stop);
             }
@@ -228,6 +243,10 @@ pub async fn run_embed<E: Embedder>(
         }
     });
     let chunker = Arc::new(TokenChunker::with_counter(job.chunking, job.counter.clone()));
+    let (caption_task, doc_rx) = match job.captioner.clone() {
+        Some(captioner) => (tokio::spawn(caption(doc_rx, captioned_tx, captioner, Arc::clone(&stats))), captioned_rx),
+        None => (tokio::spawn(async {}), doc_rx),
+    };
     let prepare_task = tokio::spawn(prepare(doc_rx, prepared_tx, Arc::clone(&chunker), Arc::clone(&previous)));
     let (guard_tx, mut guard_rx) = tokio::sync::oneshot::channel();
     let plan_task = tokio::task::spawn_blocking({
@@ -369,7 +388,7 @@ pub async fn run_embed<E: Embedder>(
         assembled.writer.set_field_types(job.source.records.field_types());
         assembled.no_compaction = job.shard.is_some();
     }
-    for task in [source_task, prepare_task, plan_task] {
+    for task in [source_task, caption_task, prepare_task, plan_task] {
         task.await.map_err(|e| PipelineError::Thread(e.to_string()))?;
     }
     // The planner may have refused after the last batch was done (and always reports here in a dry run).
@@ -386,7 +405,9 @@ pub async fn run_embed<E: Embedder>(
         (Some(error), _) => RunStatus::Aborted { reason: error.to_string() },
         (None, true) => RunStatus::Aborted { reason: "interrupted".to_owned() },
         (None, false) if budget_reached => RunStatus::Aborted { reason: "token budget reached".to_owned() },
-        (None, false) if failed > 0 || incomplete_docs > 0 || !source_done => {
+        (None, false)
+            if failed > 0 || incomplete_docs > 0 || !source_done || Stats::get(&stats.captions_failed) > 0 =>
+        {
             RunStatus::Partial { failed_chunks: failed }
         }
         (None, false) => RunStatus::Complete,
@@ -433,6 +454,9 @@ enum Input {
         key: String,
         name: Option<String>,
     },
+    /// An image (its dataset name) that could not be captioned: it keeps its previous caption, if it had one, and
+    /// is read again next time.
+    CaptionFailed(String),
     /// A document of the dataset whose failed chunks are to be sent again (`retry-failed`).
     Retry(String),
     /// Every input was listed: with `all_documents`, the whole source (so documents not seen were deleted).
@@ -470,6 +494,13 @@ fn read_source(
                 Input::Doc(Box::new(Prepared { doc, content_hash: String::new(), chunks: None, bytes: bytes_since() }))
             }
             SourceItem::Unchanged(file) => Input::Unchanged { file, bytes: bytes_since() },
+            // Without a caption model an image is left as it was, as if unchanged.
+            SourceItem::ImageNotCaptioned(path) => {
+                // Counted in the report: a line per image would drown a corpus of photos.
+                tracing::debug!("{}: image not read (no --caption-model)", path.display());
+                Stats::add(&stats.images_skipped, 1);
+                Input::Unchanged { file: file_key(&path), bytes: bytes_since() }
+            }
             SourceItem::LossyUtf8(origin) => {
                 Stats::add(&stats.documents_lossy_utf8, 1);
                 tracing::warn!("{origin}: invalid UTF-8 replaced with U+FFFD");
@@ -541,7 +572,7 @@ async fn prepare(
     previous: Arc<Previous>,
 ) {
     let workers = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut prepared = ReceiverStream::new(inputs)
+    let prepared = ReceiverStream::new(inputs)
         .map(|input| {
             let (chunker, previous) = (Arc::clone(&chunker), Arc::clone(&previous));
             tokio::task::spawn_blocking(move || match input {
@@ -556,18 +587,87 @@ async fn prepare(
             })
         })
         .buffered(workers);
-    while let Some(input) = prepared.next().await {
-        // A task that panicked (it should not) ends the stage; the planner then sees its input end early, and the
-        // run publishes as one that stopped before it read everything.
-        let input = match input {
-            Ok(input) => input,
-            Err(e) => {
+    // A task that panicked (it should not) ends the stage; the planner then sees its input end early, and the run
+    // publishes as one that stopped before it read everything.
+    let prepared = prepared
+        .take_while(|input| {
+            if let Err(e) = input {
                 tracing::error!("chunking failed: {e}; the run stops here");
-                return;
             }
+            futures::future::ready(input.is_ok())
+        })
+        .filter_map(|input| futures::future::ready(input.ok()));
+    forward(prepared, &out).await;
+}
+
+/// Sends what `items` yields to `out`, in order, until either ends. When the next stage stops (the run is
+/// stopping), work under way here is dropped at once: a caption request, or a wait on the stage before.
+async fn forward(items: impl futures::Stream<Item = Input>, out: &mpsc::Sender<Input>) {
+    tokio::pin!(items);
+    loop {
+        let item = tokio::select! {
+            item = items.next() => item,
+            () = out.closed() => return,
         };
-        if out.send(input).await.is_err() {
-            return; // the run is stopping
+        let Some(item) = item else { return };
+        if out.send(item).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The caption stage: image documents get their text from the [`Captioner`], [`CAPTIONS_IN_FLIGHT`] at a time,
+/// and everything goes on in input order. An image that cannot be captioned goes on as [`Input::CaptionFailed`].
+async fn caption(
+    inputs: mpsc::Receiver<Input>,
+    out: mpsc::Sender<Input>,
+    captioner: Arc<Captioner>,
+    stats: Arc<Stats>,
+) {
+    let captioned = ReceiverStream::new(inputs)
+        .map(|input| {
+            let (captioner, stats) = (Arc::clone(&captioner), Arc::clone(&stats));
+            async move {
+                match input {
+                    Input::Doc(prepared) if prepared.doc.meta.source == Some(Format::Image) => {
+                        caption_one(prepared, &captioner, &stats).await
+                    }
+                    other => other,
+                }
+            }
+        })
+        .buffered(CAPTIONS_IN_FLIGHT);
+    forward(captioned, &out).await;
+}
+
+async fn caption_one(mut prepared: Box<Prepared>, captioner: &Captioner, stats: &Stats) -> Input {
+    let path = prepared.doc.origin.path.clone();
+    let (result, usage) = captioner.caption(&path).await;
+    if let Some(usage) = usage {
+        Stats::add(&stats.caption_prompt_tokens, usage.prompt_tokens.unwrap_or(0));
+        Stats::add(&stats.caption_completion_tokens, usage.completion_tokens.unwrap_or(0));
+    }
+    match result {
+        Ok(Caption::Text { text, cached }) => {
+            Stats::add(if cached { &stats.captions_cached } else { &stats.images_captioned }, 1);
+            prepared.doc.text = text;
+            Input::Doc(prepared)
+        }
+        Ok(Caption::Estimate { tokens }) => {
+            // A dry run: the image is counted as a document, without the text it would get.
+            Stats::add(&stats.images_to_caption, 1);
+            Stats::add(&stats.caption_tokens_estimated, tokens);
+            Input::Doc(prepared)
+        }
+        Err(error) => {
+            let logged = Stats::get(&stats.captions_failed);
+            if logged < LOGGED_PER_KIND {
+                tracing::warn!("{}: not captioned: {}", path.display(), crate::error::Chain(&error));
+            } else if logged == LOGGED_PER_KIND {
+                tracing::warn!("more images not captioned: the run report lists them");
+            }
+            stats.caption_failed(path.display().to_string(), crate::error::Chain(&error).to_string());
+            Input::CaptionFailed(prepared.doc.doc)
         }
     }
 }
@@ -622,6 +722,7 @@ impl Planner {
                     Stats::add(&self.stats.input_bytes_planned, doc.bytes);
                     self.plan(doc, &mut seen, &mut batcher, batches, writer)
                 }
+                Input::CaptionFailed(name) => self.keep_for_next_run(name, &mut seen, writer),
                 Input::Retry(name) => match self.previous.docs.get(&name) {
                     Some(record) if seen.insert(name.clone()) => {
                         self.patch(record.clone(), &mut batcher, batches, writer).unwrap_or_else(|| {
@@ -705,6 +806,21 @@ impl Planner {
             }
         };
         self.keep(by_file.chain(by_name), &self.stats.docs_unreadable, seen, writer)
+    }
+
+    /// A document that could not be made this time keeps its published version, marked to be read again by the
+    /// next run whatever its file's stat says. Returns false when the run is stopping.
+    fn keep_for_next_run(&self, name: String, seen: &mut HashSet<String>, writer: &mpsc::Sender<WriterMsg>) -> bool {
+        let Some(record) = self.previous.docs.get(&name) else {
+            seen.insert(name);
+            return true;
+        };
+        if !seen.insert(name) {
+            return true;
+        }
+        Stats::add(&self.stats.docs_caption_kept, 1);
+        let record = DocRecord { stat_trusted: false, ..record.clone() };
+        writer.blocking_send(WriterMsg::Keep(record)).is_ok()
     }
 
     /// The documents of an unchanged file keep their rows. Returns false when the run is stopping.

@@ -64,6 +64,11 @@ pub struct SourceOptions {
     /// Follow symbolic links to directories (`--follow`), as ripgrep's `-L`; loops are detected and reported.
     /// Links to files are always read.
     pub follow_links: bool,
+    /// Images become documents for the caption stage (a caption model is set); otherwise they are skipped.
+    pub images: bool,
+    /// Directories never walked, wherever they are below an input: the dataset being written (a dataset inside
+    /// its own input must not index its own files).
+    pub skip_dirs: Vec<PathBuf>,
 }
 
 impl Default for SourceOptions {
@@ -76,6 +81,8 @@ impl Default for SourceOptions {
             formats: Vec::new(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             follow_links: false,
+            images: false,
+            skip_dirs: Vec::new(),
         }
     }
 }
@@ -222,6 +229,7 @@ impl FileSource {
             let root = self.pending_roots.pop_front()?;
             if root.is_dir() {
                 let (pruned, exclude, top) = (std::sync::Arc::clone(&self.pruned), self.exclude.clone(), root.clone());
+                let skip: Vec<PathBuf> = self.options.skip_dirs.iter().map(|d| absolute_normal(d)).collect();
                 let entries = walkdir::WalkDir::new(&root)
                     .follow_links(self.options.follow_links)
                     .sort_by_file_name()
@@ -232,6 +240,11 @@ impl FileSource {
                         }
                         let counter = if is_hidden(e.file_name()) {
                             &pruned.hidden
+                        } else if e.file_type().is_dir()
+                            && !skip.is_empty()
+                            && skip.contains(&absolute_normal(e.path()))
+                        {
+                            return false;
                         } else if e.file_type().is_dir()
                             && exclude
                                 .as_ref()
@@ -322,11 +335,47 @@ impl FileSource {
                 self.read_whole(path, name, format);
                 return;
             }
+            Format::Image => {
+                self.image(path, name);
+                return;
+            }
         };
         match opened {
             Ok(reader) => self.records = Some(reader),
             Err(error) => self.queued.extend(read_error(path, Some(name), error)),
         }
+    }
+
+    /// An image: a document without text, read by the caption stage (only its stat here, so the channels between
+    /// stages never hold image bytes).
+    fn image(&mut self, path: PathBuf, name: String) {
+        let metadata = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                self.queued.extend(read_error(path, Some(name), error));
+                return;
+            }
+        };
+        self.count_read(metadata.len());
+        let origin = Origin::file(path.clone());
+        if !self.options.images {
+            self.queued.push_back(SourceItem::ImageNotCaptioned(path));
+            return;
+        }
+        let limit = self.options.max_file_bytes;
+        if metadata.len() > limit {
+            let reason = SkipReason::TooLarge { bytes: metadata.len(), limit };
+            self.queued.push_back(SourceItem::NotRead { origin, reason });
+            return;
+        }
+        self.queued.push_back(SourceItem::Document(Document {
+            doc: name,
+            text: String::new(),
+            format: TextFormat::Plain,
+            origin,
+            stat: Some(FileStat::of(&metadata)),
+            meta: DocMeta { source: Some(Format::Image), ..DocMeta::default() },
+        }));
     }
 
     /// A file that is one document: read whole, and its text extracted when it is HTML or PDF.
@@ -527,6 +576,10 @@ pub(super) fn markdown_title(text: &str) -> Option<String> {
     None
 }
 
+fn absolute_normal(path: &Path) -> PathBuf {
+    crate::config::normal_path(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
 /// A dataset name for a path: forward slashes on every platform, so names are stable across machines.
 fn path_name(path: &Path) -> String {
     let parts: Vec<String> = path
@@ -600,12 +653,12 @@ mod tests {
         std::fs::write(root.join("a.md"), "# A").expect("write");
         std::fs::write(root.join("sub/c.txt"), "sea").expect("write");
         std::fs::write(root.join(".git/config"), "hidden").expect("write");
-        std::fs::write(root.join("img.png"), b"\x89PNG\0\0\0").expect("write");
+        std::fs::write(root.join("blob.bin"), b"\x89PNG\0\0\0").expect("write");
         std::fs::write(root.join("bad.txt"), b"caf\xe9").expect("write");
 
         let items = collect(SourceOptions { inputs: vec![root.to_path_buf()], ..Default::default() });
         assert_eq!(docs(&items), ["a.md", "b.txt", "bad.txt", "sub/c.txt"]);
-        assert!(items.iter().any(|i| matches!(i, SourceItem::NotRead { reason: SkipReason::Binary, origin } if origin.path.ends_with("img.png"))));
+        assert!(items.iter().any(|i| matches!(i, SourceItem::NotRead { reason: SkipReason::Binary, origin } if origin.path.ends_with("blob.bin"))));
         assert!(items.iter().any(|i| matches!(i, SourceItem::LossyUtf8(o) if o.path.ends_with("bad.txt"))));
         let bad = items.iter().find_map(|i| match i {
             SourceItem::Document(d) if d.doc == "bad.txt" => Some(d.text.clone()),
@@ -620,6 +673,53 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(docs(&items), ["b.txt", "bad.txt"]);
+    }
+
+    #[test]
+    fn the_dataset_being_written_is_never_walked_even_inside_its_input() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("ds/captions")).expect("mkdir");
+        std::fs::write(root.join("ds/captions/run.jsonl"), "{\"text\":\"a caption\"}\n").expect("write");
+        std::fs::write(root.join("ds/manifest.json"), "{}").expect("write");
+        std::fs::write(root.join("notes.txt"), "text").expect("write");
+        // Named another way than the walk sees it.
+        let skip = root.join("./ds/../ds");
+        let items =
+            collect(SourceOptions { inputs: vec![root.to_path_buf()], skip_dirs: vec![skip], ..Default::default() });
+        assert_eq!(docs(&items), ["notes.txt"]);
+    }
+
+    #[test]
+    fn images_are_documents_for_the_caption_stage_only_when_captions_are_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("photo.JPG"), b"\xff\xd8\xff\xe0 not decoded here").expect("write");
+        std::fs::write(root.join("huge.png"), vec![0u8; 64]).expect("write");
+        std::fs::write(root.join("notes.txt"), "text").expect("write");
+
+        let options = SourceOptions { inputs: vec![root.to_path_buf()], max_file_bytes: 40, ..Default::default() };
+        let items = collect(options.clone());
+        assert_eq!(docs(&items), ["notes.txt"]);
+        let skipped: Vec<&Path> = items
+            .iter()
+            .filter_map(|i| match i {
+                SourceItem::ImageNotCaptioned(path) => path.file_name().map(Path::new),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(skipped, [Path::new("huge.png"), Path::new("photo.JPG")]);
+
+        let items = collect(SourceOptions { images: true, ..options });
+        assert_eq!(docs(&items), ["notes.txt", "photo.JPG"]);
+        let photo = items.iter().find_map(|i| match i {
+            SourceItem::Document(d) if d.doc == "photo.JPG" => Some(d),
+            _ => None,
+        });
+        let photo = photo.expect("the image document");
+        assert_eq!((photo.text.as_str(), photo.meta.source), ("", Some(Format::Image)));
+        assert_eq!(photo.stat.map(|s| s.size), Some(21));
+        assert_eq!(not_read(&items), [("huge.png".to_owned(), SkipReason::TooLarge { bytes: 64, limit: 40 })]);
     }
 
     fn not_read(items: &[SourceItem]) -> Vec<(String, SkipReason)> {

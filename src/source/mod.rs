@@ -3,7 +3,7 @@
 //! A [`Source`] yields documents one at a time (and notes about what it skipped), so a corpus never has to fit in
 //! memory. [`FileSource`] walks files and directories and reads each file by its [`Format`]: plain text and
 //! Markdown whole; JSONL, CSV/TSV and Parquet as one document per record ([`RecordMapping`]); HTML and PDF as their
-//! text.
+//! text; images as documents whose text a vision model writes later (see [`crate::caption`]).
 
 mod csv;
 mod files;
@@ -45,10 +45,12 @@ pub enum Format {
     Parquet,
     Html,
     Pdf,
+    /// PNG, JPEG, GIF or WebP: read as a document without text, which the caption stage writes.
+    Image,
 }
 
 impl Format {
-    pub const ALL: [Format; 8] = [
+    pub const ALL: [Format; 9] = [
         Format::Text,
         Format::Markdown,
         Format::Jsonl,
@@ -57,6 +59,7 @@ impl Format {
         Format::Parquet,
         Format::Html,
         Format::Pdf,
+        Format::Image,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Format {
             Format::Parquet => "parquet",
             Format::Html => "html",
             Format::Pdf => "pdf",
+            Format::Image => "image",
         }
     }
 
@@ -94,6 +98,7 @@ impl Format {
             "parquet" | "pq" => Format::Parquet,
             "html" | "htm" | "xhtml" => Format::Html,
             "pdf" => Format::Pdf,
+            "png" | "jpg" | "jpeg" | "webp" | "gif" => Format::Image,
             _ => Format::Text,
         }
     }
@@ -304,6 +309,8 @@ pub enum SourceItem {
     Document(Document),
     /// A file the [`UnchangedFilter`] said is unchanged; it was not read. Its path as [`Origin`] shows it.
     Unchanged(String),
+    /// An image, not read because no caption model was set: what was read from it before is kept.
+    ImageNotCaptioned(PathBuf),
     /// Invalid UTF-8 was replaced with U+FFFD; the document follows as usual.
     LossyUtf8(Origin),
     /// An entry that was not read, for the reason given.

@@ -70,6 +70,10 @@ pub struct Manifest {
     /// again (to rewrite the metadata, not to embed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata_spec: Vec<String>,
+    /// The model that wrote the image documents' captions (`--caption-model`): a run with another one reads the
+    /// images again, to caption them anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption_model: Option<String>,
     /// The sharded run that published this version (`tars-index commit`), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
@@ -136,6 +140,7 @@ impl Manifest {
             updated_unix: unix_now(),
             metadata: BTreeMap::new(),
             metadata_spec: Vec::new(),
+            caption_model: None,
             run_id: None,
         }
     }

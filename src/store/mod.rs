@@ -13,6 +13,7 @@
 //! fsync, rename) and lists only closed files, so readers never see a half-written file.
 
 mod cache;
+mod captions;
 mod compact;
 mod docs;
 mod failed;
@@ -29,6 +30,7 @@ mod writer;
 use std::path::PathBuf;
 
 pub use cache::{CACHE_DIR, CacheLoc, EmbeddingCache, SegmentSink, clear_cache};
+pub use captions::{CAPTIONS_DIR, CaptionCache, CaptionLine};
 pub use compact::{COMPACT_DEAD_SHARE, compact, needs_compaction};
 pub use docs::{DOCS_DIR, DocRecord};
 pub use failed::{FAILED_DIR, FailedChunk};

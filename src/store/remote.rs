@@ -33,6 +33,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 
 use super::cache::CACHE_DIR;
+use super::captions::CAPTIONS_DIR;
 use super::docs::DOCS_DIR;
 use super::failed::FAILED_DIR;
 use super::manifest::write_json_atomic;
@@ -572,6 +573,31 @@ impl Remote {
             .collect();
         self.download_all(missing).await?;
         Ok(remote.into_keys().collect())
+    }
+
+    /// Fetches the caption logs the mirror lacks (or holds shorter: a log grows while its run goes on).
+    pub async fn pull_captions(&self) -> Result<(), StoreError> {
+        let remote = self.list(CAPTIONS_DIR).await?;
+        let missing: Vec<(String, u64)> = remote
+            .into_iter()
+            .filter(|(name, size)| {
+                name.ends_with(".jsonl")
+                    && std::fs::metadata(self.mirror.join(name.as_str())).map(|m| m.len()).ok() != Some(*size)
+            })
+            .collect();
+        self.download_all(missing).await
+    }
+
+    /// Uploads the mirror's caption logs the store lacks or holds shorter: every run's captions are kept for the
+    /// next, on whichever machine it runs.
+    pub async fn push_captions(&self) -> Result<(), StoreError> {
+        let remote = self.list(CAPTIONS_DIR).await?;
+        for (name, size) in local_tree(&self.mirror, CAPTIONS_DIR) {
+            if name.ends_with(".jsonl") && remote.get(&name) != Some(&size) {
+                self.upload_from(&self.mirror.join(&name), &name).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Uploads one closed cache segment (`cache/<name>`) of the dataset in `dir` (the mirror, or a shard's work).

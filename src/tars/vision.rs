@@ -54,7 +54,7 @@ impl ImageKind {
         }
     }
 
-    fn format(self) -> ImageFormat {
+    pub fn format(self) -> ImageFormat {
         match self {
             ImageKind::Png => ImageFormat::Png,
             ImageKind::Jpeg => ImageFormat::Jpeg,

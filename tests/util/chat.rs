@@ -123,6 +123,18 @@ impl Reply {
     pub fn status(status: u16, body: Value) -> Self {
         Reply::Status { status, body: body.to_string(), retry_after: None }
     }
+
+    /// A refusal, as OpenAI streams one: `refusal` deltas instead of content.
+    pub fn refusal(text: &str) -> Self {
+        let frames = vec![
+            chunk(json!({"role":"assistant","content":null,"refusal":""}), None),
+            chunk(json!({"refusal": text}), None),
+            chunk(json!({}), Some("stop")),
+            usage_chunk(300, 9),
+            Frame::Data("[DONE]".to_owned()),
+        ];
+        Reply::Stream { frames, gap: Duration::ZERO, end: End::Clean }
+    }
 }
 
 /// What the chat endpoint saw and will answer.
@@ -135,11 +147,25 @@ pub struct ChatState {
     pub finished: AtomicUsize,
     /// Broken rules of the contract found in requests (the tests assert this stays empty unless they mean it).
     pub violations: Mutex<Vec<String>>,
+    /// Replies to requests carrying an image of a given size (as decoded here), whatever order they come in:
+    /// captions are asked for several at a time.
+    pub by_image: Mutex<std::collections::HashMap<(u32, u32), VecDeque<Reply>>>,
+    /// The size of every image received, decoded from its data URL.
+    pub images: Mutex<Vec<(u32, u32)>>,
 }
 
 impl ChatState {
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.replies.lock().expect("lock").extend(replies);
+    }
+
+    /// Answers the next request with an image of `size` with `reply`.
+    pub fn for_image(&self, size: (u32, u32), reply: Reply) {
+        self.by_image.lock().expect("lock").entry(size).or_default().push_back(reply);
+    }
+
+    pub fn images(&self) -> Vec<(u32, u32)> {
+        self.images.lock().expect("lock").clone()
     }
 
     pub fn requests(&self) -> Vec<Value> {
@@ -276,6 +302,35 @@ fn check_image(part: &Value, i: usize, violations: &mut Vec<String>) {
     }
 }
 
+/// The sizes of the images a request carries, decoded as a provider would; an image that does not decode, or is
+/// over the 1568-px long edge every provider takes without scaling, is a violation.
+fn image_sizes(request: &Value, violations: &mut Vec<String>) -> Vec<(u32, u32)> {
+    let mut sizes = Vec::new();
+    for message in request["messages"].as_array().into_iter().flatten() {
+        for part in message["content"].as_array().into_iter().flatten() {
+            let Some(url) = part["image_url"]["url"].as_str() else { continue };
+            let Some((head, data)) = url.split_once(',') else { continue };
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else { continue };
+            match image::load_from_memory(&bytes) {
+                Ok(image) => {
+                    let (w, h) = (image.width(), image.height());
+                    if w.max(h) > 1568 {
+                        violations.push(format!("an image of {w}×{h}: over the 1568-px long edge"));
+                    }
+                    let declared = head.trim_start_matches("data:").trim_end_matches(";base64");
+                    let actual = image::guess_format(&bytes).map(|f| f.to_mime_type()).unwrap_or_default();
+                    if declared != actual {
+                        violations.push(format!("an image declared {declared} is {actual}"));
+                    }
+                    sizes.push((w, h));
+                }
+                Err(e) => violations.push(format!("an image that does not decode: {e}")),
+            }
+        }
+    }
+    sizes
+}
+
 pub async fn completions(state: Arc<ChatState>, headers: HeaderMap, body: Bytes) -> Response {
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {}", super::mock::KEY)) {
         return openai_error(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided", None);
@@ -288,7 +343,10 @@ pub async fn completions(state: Arc<ChatState>, headers: HeaderMap, body: Bytes)
     if let Some(refused) = check(&request, &mut state.violations.lock().expect("lock")) {
         return refused;
     }
-    let reply = state.replies.lock().expect("lock").pop_front();
+    let sizes = image_sizes(&request, &mut state.violations.lock().expect("lock"));
+    state.images.lock().expect("lock").extend(&sizes);
+    let routed = sizes.first().and_then(|size| state.by_image.lock().expect("lock").get_mut(size)?.pop_front());
+    let reply = routed.or_else(|| state.replies.lock().expect("lock").pop_front());
     let Some(reply) = reply else {
         return openai_error(
             StatusCode::INTERNAL_SERVER_ERROR,
