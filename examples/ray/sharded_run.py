@@ -16,8 +16,9 @@ import time
 
 import ray
 
+# TARS_INDEX_MIRROR_DIR: where a node keeps its copy of the dataset (tasks on one node may share it).
 FORWARDED = ("TARS_API_KEY", "TARS_API_BASE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-             "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP")
+             "AWS_ENDPOINT_URL", "AWS_ALLOW_HTTP", "TARS_INDEX_MIRROR_DIR")
 
 
 @ray.remote(num_cpus=1, max_retries=3)
