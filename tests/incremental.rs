@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::util::mock::MockServer;
-use crate::util::{cached_hashes, cli, corpus, json_lines, live_content, live_rows, manifest, run, text_hash};
+use crate::util::{age, cached_hashes, cli, corpus, json_lines, live_content, live_rows, manifest, run, text_hash};
 
 /// A paragraph with words no other paragraph has, so every chunk text is distinct and searchable.
 fn paragraph(doc: &str, n: usize) -> String {
@@ -35,24 +35,6 @@ fn standard_files() -> Vec<(String, String)> {
 fn write_corpus(files: &[(String, String)]) -> tempfile::TempDir {
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     corpus(&refs)
-}
-
-/// Moves every file's mtime an hour back, as if the corpus had been written long before the run.
-fn age(dir: &Path) {
-    let past = SystemTime::now() - Duration::from_secs(3600);
-    for entry in walkdir(dir) {
-        let file = std::fs::File::options().write(true).open(&entry).expect("open");
-        file.set_modified(past).expect("set mtime");
-    }
-}
-
-fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read_dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() { out.extend(walkdir(&path)) } else { out.push(path) }
-    }
-    out
 }
 
 const CHUNKING: [&str; 4] = ["--chunk-tokens", "30", "--chunk-overlap", "0"];

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::mock::MockServer;
 use crate::util::s3::{S3Server, careless_store};
-use crate::util::{cli, corpus, json_lines, run};
+use crate::util::{age, cli, corpus, json_lines, run};
 
 const CHUNKING: [&str; 4] = ["--chunk-tokens", "30", "--chunk-overlap", "0"];
 
@@ -22,7 +22,9 @@ fn document(doc: &str, paragraphs: usize) -> String {
 fn files(names: &[&str], paragraphs: usize) -> tempfile::TempDir {
     let texts: Vec<(String, String)> = names.iter().map(|n| (format!("{n}.txt"), document(n, paragraphs))).collect();
     let refs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-    corpus(&refs)
+    let dir = corpus(&refs);
+    age(dir.path());
+    dir
 }
 
 fn embed(mock: &MockServer, s3: &S3Server, mirror: &Path, input: &Path, dataset: &str) -> Command {

@@ -87,6 +87,26 @@ pub fn corpus(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+/// Moves the mtime of every file under `dir` an hour back, as if the corpus had been written long before the run.
+/// A run trusts the stat of a file older than its own start (less a grace period, as git does with racily clean
+/// files); a file written just before the run is read again by the next one, which then records its stat as
+/// trusted: a new version. Tests of "an unchanged corpus publishes nothing" age their corpus first.
+pub fn age(dir: &std::path::Path) {
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let file = std::fs::File::options().write(true).open(&path).expect("open");
+                file.set_modified(past).expect("set mtime");
+            }
+        }
+    }
+}
+
 /// One row of a dataset, read back with arrow.
 #[derive(Debug, Clone)]
 pub struct Row {
