@@ -109,6 +109,11 @@ fn man_pages(c: &mut Criterion) {
     group.bench_function("tokenize_only_one_thread", |b| {
         b.iter(|| docs.iter().map(|d| count_tokens(black_box(&d.text))).sum::<usize>())
     });
+    // The tokenizer the chunker used before bpe-openai, for the same floor.
+    let tiktoken = tiktoken_rs::cl100k_base_singleton();
+    group.bench_function("tokenize_only_tiktoken_rs_one_thread", |b| {
+        b.iter(|| docs.iter().map(|d| tiktoken.encode_ordinary(black_box(&d.text)).len()).sum::<usize>())
+    });
     group.finish();
 }
 
