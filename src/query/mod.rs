@@ -37,7 +37,7 @@ pub use filter::{Columns, Filter, FilterError};
 pub use rows::RowSet;
 
 use crate::embed::{BuildError, EmbedError, Embedder, EmbedderSpec, ModelEmbedder, RequestSettings};
-use crate::index::keyword::{KeywordHit, KeywordIndex};
+use crate::index::keyword::{KeywordHit, KeywordIndex, RowFilter};
 use crate::index::{EXACT_SEARCH_MAX_POINTS, Hit, IndexError, SearchIndex, dot, normalize, top_k};
 use crate::stats::Stats;
 use crate::store::{Dataset, DocRecord, StoreError, StoredChunk};
@@ -621,8 +621,8 @@ impl Snapshot {
         n: usize,
         selected: Option<&Arc<RowSet>>,
     ) -> Result<Vec<KeywordHit>, QueryError> {
-        let allowed = self.keyword_allowed(selected)?;
-        let mut hits = index.search(text, n, Arc::clone(&allowed))?;
+        let allowed = self.keyword_allowed(index, selected)?;
+        let mut hits = index.search(text, n, allowed.as_ref())?;
         let manifest = &self.dataset.manifest;
         if index.meta.covered_rows < manifest.next_row() {
             let docs = if manifest.docs_file.is_some() { Some(self.docs()?) } else { None };
@@ -630,8 +630,11 @@ impl Snapshot {
                 let docs = docs.as_ref()?;
                 docs.records.get(*docs.by_name.get(doc)?)?.title.clone()
             };
-            let since = KeywordIndex::of_rows_since(&self.dataset, index.meta.covered_rows, &title, &*allowed)?;
-            hits.extend(since.search(text, n, allowed)?);
+            let allow_all = |_: u64| true;
+            let allowed_since: &dyn Fn(u64) -> bool = allowed.as_deref().unwrap_or(&allow_all);
+            let since = KeywordIndex::of_rows_since(&self.dataset, index.meta.covered_rows, &title, allowed_since)?;
+            // It holds allowed rows only.
+            hits.extend(since.search(text, n, None)?);
             hits.sort_by(|a, b| b.exact.cmp(&a.exact).then(b.score.total_cmp(&a.score)).then(a.row.cmp(&b.row)));
             hits.truncate(n);
         }
@@ -639,21 +642,27 @@ impl Snapshot {
     }
 
     /// Rows the keyword index may answer with: the filter's, or the live ones (the index may lag behind the
-    /// version and still hold rows deleted since).
+    /// version and still hold rows deleted since, or be ahead of an older version). `None` when that is every row
+    /// the index holds, which spares a check per matching document.
     fn keyword_allowed(
         &self,
+        index: &KeywordIndex,
         selected: Option<&Arc<RowSet>>,
-    ) -> Result<Arc<dyn Fn(u64) -> bool + Send + Sync>, QueryError> {
+    ) -> Result<Option<RowFilter>, QueryError> {
         if let Some(rows) = selected {
             let rows = Arc::clone(rows);
-            return Ok(Arc::new(move |row| rows.contains(row)));
+            return Ok(Some(Arc::new(move |row| rows.contains(row))));
         }
-        if self.dataset.manifest.all_rows_live() {
-            let end = self.dataset.manifest.next_row();
-            return Ok(Arc::new(move |row| row < end));
+        let manifest = &self.dataset.manifest;
+        if manifest.all_rows_live() {
+            let end = manifest.next_row();
+            if index.meta.covered_rows <= end {
+                return Ok(None);
+            }
+            return Ok(Some(Arc::new(move |row| row < end)));
         }
         let docs = self.docs()?;
-        Ok(Arc::new(move |row| docs.live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok())))
+        Ok(Some(Arc::new(move |row| docs.live.as_ref().is_none_or(|l| l.binary_search(&row).is_ok()))))
     }
 
     fn docs(&self) -> Result<Arc<Docs>, QueryError> {
