@@ -320,12 +320,27 @@ impl KeywordIndex {
         let opened = quietly(|| -> Result<_, tantivy::TantivyError> {
             let index = Index::open_in_dir(&path)?;
             register_analyzers(&index);
-            let payload = index.load_metas()?.payload;
-            let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-            Ok((index, payload, reader))
+            let reader: IndexReader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+            // The payload (which rows the index covers) must be that of the commit the reader opened: an update
+            // committing in between would leave the reader holding rows the payload does not admit to.
+            for _ in 0..3 {
+                let metas = index.load_metas()?;
+                let committed: std::collections::BTreeMap<_, _> =
+                    metas.segments.iter().map(|s| (s.id(), s.delete_opstamp())).collect();
+                if &committed == reader.searcher().generation().segments() {
+                    return Ok(Some((index, metas.payload, reader)));
+                }
+                reader.reload()?;
+            }
+            Ok(None)
         });
         let (index, payload, reader) = match opened {
-            Ok(result) => result.map_err(tantivy_error(dataset, "cannot open"))?,
+            Ok(Ok(Some(result))) => result,
+            Ok(Ok(None)) => {
+                let source = std::io::Error::new(std::io::ErrorKind::NotFound, "updated while opening");
+                return Err(StoreError::Io { path, source }.into());
+            }
+            Ok(Err(e)) => return Err(tantivy_error(dataset, "cannot open")(e)),
             Err(_) => return Err(damaged(dataset, "tantivy failed on its files".to_owned())),
         };
         let meta: KeywordMeta = payload
