@@ -294,6 +294,21 @@ fn tantivy_error(dataset: &Dataset, what: &str) -> impl Fn(tantivy::TantivyError
     move |e| IndexError::Damaged { path: path.clone(), dataset: dataset.clone(), message: format!("{what}: {e}") }
 }
 
+/// The bytes that say which commit of the keyword index in `dataset_dir` is current: the pointer to its folder and
+/// that folder's tantivy `meta.json` (which an update in place rewrites before it deletes the files it replaced).
+/// Missing parts are empty.
+pub fn commit_stamp(dataset_dir: &Path) -> Vec<u8> {
+    let root = dataset_dir.join(KEYWORD_DIR);
+    let mut bytes = std::fs::read(root.join(POINTER_FILE)).unwrap_or_default();
+    if let Ok(pointer) = serde_json::from_slice::<Pointer>(&bytes)
+        && !pointer.dir.contains(['/', '\\'])
+        && !pointer.dir.starts_with('.')
+    {
+        bytes.extend(std::fs::read(root.join(&pointer.dir).join("meta.json")).unwrap_or_default());
+    }
+    bytes
+}
+
 impl KeywordIndex {
     /// Opens `<dataset>/keyword`, whatever version it matches ([`KeywordMeta`] says which).
     pub fn open(dataset: &Dataset) -> Result<Self, IndexError> {

@@ -487,9 +487,9 @@ impl Engine {
     }
 }
 
-/// What the current version and index are, to tell whether they changed.
+/// What the current version and indexes are, to tell whether they changed.
 #[derive(Clone, PartialEq, Eq)]
-struct Stamp(Option<blake3::Hash>, Option<blake3::Hash>, Option<blake3::Hash>);
+struct Stamp(Option<blake3::Hash>, Option<blake3::Hash>, Option<blake3::Hash>, blake3::Hash);
 
 impl Stamp {
     fn read(dir: &Path) -> Self {
@@ -500,6 +500,9 @@ impl Stamp {
             hash(&dir.join(crate::store::MANIFEST_FILE)),
             hash(&crate::index::meta_path(dir)),
             hash(&dir.join("_latest.json")),
+            // An index update extends the keyword index in place and then deletes the segment files it merged: a
+            // search that fails on one must see that something changed and look again.
+            blake3::hash(&crate::index::keyword::commit_stamp(dir)),
         )
     }
 }
